@@ -1,0 +1,219 @@
+"""HDF5 feature shards: schema, an atomic writer, and attribute readers.
+
+A shard `shard-00000.h5` holds up to `shard_size` one-second segments as fixed-shape,
+contiguous (unchunked, uncompressed) datasets, the layout measured fastest for random
+single-sample reads (`bench/bench_shard_reads.py`):
+
+=============  ==========================  ============================================
+dataset        shape, dtype                meaning
+=============  ==========================  ============================================
+`audio`        `(N, 6, 128, 39)` float32   log-mel + deltas, left then right (or float16)
+`video`        `(N, 2, 3, 224, 224)` uint8 the frame pair of the segment (absent in
+                                           audio-only and augmented shards)
+`label`        `(N,)` int16                index into `classes`, -1 where unknown
+`clip_id`      `(N,)` utf-8                the audio file's stem
+`segment`      `(N,)` int16                second within the clip
+`identifier`   `(N,)` utf-8                recording location
+`variant`      `(N,)` utf-8                `orig`, or the augmentation that made the row
+=============  ==========================  ============================================
+
+File attributes: `schema_version`, `classes` (JSON list), `feature_config` (JSON),
+`config_hash`, `created_by`, `plan_hash` (which clips the shard was planned to hold) and
+`skipped` (JSON list of clips left out, each with file and reason).
+
+Writers write `NAME.tmp` and rename it to `NAME` when complete, so a file named `shard-*.h5` is
+always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from avsc_pipeline import __version__
+from avsc_pipeline.config import FeatureConfig, config_hash, to_dict
+
+SCHEMA_VERSION = 1
+SHARD_GLOB = "shard-*.h5"
+STRING = "str"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One per-row dataset: `dtype` is a numpy dtype name or `"str"` (variable-length utf-8)."""
+
+    dtype: str
+    shape: Tuple[int, ...] = ()
+
+
+def shard_name(number: int) -> str:
+    """File name of shard `number`, e.g. `shard-00003.h5`."""
+    return f"shard-{number:05d}.h5"
+
+
+def stage_one_columns(config: FeatureConfig, with_video: bool = True) -> Dict[str, Column]:
+    """The stage-one schema for a feature config."""
+    columns = {"audio": Column(config.audio_dtype, config.audio_shape)}
+    if with_video:
+        columns["video"] = Column("uint8", config.video_shape)
+    columns.update(
+        label=Column("int16"),
+        clip_id=Column(STRING),
+        segment=Column("int16"),
+        identifier=Column(STRING),
+        variant=Column(STRING),
+    )
+    return columns
+
+
+def shard_attrs(
+    classes: Sequence[str], config: FeatureConfig, plan_hash: str = "", **extra: Any
+) -> Dict[str, Any]:
+    """The file attributes every shard carries (extra values must be JSON-serializable)."""
+    attrs = {
+        "schema_version": SCHEMA_VERSION,
+        "classes": json.dumps(list(classes)),
+        "feature_config": json.dumps(to_dict(config), sort_keys=True),
+        "config_hash": config_hash(config),
+        "created_by": f"avsc-pipeline {__version__}",
+        "plan_hash": plan_hash,
+    }
+    attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in extra.items()})
+    return attrs
+
+
+class ShardWriter:
+    """Collects rows for one shard and writes it atomically on a clean exit.
+
+    Use as a context manager::
+
+        with ShardWriter(path, stage_one_columns(cfg), shard_attrs(classes, cfg)) as writer:
+            writer.add(audio=a, video=v, label=l, clip_id=ids, ...)
+            writer.skip("clip", "/data/x.wav", "audio file is empty")
+
+    Rows are held in memory (bounded by the shard size) and written at exit as contiguous
+    datasets to `path + ".tmp"`, which is then renamed to `path`. If the block raises, nothing
+    is left behind.
+    """
+
+    def __init__(self, path: "str | os.PathLike[str]", columns: Dict[str, Column], attrs: Dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.columns = dict(columns)
+        self.attrs = dict(attrs)
+        self._parts: Dict[str, List[np.ndarray]] = {name: [] for name in self.columns}
+        self.skipped: List[Dict[str, str]] = []
+        self.rows = 0
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def add(self, **arrays: Any) -> None:
+        """Append rows: one array (or list) per column, all with the same leading length."""
+        if set(arrays) != set(self.columns):
+            raise ValueError(f"expected columns {sorted(self.columns)}, got {sorted(arrays)}")
+        lengths = {name: len(value) for name, value in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"expected equal row counts for all columns, got {lengths}")
+        for name, value in arrays.items():
+            column = self.columns[name]
+            if column.dtype == STRING:
+                self._parts[name].append(np.asarray([str(v) for v in value], dtype=object))
+                continue
+            array = np.asarray(value)
+            if array.shape[1:] != column.shape:
+                raise ValueError(f"column {name!r}: expected rows of shape {column.shape}, got {array.shape[1:]}")
+            self._parts[name].append(array.astype(column.dtype, copy=False))
+        self.rows += next(iter(lengths.values()))
+
+    def skip(self, clip_id: str, path: str, reason: str) -> None:
+        """Record a clip (or part of one) that was left out, with its file and the reason."""
+        self.skipped.append({"clip_id": clip_id, "file": str(path), "reason": reason})
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.write()
+
+    def write(self) -> Path:
+        """Write everything added so far to the shard file (atomically); returns its path."""
+        import h5py
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with h5py.File(tmp, "w") as handle:
+                for name, column in self.columns.items():
+                    self._write_column(handle, name, column)
+                for key, value in self.attrs.items():
+                    handle.attrs[key] = value
+                handle.attrs["skipped"] = json.dumps(self.skipped)
+                handle.attrs["rows"] = self.rows
+            os.replace(tmp, self.path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return self.path
+
+    def _write_column(self, handle: Any, name: str, column: Column) -> None:
+        import h5py
+
+        dtype = h5py.string_dtype("utf-8") if column.dtype == STRING else np.dtype(column.dtype)
+        dataset = handle.create_dataset(name, shape=(self.rows,) + column.shape, dtype=dtype)
+        start = 0
+        for part in self._parts[name]:
+            if len(part):
+                dataset[start : start + len(part)] = part
+            start += len(part)
+
+
+def read_attrs(path: "str | os.PathLike[str]") -> Dict[str, Any]:
+    """A shard's attributes with JSON fields decoded, plus `rows` and `datasets`.
+
+    Raises:
+        ValueError: the file cannot be opened as HDF5 or lacks the schema attributes.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            raw = dict(handle.attrs)
+            datasets = {name: (tuple(ds.shape), str(ds.dtype)) for name, ds in handle.items()}
+    except OSError as err:
+        raise ValueError(f"{path}: cannot open as HDF5 ({err})") from err
+    missing = [k for k in ("schema_version", "classes", "feature_config") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: not an avsc-pipeline shard (missing attributes {missing})")
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in raw.items()}
+    for key in ("classes", "feature_config", "skipped"):
+        if key in attrs:
+            attrs[key] = json.loads(attrs[key])
+    attrs["datasets"] = datasets
+    return attrs
+
+
+def list_shards(folder: "str | os.PathLike[str]") -> List[Path]:
+    """Complete shard files in a folder, sorted by name (temporary files are ignored)."""
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureConfig:
+    """The FeatureConfig stored in a shard's attributes."""
+    from avsc_pipeline.config import from_dict
+
+    return from_dict(FeatureConfig, attrs["feature_config"], source=source)
+
+
+def load_rows(path: "str | os.PathLike[str]", names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """Every row of the named datasets of a shard (strings decoded); for tests and tools."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        names = list(names or handle.keys())
+        out = {}
+        for name in names:
+            ds = handle[name]
+            out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+    return out
