@@ -108,8 +108,8 @@ class _VideoSignature(NamedTuple):
     cycles: float  # grating cycles across the frame width
 
 
-# Centres are >= 1.3 octaves apart and the per-clip jitter is +-0.15 octave, so the pairs
-# never overlap in a 128-band log-mel spectrogram; all lie below 16 kHz (see sample_rate).
+# Centres are >= 1.1 octaves apart and the per-clip jitter is +-0.15 octave, so the bands
+# stay apart in a 128-band log-mel spectrogram; all centres lie below 16 kHz (sample_rate).
 _AUDIO_SIGNATURES: tuple[_AudioSignature, ...] = (
     _AudioSignature(180.0, 1.4, (100.0, 300.0), 0.5),
     _AudioSignature(700.0, 1.0, (1_250.0,), 1.5),
@@ -444,7 +444,8 @@ def write_demo_dataset(
     Deterministic: the same config gives byte-identical WAVs and CSVs and MP4s that decode
     to identical frames. Clip ``k`` of class ``c`` depends only on ``(seed, c, k)`` and the
     format fields, not on ``clips_per_class``. Every file is written under a temporary name
-    and renamed when complete; existing files of the same name are replaced.
+    and renamed when complete, and the CSV files are written last, so a ``meta.csv`` means
+    every clip it lists is complete; existing files of the same name are replaced.
 
     Args:
         out: Root folder of the data set (created if missing).

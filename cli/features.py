@@ -119,8 +119,11 @@ def demo_data(out: Path, clips_per_class: int, seed: int, duration: float) -> No
     """
     from avsc_pipeline.demo import DemoConfig, write_demo_dataset
 
-    root = write_demo_dataset(out, DemoConfig(clips_per_class=clips_per_class, seed=seed, duration=duration),
-                              progress=True)
+    try:
+        config = DemoConfig(clips_per_class=clips_per_class, seed=seed, duration=duration)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    root = write_demo_dataset(out, config, progress=True)
     click.echo(f"{root}: demo data set written ({10 * clips_per_class} clips)")
 
 

@@ -26,6 +26,7 @@ from avsc_pipeline.demo import (
 
 SMALL = DemoConfig(clips_per_class=2, duration=2.0)
 TEACHING = DemoConfig(clips_per_class=4, duration=2.0)
+Pairs = tuple[tuple[int, int], ...]
 
 
 def _read_tsv(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
@@ -138,13 +139,15 @@ def test_determinism(small_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
 
     config = DemoConfig(clips_per_class=1, duration=2.0)
     first = write_demo_dataset(tmp_path / "a", config)
-    second = write_demo_dataset(tmp_path / "b", config)
+    second = write_demo_dataset(tmp_path / "b", config, progress=True)
     other_config = DemoConfig(clips_per_class=1, duration=2.0, seed=1)
     other = write_demo_dataset(tmp_path / "c", other_config)
     folds = ("train", "evaluate", "test")
     tables = ["meta.csv"] + [f"evaluation_setup/fold1_{fold}.csv" for fold in folds]
     for name in tables:
         assert (first / name).read_bytes() == (second / name).read_bytes()
+    # One clip per class means one location per class: all of them train.
+    assert len(_read_tsv(first / tables[1])[1]) == 10 and not _read_tsv(first / tables[2])[1]
     for wav in sorted((first / "audio").glob("*.wav")):
         assert wav.read_bytes() == (second / "audio" / wav.name).read_bytes()
         assert wav.read_bytes() != (other / "audio" / wav.name).read_bytes()
@@ -184,7 +187,7 @@ def test_write_rejects_bad_arguments(tmp_path: pathlib.Path) -> None:
 # --------------------------------------------------------------------------- teaching point
 
 
-def _pair_of(class_index: int, pairs: tuple[tuple[int, int], ...]) -> int:
+def _pair_of(class_index: int, pairs: Pairs) -> int:
     return next(k for k, pair in enumerate(pairs) if class_index in pair)
 
 
@@ -226,7 +229,7 @@ def _cv_predict(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return cross_val_predict(model, features, labels, cv=folds)
 
 
-def _scores(predicted: np.ndarray, labels: np.ndarray, pairs) -> tuple[float, float, float]:
+def _scores(predicted: np.ndarray, labels: np.ndarray, pairs: Pairs) -> tuple[float, float, float]:
     """Class accuracy, pair accuracy, and class accuracy among right-pair predictions."""
     to_pair = np.array([_pair_of(c, pairs) for c in range(10)])
     right_pair = to_pair[predicted] == to_pair[labels]
@@ -240,7 +243,7 @@ def test_audio_is_never_digitally_silent(teaching_features: dict[str, np.ndarray
 
 @pytest.mark.parametrize(("modality", "pairs"), [("audio", AUDIO_PAIRS), ("video", VIDEO_PAIRS)])
 def test_single_modality_confuses_its_pairs(
-    teaching_features: dict[str, np.ndarray], modality: str, pairs
+    teaching_features: dict[str, np.ndarray], modality: str, pairs: Pairs
 ) -> None:
     labels = teaching_features["labels"]
     predicted = _cv_predict(teaching_features[modality], labels)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +104,7 @@ def planned_segments(clip: Clip, config: FeatureConfig) -> int:
         return 0
     n = info.frames
     if info.samplerate != config.sample_rate:
-        n = math.ceil(n * config.sample_rate / info.samplerate)  # librosa.resample's length
+        n = int(np.ceil(n * (float(config.sample_rate) / info.samplerate)))  # librosa.resample's length
     return n // config.segment_samples
 
 
