@@ -13,8 +13,9 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.manifest import Clip, label_index
 from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atomic
 from avsc_pipeline.storage.shards import (
-    SHARD_GLOB, ShardWriter, read_attrs, shard_attrs, shard_name, stage_one_columns,
+    SHARD_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name, stage_one_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,10 +36,14 @@ BACKENDS = ("loky", "dask")
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The clips planned into one shard and how many segments they should give."""
+    """The work items planned into one shard and how many segments they should give.
+
+    Items are :class:`Clip` records for extraction; any record with a `clip_id` works (the
+    augmentation plans its own items through :func:`group_into_shards`).
+    """
 
     number: int
-    clips: Tuple[Clip, ...]
+    clips: Tuple[Any, ...]
     segments: int
 
     @property
@@ -94,8 +99,8 @@ def parse_part(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return i, k
 
 
-def planned_segments(clip: Clip, config: FeatureConfig) -> int:
-    """Segments a clip should give, from its audio header (0 when the header is unreadable)."""
+def planned_samples(clip: Clip, config: FeatureConfig) -> int:
+    """Samples a clip should have at `config.sample_rate`, from its header (0 when unreadable)."""
     import soundfile as sf
 
     try:
@@ -104,8 +109,13 @@ def planned_segments(clip: Clip, config: FeatureConfig) -> int:
         return 0
     n = info.frames
     if info.samplerate != config.sample_rate:
-        n = int(np.ceil(n * (float(config.sample_rate) / info.samplerate)))  # librosa.resample's length
-    return n // config.segment_samples
+        n = math.ceil(n * config.sample_rate / info.samplerate)  # librosa.resample's length
+    return n
+
+
+def planned_segments(clip: Clip, config: FeatureConfig) -> int:
+    """Segments a clip should give, from its audio header (0 when the header is unreadable)."""
+    return planned_samples(clip, config) // config.segment_samples
 
 
 def plan_shards(clips: Sequence[Clip], config: FeatureConfig, shard_size: int) -> List[ShardPlan]:
@@ -113,17 +123,26 @@ def plan_shards(clips: Sequence[Clip], config: FeatureConfig, shard_size: int) -
 
     A clip longer than `shard_size` segments gets a shard of its own.
     """
+    return group_into_shards(clips, [planned_segments(c, config) for c in clips], shard_size)
+
+
+def group_into_shards(items: Sequence[Any], counts: Sequence[int], shard_size: int) -> List[ShardPlan]:
+    """Group items, in order, into shards of at most `shard_size` planned rows (`counts[i]` each).
+
+    An item with more than `shard_size` rows gets a shard of its own.
+    """
     if shard_size < 1:
         raise ValueError(f"expected shard_size >= 1, got {shard_size}")
+    if len(items) != len(counts):
+        raise ValueError(f"expected one row count per item, got {len(counts)} for {len(items)} items")
     plans: List[ShardPlan] = []
-    current: List[Clip] = []
+    current: List[Any] = []
     total = 0
-    for clip in clips:
-        n = planned_segments(clip, config)
+    for item, n in zip(items, counts):
         if current and total + n > shard_size:
             plans.append(ShardPlan(len(plans), tuple(current), total))
             current, total = [], 0
-        current.append(clip)
+        current.append(item)
         total += n
     if current:
         plans.append(ShardPlan(len(plans), tuple(current), total))
@@ -133,18 +152,31 @@ def plan_shards(clips: Sequence[Clip], config: FeatureConfig, shard_size: int) -
 _EXTRACTORS: Dict[str, Any] = {}
 
 
-def extract_clip(clip: Clip, config: FeatureConfig, with_video: bool, threads: Optional[int] = None) -> ClipResult:
-    """Features of one clip; bad input becomes a `skipped` result, never an exception."""
-    from avsc_pipeline.features.audio import FastLogMel, load_audio, split_segments
-    from avsc_pipeline.features.video import read_frame_pairs
+def audio_extractor(config: FeatureConfig) -> Any:
+    """This process's fast feature extractor for `config` (made once; holds only filter matrices)."""
+    from avsc_pipeline.features.audio import FastLogMel
 
+    key = config_hash(config)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = FastLogMel(config)
+    return _EXTRACTORS[key]
+
+
+def set_worker_threads(threads: Optional[int]) -> None:
+    """Limit torch's threads in a worker process (None leaves them as they are)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    key = config_hash(config)
-    if key not in _EXTRACTORS:  # per process: holds only filter matrices, no files
-        _EXTRACTORS[key] = FastLogMel(config)
+
+
+def extract_clip(clip: Clip, config: FeatureConfig, with_video: bool, threads: Optional[int] = None) -> ClipResult:
+    """Features of one clip; bad input becomes a `skipped` result, never an exception."""
+    from avsc_pipeline.features.audio import load_audio, split_segments
+    from avsc_pipeline.features.video import read_frame_pairs
+
+    set_worker_threads(threads)
+    extractor = audio_extractor(config)
     try:
         segments = split_segments(load_audio(clip.audio, config), config)
         video = None
@@ -155,29 +187,32 @@ def extract_clip(clip: Clip, config: FeatureConfig, with_video: bool, threads: O
     except BadClipError as err:
         return ClipResult(clip, skipped=(err.path, err.reason))
     dropped = len(segments) - (len(video) if video is not None else len(segments))
-    audio = _EXTRACTORS[key](segments[: len(segments) - dropped])
+    audio = extractor(segments[: len(segments) - dropped])
     return ClipResult(clip, audio=audio.astype(config.audio_dtype, copy=False), video=video, dropped=dropped)
 
 
-def _check_state(folder: Path, state: Dict[str, Any], overwrite: bool) -> None:
-    """Refuse a folder made with other settings (naming the fields) unless overwriting."""
-    path = folder / STATE_NAME
+def check_state(folder: Path, state: Dict[str, Any], overwrite: bool, name: str = STATE_NAME) -> None:
+    """Refuse a folder made with other settings (naming the fields) unless overwriting.
+
+    The settings are kept in `folder/name`, written on the first run. With `overwrite`, the
+    folder's shards, index and settings file are removed first.
+
+    Raises:
+        ConfigMismatchError: `folder/name` holds other settings and not `overwrite`.
+    """
+    path = folder / name
     if overwrite and folder.exists():
         for old in list(folder.glob(SHARD_GLOB)) + list(folder.glob("shard-*.h5.tmp")):
             old.unlink()
-        for name in (INDEX_NAME, STATE_NAME):
-            (folder / name).unlink(missing_ok=True)
+        for stale in (INDEX_NAME, name):
+            (folder / stale).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         import json
 
         with open(path, encoding="utf-8") as handle:
             old = json.load(handle)
-        diff = config_diff(old.get("feature_config", {}), state["feature_config"])
-        diff += config_diff(
-            {k: v for k, v in old.items() if k != "feature_config"},
-            {k: v for k, v in state.items() if k != "feature_config"},
-        )
+        diff = state_diff(old, state)
         if diff:
             raise ConfigMismatchError(
                 f"{folder}: made with different settings ({'; '.join(diff)}); "
@@ -187,30 +222,51 @@ def _check_state(folder: Path, state: Dict[str, Any], overwrite: bool) -> None:
     write_json_atomic(state, path)
 
 
-def _shard_done(path: Path, plan: ShardPlan, cfg_hash: str) -> bool:
+def state_diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """Fields that differ between two settings dicts; nested configs are compared field by field."""
+    diff: List[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [f"{key}.{line}" if key != "feature_config" else line for line in config_diff(a, b)]
+        elif a != b or (key in old) != (key in new):
+            diff += config_diff({key: old.get(key, "<missing>")}, {key: new.get(key, "<missing>")})
+    return diff
+
+
+def _shard_done(path: Path, expected: Dict[str, Any]) -> bool:
+    """Whether `path` is a finished shard with the `expected` attributes (plan and config hashes)."""
     if not path.is_file():
         return False
     try:
         attrs = read_attrs(path)
     except ValueError as err:
-        logger.warning("%s: unreadable (%s); extracting it again", path, err)
+        logger.warning("%s: unreadable (%s); writing it again", path, err)
         return False
-    if attrs.get("plan_hash") != plan.plan_hash or attrs.get("config_hash") != cfg_hash:
+    if any(attrs.get(key) != value for key, value in expected.items()):
         raise ConfigMismatchError(f"{path}: holds other clips or another config than planned; use --overwrite")
     return True
 
 
-def _run_clips(clips: List[Clip], config: FeatureConfig, with_video: bool, jobs: int,
-               backend: str, scheduler: Optional[str]) -> Iterator[ClipResult]:
-    """Results in the order of `clips`, computed by `jobs` workers of the chosen backend."""
+def run_ordered(work: Callable[..., Any], items: Sequence[Any], jobs: int, backend: str,
+                scheduler: Optional[str]) -> Iterator[Any]:
+    """`work(item, threads=...)` for every item, yielded in the order of `items`.
+
+    Args:
+        work: a picklable callable (a module-level function or a `functools.partial` of one).
+        items: the work items.
+        jobs: worker processes (or dask tasks in flight); 1 with `loky` runs in this process.
+        backend: `loky` (processes on this machine) or `dask` (a dask.distributed cluster).
+        scheduler: dask scheduler address; a local cluster is started when None.
+    """
     import joblib
 
     if jobs == 1 and backend == "loky":
-        for clip in clips:
-            yield extract_clip(clip, config, with_video)
+        for item in items:
+            yield work(item, threads=None)
         return
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    tasks = (joblib.delayed(extract_clip)(c, config, with_video, threads) for c in clips)
+    tasks = (joblib.delayed(work)(item, threads=threads) for item in items)
     if backend == "dask":
         from distributed import Client
 
@@ -220,6 +276,82 @@ def _run_clips(clips: List[Clip], config: FeatureConfig, with_video: bool, jobs:
                 yield from joblib.Parallel(n_jobs=jobs, return_as="generator")(tasks)
         return
     yield from joblib.Parallel(n_jobs=jobs, backend="loky", return_as="generator")(tasks)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """How to fill one folder of planned shards; shared by extraction and augmentation.
+
+    Attributes:
+        folder: the output folder.
+        plans: every shard of the folder, in order (a `part` run writes its share).
+        columns: the shard schema.
+        attrs: the file attributes of a planned shard.
+        work: picklable `work(item, threads=None) -> result`, run in workers.
+        add: `add(writer, result)`, run in this process in plan order: writes a result's rows
+            (or records it as skipped).
+        done_keys: attributes that must match for a finished shard to be kept on a rerun.
+    """
+
+    folder: Path
+    plans: Sequence[ShardPlan]
+    columns: Dict[str, Column]
+    attrs: Callable[[ShardPlan], Dict[str, Any]]
+    work: Callable[..., Any]
+    add: Callable[[ShardWriter, Any], None]
+    done_keys: Tuple[str, ...] = ("plan_hash", "config_hash")
+
+
+def write_shards(job: ShardJob, *, jobs: int = 1, backend: str = "loky", scheduler: Optional[str] = None,
+                 part: Optional[Tuple[int, int]] = None, progress: bool = True) -> ExtractSummary:
+    """Write the planned shards of `job.folder` that are not finished yet, then its index.
+
+    Finished shards (same plan and config) are kept, so a rerun after a crash redoes only the
+    rest and ends with the arrays of an uninterrupted run. Results are computed by `jobs` workers
+    and written in plan order, each shard atomically.
+
+    Args:
+        job: what to write.
+        jobs: worker processes (or dask tasks in flight).
+        backend: `loky` or `dask`.
+        scheduler: dask scheduler address; a local cluster is started when None.
+        part: `(I, K)`: only shards `n` with `n % K == I - 1`; no index is written.
+        progress: show a progress bar.
+    """
+    from tqdm import tqdm
+
+    if backend not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if jobs < 1:
+        raise ValueError(f"expected jobs >= 1, got {jobs}")
+    summary = ExtractSummary(job.folder)
+    todo = []
+    for plan in job.plans:
+        if part is not None and plan.number % part[1] != part[0] - 1:
+            continue
+        attrs = job.attrs(plan)
+        if _shard_done(job.folder / plan.name, {k: attrs[k] for k in job.done_keys}):
+            summary.shards_kept.append(plan.name)
+        else:
+            todo.append(plan)
+    if summary.shards_kept:
+        logger.info("%s: keeping %d finished shards", job.folder, len(summary.shards_kept))
+    pending = [item for plan in todo for item in plan.clips]
+    results = run_ordered(job.work, pending, jobs, backend, scheduler)
+    with tqdm(total=len(pending), unit="clip", desc=job.folder.name, disable=not progress) as bar:
+        for plan in todo:
+            with ShardWriter(job.folder / plan.name, job.columns, job.attrs(plan)) as writer:
+                for _ in plan.clips:
+                    job.add(writer, next(results))
+                    bar.update(1)
+            summary.shards_written.append(plan.name)
+            summary.rows += writer.rows
+            summary.skipped.extend(writer.skipped)
+    if part is None:
+        build_index(job.folder)
+    else:
+        logger.info("%s: part %d/%d done; run `avsc-features index` when all parts are", job.folder, *part)
+    return summary
 
 
 def extract_split(
@@ -257,8 +389,6 @@ def extract_split(
         BadClipError: with `strict`, the first bad clip.
         ConfigMismatchError: the folder was made with other settings and not `overwrite`.
     """
-    from tqdm import tqdm
-
     if not clips:
         raise ValueError("expected at least one clip in the manifest, got none")
     if backend not in BACKENDS:
@@ -271,38 +401,20 @@ def extract_split(
     plans = plan_shards(clips, config, shard_size)
     state = {"feature_config": to_dict(config), "classes": list(classes), "shard_size": shard_size,
              "plan_hash": hash_strings(p.plan_hash for p in plans), "shards": len(plans), "video": with_video}
-    _check_state(folder, state, overwrite)
-    cfg_hash = config_hash(config)
-    summary = ExtractSummary(folder)
-    todo = []
-    for plan in plans:
-        if part is not None and plan.number % part[1] != part[0] - 1:
-            continue
-        if _shard_done(folder / plan.name, plan, cfg_hash):
-            summary.shards_kept.append(plan.name)
-        else:
-            todo.append(plan)
-    if summary.shards_kept:
-        logger.info("%s: keeping %d finished shards", folder, len(summary.shards_kept))
-    pending = [c for plan in todo for c in plan.clips]
-    results = _run_clips(pending, config, with_video, jobs, backend, scheduler)
-    with tqdm(total=len(pending), unit="clip", desc=folder.name, disable=not progress) as bar:
-        for plan in todo:
-            columns = stage_one_columns(config, with_video)
-            attrs = shard_attrs(classes, config, plan.plan_hash)
-            with ShardWriter(folder / plan.name, columns, attrs) as writer:
-                for _ in plan.clips:
-                    result = next(results)
-                    _add_result(writer, result, labels, strict)
-                    bar.update(1)
-            summary.shards_written.append(plan.name)
-            summary.rows += writer.rows
-            summary.skipped.extend(writer.skipped)
-    if part is None:
-        build_index(folder)
-    else:
-        logger.info("%s: part %d/%d done; run `avsc-features index` when all parts are", folder, *part)
-    return summary
+    check_state(folder, state, overwrite)
+    job = ShardJob(
+        folder=folder,
+        plans=plans,
+        columns=stage_one_columns(config, with_video),
+        attrs=partial(_plan_attrs, classes=list(classes), config=config),
+        work=partial(extract_clip, config=config, with_video=with_video),
+        add=partial(_add_result, labels=labels, strict=strict),
+    )
+    return write_shards(job, jobs=jobs, backend=backend, scheduler=scheduler, part=part, progress=progress)
+
+
+def _plan_attrs(plan: ShardPlan, classes: List[str], config: FeatureConfig) -> Dict[str, Any]:
+    return shard_attrs(classes, config, plan.plan_hash)
 
 
 def _uses_video(clips: Sequence[Clip]) -> bool:
