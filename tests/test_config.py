@@ -36,3 +36,11 @@ def test_unknown_field_and_bad_values_are_named(tmp_path):
 def test_config_diff_names_fields():
     a, b = to_dict(FeatureConfig()), to_dict(FeatureConfig(n_mels=64))
     assert config_diff(a, b) == ["n_mels: 128 != 64"]
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert load_section(configs / "paper.yaml", "features", FeatureConfig) == FeatureConfig()
+    assert load_section(configs / "demo.yaml", "features", FeatureConfig) == FeatureConfig()
