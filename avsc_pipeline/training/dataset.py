@@ -1,0 +1,328 @@
+"""A training dataset over shard folders: originals plus `train-aug`, video references resolved.
+
+:class:`ShardDataset` maps every item to `(shard, row)` through each folder's `index.json`.
+Metadata columns (label, clip id, segment, identifier, variant) are read once, when the dataset
+is made, and kept as numpy arrays (fixed-width strings, so forked workers do not copy them).
+Feature rows are read on demand:
+
+- Shards are opened lazily in the process that reads them (each DataLoader worker opens its own)
+  and closed by :meth:`ShardDataset.close`; nothing open is pickled or inherited by a fork.
+- Stage one writes contiguous, uncompressed datasets, so a row is one `pread` at the offset
+  HDF5 reports for the dataset (h5py's per-call overhead is several times the cost of the copy
+  itself, `bench/bench_loader.py`). A chunked or filtered dataset is read through h5py instead.
+
+Augmented shards (`train-aug`) have no `video`; each row names the original segment whose
+frames it reuses (`video_ref_clip`, `video_ref_segment`), and the shard attribute
+`video_source` names the originals' folder relative to the augmented one. Every reference is
+resolved when the dataset is made; one that does not resolve is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from avsc_pipeline.config import FeatureConfig, config_diff, from_dict, to_dict
+from avsc_pipeline.errors import ConfigMismatchError
+from avsc_pipeline.storage.index import load_index
+from avsc_pipeline.training.shard_io import Block, ShardFile, ShardReaders, open_shard_file
+
+logger = logging.getLogger(__name__)
+
+META_COLUMNS = ("label", "clip_id", "segment", "identifier", "variant")
+REF_COLUMNS = ("video_ref_clip", "video_ref_segment")
+ORIGINAL = "orig"
+
+
+@dataclass
+class _Folder:
+    """One scanned folder: its shard files and the metadata of all its rows."""
+
+    path: Path
+    shards: List[ShardFile]
+    meta: Dict[str, np.ndarray]
+    shard_of: np.ndarray
+    row_of: np.ndarray
+    video_source: Optional[str] = None
+    refs: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    attrs: Dict[str, Any] = field(default_factory=dict)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Items of one or more shard folders (e.g. `OUT/train` and `OUT/train-aug`).
+
+    Args:
+        folders: shard folders, each with an `index.json`.
+        with_video: return frames; then every row needs frames or a video reference.
+        classes: the class list the caller needs; defaults to the first shard's.
+        feature_config: the feature config the caller needs; defaults to the first shard's.
+
+    Raises:
+        ConfigMismatchError: a shard's feature config or class list differs from the others (or
+            from the ones passed), naming the differing fields.
+        ValueError: a missing index, a stale index, missing columns, or video references that
+            do not resolve.
+
+    Each item is a dict: `audio (6, 128, 39) float32`, `video (2, 3, 224, 224) uint8` (when
+    `with_video`), `label` int (-1 unknown), `clip_id` str, `segment` int, `variant` str and
+    `index` int (the item's position). :meth:`read_batch` returns the same keys for a list of
+    items, stacked.
+    """
+
+    def __init__(self, folders: Sequence["str | os.PathLike[str]"], with_video: bool = True,
+                 classes: Optional[Sequence[str]] = None,
+                 feature_config: Optional[FeatureConfig] = None) -> None:
+        if isinstance(folders, (str, os.PathLike)):
+            folders = [folders]
+        if not folders:
+            raise ValueError("expected at least one shard folder, got none")
+        self.with_video = bool(with_video)
+        self._expected = _Expectation(classes, feature_config)
+        scanned = [_scan_folder(Path(f), self._expected) for f in folders]
+        self.classes: List[str] = list(self._expected.classes)
+        self.feature_config: FeatureConfig = from_dict(FeatureConfig, self._expected.config, "shard feature config")
+        self._build(scanned)
+        self._readers = ShardReaders()
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _build(self, scanned: List[_Folder]) -> None:
+        self._shards: List[ShardFile] = []
+        by_path = {f.path.resolve(): f for f in scanned}
+        offsets = {f.path.resolve(): self._add_shards(f) for f in scanned}
+        audio_loc, video_loc = [], []
+        for folder in scanned:
+            base = offsets[folder.path.resolve()]
+            audio_loc.append(np.stack([folder.shard_of + base, folder.row_of], axis=1))
+            video_loc.append(self._video_locations(folder, base, by_path, offsets))
+        self._audio_loc = np.concatenate(audio_loc).astype(np.int64)
+        self._video_loc = np.concatenate(video_loc).astype(np.int64)
+        meta = {name: np.concatenate([f.meta[name] for f in scanned]) for name in META_COLUMNS}
+        self.labels: np.ndarray = meta["label"].astype(np.int64)
+        self.segments: np.ndarray = meta["segment"].astype(np.int64)
+        self.clip_ids: np.ndarray = meta["clip_id"]
+        self.identifiers: np.ndarray = meta["identifier"]
+        self.variants: np.ndarray = meta["variant"]
+        self.is_augmented: np.ndarray = self.variants != ORIGINAL
+
+    def _add_shards(self, folder: _Folder) -> int:
+        base = len(self._shards)
+        self._shards.extend(folder.shards)
+        return base
+
+    def _video_locations(self, folder: _Folder, base: int, by_path: Dict[Path, _Folder],
+                         offsets: Dict[Path, int]) -> np.ndarray:
+        """`(rows, 2)` int64 (shard number, row) of each row's frames; -1 where there are none."""
+        rows = len(folder.row_of)
+        if not self.with_video:
+            return np.full((rows, 2), -1, dtype=np.int64)
+        if folder.refs is None:
+            missing = [s.path for s in folder.shards if s.video is None]
+            if missing:
+                raise ValueError(f"expected frames in every shard (or with_video=False), got none in {missing[0]}")
+            return np.stack([folder.shard_of + base, folder.row_of], axis=1)
+        source_path = (folder.path / folder.video_source).resolve()
+        if source_path not in by_path:
+            by_path[source_path] = _scan_folder(source_path, self._expected)
+            offsets[source_path] = self._add_shards(by_path[source_path])
+        return _resolve_refs(folder, by_path[source_path], offsets[source_path])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._audio_loc)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        batch = self.read_batch([index])
+        item = {key: value[0] for key, value in batch.items()}
+        for key in ("label", "segment", "index"):
+            item[key] = int(item[key])
+        return item
+
+    def read_batch(self, indices: Sequence[int], shared: bool = False) -> Dict[str, Any]:
+        """Read items into stacked tensors.
+
+        Args:
+            indices: item positions.
+            shared: allocate the tensors in shared memory (a DataLoader worker hands them to
+                the training process without another copy).
+
+        Returns:
+            `audio (B, 6, 128, 39) float32`, `video (B, 2, 3, 224, 224) uint8` (when
+            `with_video`), `label (B,) int64`, `segment (B,) int64`, `index (B,) int64`,
+            `clip_id` and `variant` (lists of B str).
+        """
+        idx = self._check_indices(indices)
+        audio = _empty((len(idx),) + self.feature_config.audio_shape, self._audio_dtype(), shared)
+        self._read_rows("audio", self._audio_loc[idx], audio.numpy())
+        batch: Dict[str, Any] = {"audio": audio if audio.dtype == torch.float32 else audio.float()}
+        if self.with_video:
+            video = _empty((len(idx),) + self.feature_config.video_shape, torch.uint8, shared)
+            self._read_rows("video", self._video_loc[idx], video.numpy())
+            batch["video"] = video
+        batch["label"] = torch.from_numpy(self.labels[idx])
+        batch["segment"] = torch.from_numpy(self.segments[idx])
+        batch["index"] = torch.from_numpy(idx)
+        batch["clip_id"] = self.clip_ids[idx].tolist()
+        batch["variant"] = self.variants[idx].tolist()
+        return batch
+
+    def _check_indices(self, indices: Sequence[int]) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"expected indices within [0, {len(self)}), got {idx.min()}..{idx.max()}")
+        return idx % max(len(self), 1)
+
+    def _audio_dtype(self) -> torch.dtype:
+        return torch.float16 if self.feature_config.audio_dtype == "float16" else torch.float32
+
+    def _read_rows(self, column: str, locations: np.ndarray, out: np.ndarray) -> None:
+        # Sorted by file position, so a batch reads each file front to back.
+        order = np.lexsort((locations[:, 1], locations[:, 0]))
+        for k in order:
+            shard = self._shards[int(locations[k, 0])]
+            self._readers.read(shard, column, int(locations[k, 1]), out[k])
+
+    def close(self) -> None:
+        """Close the files this process opened (the dataset can still be read: they reopen)."""
+        self._readers.close()
+
+    def __enter__(self) -> "ShardDataset":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_readers"] = ShardReaders()
+        return state
+
+    def __del__(self) -> None:
+        readers = self.__dict__.get("_readers")
+        if readers is not None:
+            readers.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(items={len(self)}, augmented={int(self.is_augmented.sum())}, "
+                f"shards={len(self._shards)}, classes={len(self.classes)}, with_video={self.with_video})")
+
+
+def _empty(shape: Tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialized tensor, in shared memory when `shared` (as torch's default_collate
+    allocates batches inside workers, which saves copying each batch into shared memory)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+class _Expectation:
+    """The class list and feature config every shard must match: the caller's, or else the
+    first shard's."""
+
+    def __init__(self, classes: Optional[Sequence[str]], config: Optional[FeatureConfig]) -> None:
+        self.classes = None if classes is None else list(classes)
+        self.config = None if config is None else to_dict(config)
+        self.classes_from = self.config_from = "the requested"
+
+    def check(self, path: Path, attrs: Dict[str, Any]) -> None:
+        if self.classes is None:
+            self.classes, self.classes_from = list(attrs["classes"]), str(path)
+        if self.config is None:
+            self.config, self.config_from = dict(attrs["feature_config"]), str(path)
+        if list(attrs["classes"]) != self.classes:
+            raise ConfigMismatchError(
+                f"{path}: expected the class list of {self.classes_from} {self.classes}, got {attrs['classes']}"
+            )
+        diff = config_diff(self.config, attrs["feature_config"])
+        if diff:
+            raise ConfigMismatchError(f"{path}: feature config differs from {self.config_from}'s: {'; '.join(diff)}")
+
+
+def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
+    """Read a folder's index, each shard's attributes and metadata columns."""
+    import h5py
+
+    index = load_index(folder)
+    shards, metas, shard_of, row_of, refs = [], [], [], [], []
+    video_source = None
+    for number, entry in enumerate(index["shards"]):
+        path = folder / entry["file"]
+        shard, attrs = open_shard_file(path)
+        expected.check(path, attrs)
+        _check_blocks(shard, from_dict(FeatureConfig, expected.config, str(path)))
+        if shard.rows != entry["rows"]:
+            raise ValueError(f"{path}: {shard.rows} rows, but the index lists {entry['rows']}; rebuild the index")
+        with h5py.File(path, "r") as handle:
+            metas.append(_read_columns(handle, META_COLUMNS, path))
+            if "video_ref_clip" in handle:
+                refs.append(_read_columns(handle, REF_COLUMNS, path))
+                video_source = _video_source(attrs, path, video_source)
+        shards.append(shard)
+        shard_of.append(np.full(shard.rows, number, dtype=np.int64))
+        row_of.append(np.arange(shard.rows, dtype=np.int64))
+    if refs and len(refs) != len(shards):
+        raise ValueError(f"{folder}: expected video references in all shards or none, got {len(refs)} of {len(shards)}")
+    meta = {name: np.concatenate([m[name] for m in metas]) for name in META_COLUMNS}
+    ref = None
+    if refs:
+        ref = tuple(np.concatenate([r[name] for r in refs]) for name in REF_COLUMNS)
+    return _Folder(folder, shards, meta, np.concatenate(shard_of), np.concatenate(row_of), video_source, ref)
+
+
+def _check_blocks(shard: ShardFile, config: FeatureConfig) -> None:
+    wanted = [("audio", shard.audio, config.audio_shape, config.audio_dtype)]
+    if shard.video is not None:
+        wanted.append(("video", shard.video, config.video_shape, "uint8"))
+    for name, block, shape, dtype in wanted:
+        if block.shape != shape or block.dtype != dtype:
+            raise ValueError(f"{shard.path}: expected {name} rows {shape} {dtype}, got {block.shape} {block.dtype}")
+
+
+def _read_columns(handle: Any, names: Sequence[str], path: Path) -> Dict[str, np.ndarray]:
+    import h5py
+
+    out = {}
+    for name in names:
+        if name not in handle:
+            raise ValueError(f"{path}: expected dataset {name!r}, got only {sorted(handle.keys())}")
+        ds = handle[name]
+        if h5py.check_string_dtype(ds.dtype):
+            out[name] = np.asarray(ds.asstr()[()], dtype=np.str_)
+        else:
+            out[name] = ds[()]
+    return out
+
+
+def _video_source(attrs: Dict[str, Any], path: Path, previous: Optional[str]) -> str:
+    source = attrs.get("video_source")
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{path}: expected a 'video_source' attribute naming the originals' folder, got {source!r}")
+    if previous is not None and source != previous:
+        raise ValueError(f"{path}: expected video_source {previous!r} as in the other shards, got {source!r}")
+    return source
+
+
+def _resolve_refs(folder: _Folder, source: _Folder, base: int) -> np.ndarray:
+    """`(rows, 2)` int64 (shard number, row) of the original frames each augmented row names."""
+    if any(s.video is None for s in source.shards):
+        raise ValueError(f"{source.path}: expected frames in the video source of {folder.path}, got audio-only shards")
+    lookup = {(c, int(s)): k for k, (c, s) in enumerate(zip(source.meta["clip_id"], source.meta["segment"]))}
+    ref_clip, ref_segment = folder.refs
+    found = np.array([lookup.get((c, int(s)), -1) for c, s in zip(ref_clip, ref_segment)], dtype=np.int64)
+    bad = np.flatnonzero(found < 0)
+    if bad.size:
+        first = int(bad[0])
+        raise ValueError(
+            f"{folder.path}: expected every video reference to resolve in {source.path}, got {bad.size} "
+            f"that do not, e.g. clip {ref_clip[first]!r} segment {int(ref_segment[first])}"
+        )
+    return np.stack([source.shard_of[found] + base, source.row_of[found]], axis=1)
