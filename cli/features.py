@@ -68,6 +68,70 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 
 
 @main.command()
+@click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "evaluate", "test", "all"]), default="train",
+              show_default=True, help="The split to augment; its stage-one shards must be in OUT/<split>.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file: its `offline_augment:` section overrides the defaults; a `features:` "
+              "section must match the stage-one settings.")
+@click.option("--ops", help="Comma-separated operations out of pitch,speed,noise,mix [default: all four].")
+@click.option("--copies", type=click.IntRange(min=1), help="Augmented versions per clip and operation [default: 1].")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of every draw [default: 0].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra).")
+@click.option("--scheduler", help="Dask scheduler address (with --backend dask); a local cluster when absent.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Most segments per shard.")
+@click.option("--part", help="I/K: write only this job's share of the shards (for K batch jobs); "
+              "then run `avsc-features index OUT`.")
+@click.option("--overwrite", is_flag=True, help="Replace a folder made with other settings.")
+@click.option("--strict", is_flag=True, help="Fail on the first bad clip instead of skipping it.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], ops: Optional[str],
+            copies: Optional[int], seed: Optional[int], jobs: int, backend: str, scheduler: Optional[str],
+            shard_size: int, part: Optional[str], overwrite: bool, strict: bool, progress: bool) -> None:
+    """Augment the audio of a split into OUT/<split>-aug/shard-*.h5 (run after `extract`).
+
+    Pitch shift, speed change, Gaussian noise and same-class mixing; each augmented row refers to
+    the video of its original segment in OUT/<split> instead of copying it.
+
+    Example: avsc-features augment data/demo data/demo-features --split train --jobs 2
+    """
+    import dataclasses
+
+    from avsc_pipeline.config import FeatureConfig, from_dict, load_yaml
+    from avsc_pipeline.features.augment import OfflineAugmentConfig
+    from avsc_pipeline.features.augment_extract import AUGMENTED_SUFFIX, augment_split
+    from avsc_pipeline.features.extract import parse_part
+    from avsc_pipeline.manifest import load_manifest
+
+    try:
+        sections = load_yaml(config_path) if config_path else {}
+        features = sections.get("features")
+        feature_config = from_dict(FeatureConfig, features, f"{config_path} [features]") if features else None
+        config = from_dict(OfflineAugmentConfig, sections.get("offline_augment") or {},
+                           f"{config_path} [offline_augment]")
+        overrides = {"ops": tuple(o.strip() for o in ops.split(",") if o.strip()) if ops else None,
+                     "copies": copies, "seed": seed}
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        summary = augment_split(
+            load_manifest(dataset_root, split), out / split, out / f"{split}{AUGMENTED_SUFFIX}", config,
+            feature_config=feature_config, jobs=jobs, backend=backend, scheduler=scheduler,
+            shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict, progress=progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(
+        f"{summary.folder}: wrote {len(summary.shards_written)} shards ({summary.rows} augmented segments), "
+        f"kept {len(summary.shards_kept)} finished shards, {len(summary.skipped)} variants skipped or cut"
+    )
+    for item in summary.skipped:
+        click.echo(f"  skipped {item['clip_id']} ({item['file']}): {item['reason']}")
+
+
+@main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def index(out: Path) -> None:
     """(Re)build index.json of OUT (a shard folder, or a folder of split folders)."""

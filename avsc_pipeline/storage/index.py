@@ -3,6 +3,12 @@
 `OUT/<split>/index.json` lists the shards with their row counts and per-class counts, the
 feature config and its hash, the class list, and every clip that was skipped with its reason.
 Training maps each item to `(shard, row)` through it and never guesses paths.
+
+Augmented shards (`OUT/<split>-aug/`, written by `avsc-features augment`) hold no video: each row
+refers to the stage-one row whose frames it uses, `(video_ref_clip, video_ref_segment)` in the
+folder named by the shard attribute `video_source` (relative to the augmented folder, e.g.
+`../train`). Their index also records `video_source`, and :func:`verify_folder` checks that
+every reference resolves to a row of the source folder with the same label.
 """
 
 from __future__ import annotations
@@ -12,16 +18,95 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from avsc_pipeline.config import config_diff
-from avsc_pipeline.storage.shards import SCHEMA_VERSION, list_shards, read_attrs
+from avsc_pipeline.storage.shards import (
+    SCHEMA_VERSION, STRING, Column, list_shards, read_attrs, stage_one_columns,
+)
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+AUGMENT_VARIANTS = ("pitch", "speed", "noise", "mix")
+
+
+def augment_columns(config: Any) -> Dict[str, Column]:
+    """The schema of augmented shards: stage one's without `video`, plus references and parameters.
+
+    =====================  ==========  ==========================================================
+    `video_ref_clip`       utf-8       clip id of the stage-one row whose frames this row uses
+    `video_ref_segment`    int16       its segment
+    `copy`                 int16       which copy of the operation on this clip (0-based)
+    `semitones`            float32     pitch shift (`pitch`; NaN otherwise)
+    `speed`                float32     speed factor (`speed`; NaN otherwise)
+    `snr_db`               float32     signal-to-noise ratio in dB (`noise`; NaN otherwise)
+    `gain`                 float32     gain of the partner clip (`mix`; NaN otherwise)
+    `partner_clip`         utf-8       the partner clip's id (`mix`; empty otherwise)
+    =====================  ==========  ==========================================================
+
+    Args:
+        config: the FeatureConfig of the features.
+    """
+    columns = stage_one_columns(config, with_video=False)
+    columns.update(
+        video_ref_clip=Column(STRING),
+        video_ref_segment=Column("int16"),
+        copy=Column("int16"),
+        semitones=Column("float32"),
+        speed=Column("float32"),
+        snr_db=Column("float32"),
+        gain=Column("float32"),
+        partner_clip=Column(STRING),
+    )
+    return columns
+
+
+def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
+    """`(clip_id, segment) -> label` of every row of a folder's shards (reads only those columns)."""
+    import h5py
+
+    keys: Dict[Tuple[str, int], int] = {}
+    for path in list_shards(folder):
+        with h5py.File(path, "r") as handle:
+            ids = handle["clip_id"].asstr()[()]
+            segments = handle["segment"][()]
+            labels = handle["label"][()]
+        keys.update(((c, int(s)), int(l)) for c, s, l in zip(ids, segments, labels))
+    return keys
+
+
+def row_locations(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], Tuple[str, int]]:
+    """`(clip_id, segment) -> (shard file name, row)` for every row of a folder's shards.
+
+    This is how a reader resolves an augmented row's video reference to stage-one frames.
+    """
+    import h5py
+
+    where: Dict[Tuple[str, int], Tuple[str, int]] = {}
+    for path in list_shards(folder):
+        with h5py.File(path, "r") as handle:
+            ids = handle["clip_id"].asstr()[()]
+            segments = handle["segment"][()]
+        where.update(((c, int(s)), (path.name, row)) for row, (c, s) in enumerate(zip(ids, segments)))
+    return where
+
+
+def folder_attrs(folder: "str | os.PathLike[str]") -> Dict[str, Any]:
+    """The attributes of a folder's first shard, after checking every shard has its config and classes.
+
+    Raises:
+        ValueError: no shards, an unreadable shard, or shards that disagree.
+    """
+    shards = list_shards(folder)
+    if not shards:
+        raise ValueError(f"{folder}: no shard-*.h5 files")
+    first = read_attrs(shards[0])
+    for path in shards[1:]:
+        _check_same(first, read_attrs(path), shards[0], path)
+    return first
 
 
 def write_json_atomic(data: Any, path: "str | os.PathLike[str]") -> None:
@@ -77,6 +162,9 @@ def build_index(folder: "str | os.PathLike[str]") -> Dict[str, Any]:
         "class_counts": dict(total),
         "skipped": skipped,
     }
+    if "video_source" in first:
+        index["video_source"] = first["video_source"]
+        index["augment_config"] = json.loads(first.get("augment_config", "{}"))
     write_json_atomic(index, folder / INDEX_NAME)
     logger.info("%s: indexed %d shards, %d rows, %d skipped", folder, len(entries), index["rows"], len(skipped))
     return index
@@ -116,9 +204,11 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
 
     Checks: each file opens, has the schema attributes, datasets of the right shapes and dtypes
     and equal lengths, finite audio, labels within the class list, one config and class list
-    across shards, and an index that matches the shards.
+    across shards, and an index that matches the shards. For augmented shards (with a
+    `video_source` attribute) also: known variants, and every video reference resolves to a
+    source row with the same label (:func:`verify_references`).
     """
-    from avsc_pipeline.storage.shards import feature_config_of, stage_one_columns
+    from avsc_pipeline.storage.shards import feature_config_of
 
     problems: List[str] = []
     folder = Path(folder)
@@ -136,9 +226,60 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
         except (ValueError, KeyError) as err:
             problems.append(str(err))
             continue
-        columns = stage_one_columns(config, with_video="video" in attrs["datasets"])
+        if "video_source" in attrs:
+            columns = augment_columns(config)
+        else:
+            columns = stage_one_columns(config, with_video="video" in attrs["datasets"])
         problems.extend(_verify_shard(path, attrs, columns))
     problems.extend(_verify_index(folder, shards))
+    if first is not None and "video_source" in first:
+        problems.extend(verify_references(folder, first))
+    return problems
+
+
+def verify_references(folder: "str | os.PathLike[str]", attrs: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Check an augmented folder's video references against its `video_source` folder.
+
+    Every row's `(video_ref_clip, video_ref_segment)` must be a row of the source folder's shards
+    with the row's label, the source must have the same feature config and class list, and every
+    `variant` must be an augmentation's name. Returns one message per problem.
+    """
+    folder = Path(folder)
+    attrs = attrs if attrs is not None else read_attrs(list_shards(folder)[0])
+    source = (folder / attrs["video_source"]).resolve()
+    try:
+        source_attrs = folder_attrs(source)
+        _check_same(attrs, source_attrs, folder, source)
+    except ValueError as err:
+        return [f"{folder}: video source {attrs['video_source']!r}: {err}"]
+    keys = row_labels(source)
+    problems = []
+    for path in list_shards(folder):
+        try:
+            problems.extend(_verify_shard_references(path, keys, source))
+        except (OSError, KeyError) as err:
+            problems.append(f"{path}: cannot read references ({err})")
+    return problems
+
+
+def _verify_shard_references(path: Path, keys: Dict[Tuple[str, int], int], source: Path) -> List[str]:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        clips = handle["video_ref_clip"].asstr()[()]
+        segments = handle["video_ref_segment"][()]
+        labels = handle["label"][()]
+        variants = handle["variant"].asstr()[()]
+    problems = []
+    missing = [(c, int(s)) for c, s in zip(clips, segments) if (c, int(s)) not in keys]
+    if missing:
+        problems.append(f"{path}: {len(missing)} video references do not resolve in {source}, e.g. {missing[0]}")
+    wrong = [(c, int(s)) for c, s, l in zip(clips, segments, labels) if keys.get((c, int(s)), l) != l]
+    if wrong:
+        problems.append(f"{path}: {len(wrong)} rows have another label than their video row, e.g. {wrong[0]}")
+    unknown = sorted(set(variants) - set(AUGMENT_VARIANTS))
+    if unknown:
+        problems.append(f"{path}: expected variants in {list(AUGMENT_VARIANTS)}, got {unknown}")
     return problems
 
 
