@@ -145,33 +145,56 @@ class ShardDataset(torch.utils.data.Dataset):
             item[key] = int(item[key])
         return item
 
-    def read_batch(self, indices: Sequence[int], shared: bool = False) -> Dict[str, Any]:
+    def read_batch(self, indices: Sequence[int], out: Optional[Dict[str, torch.Tensor]] = None,
+                   audio_float32: bool = True) -> Dict[str, Any]:
         """Read items into stacked tensors.
 
         Args:
             indices: item positions.
-            shared: allocate the tensors in shared memory (a DataLoader worker hands them to
-                the training process without another copy).
+            out: buffers to read into, `audio (n, 6, 128, 39)` in the stored dtype and `video
+                (n, 2, 3, 224, 224)` uint8 with `n >= len(indices)`; the first rows are used.
+            audio_float32: convert float16 audio to float32 (else keep the stored dtype, for
+                conversion on the training device).
 
         Returns:
-            `audio (B, 6, 128, 39) float32`, `video (B, 2, 3, 224, 224) uint8` (when
-            `with_video`), `label (B,) int64`, `segment (B,) int64`, `index (B,) int64`,
-            `clip_id` and `variant` (lists of B str).
+            `audio (B, 6, 128, 39)` float32 (or the stored dtype), `video (B, 2, 3, 224, 224)`
+            uint8 (when `with_video`), `label (B,)` int64, `segment (B,)` int64, `index (B,)`
+            int64, `clip_id` and `variant` (lists of B str).
         """
         idx = self._check_indices(indices)
-        audio = _empty((len(idx),) + self.feature_config.audio_shape, self._audio_dtype(), shared)
-        self._read_rows("audio", self._audio_loc[idx], audio.numpy())
-        batch: Dict[str, Any] = {"audio": audio if audio.dtype == torch.float32 else audio.float()}
+        buffers = self._buffers(len(idx), out)
+        self._read_rows("audio", self._audio_loc[idx], buffers["audio"].numpy())
+        audio = buffers["audio"]
+        batch: Dict[str, Any] = {"audio": audio.float() if audio_float32 else audio}
         if self.with_video:
-            video = _empty((len(idx),) + self.feature_config.video_shape, torch.uint8, shared)
-            self._read_rows("video", self._video_loc[idx], video.numpy())
-            batch["video"] = video
+            self._read_rows("video", self._video_loc[idx], buffers["video"].numpy())
+            batch["video"] = buffers["video"]
         batch["label"] = torch.from_numpy(self.labels[idx])
         batch["segment"] = torch.from_numpy(self.segments[idx])
         batch["index"] = torch.from_numpy(idx)
         batch["clip_id"] = self.clip_ids[idx].tolist()
         batch["variant"] = self.variants[idx].tolist()
         return batch
+
+    def buffer_specs(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+        """Per-row shape and stored dtype of the feature columns :meth:`read_batch` fills."""
+        specs = {"audio": (self.feature_config.audio_shape, self._audio_dtype())}
+        if self.with_video:
+            specs["video"] = (self.feature_config.video_shape, torch.uint8)
+        return specs
+
+    def _buffers(self, rows: int, out: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        buffers = {}
+        for name, (shape, dtype) in self.buffer_specs().items():
+            given = None if out is None else out.get(name)
+            if given is None:
+                buffers[name] = torch.empty((rows,) + shape, dtype=dtype)
+                continue
+            if given.dtype != dtype or tuple(given.shape[1:]) != shape or given.shape[0] < rows:
+                raise ValueError(f"expected an {name} buffer of at least ({rows}, *{shape}) {dtype}, "
+                                 f"got {tuple(given.shape)} {given.dtype}")
+            buffers[name] = given[:rows]
+        return buffers
 
     def _check_indices(self, indices: Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -212,16 +235,6 @@ class ShardDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(items={len(self)}, augmented={int(self.is_augmented.sum())}, "
                 f"shards={len(self._shards)}, classes={len(self.classes)}, with_video={self.with_video})")
-
-
-def _empty(shape: Tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialized tensor, in shared memory when `shared` (as torch's default_collate
-    allocates batches inside workers, which saves copying each batch into shared memory)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 class _Expectation:

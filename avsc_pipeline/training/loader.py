@@ -1,0 +1,346 @@
+"""DataLoader set-up and the batch preparation that happens on the training device.
+
+Workers read whole batches (:meth:`ShardDataset.read_batch`) into reused shared-memory slots
+(:mod:`~avsc_pipeline.training.batch_pool`); frames stay uint8, and audio in its stored dtype,
+until they reach the device: a quarter of the float32 traffic for the frames. :class:`BatchPreparer` then, on the device:
+
+1. perturbs the uint8 frames (RandAugment, defined on uint8 images),
+2. converts and normalizes them (`FRAME_NORMS`) and the audio (per-channel training mean/std),
+3. masks and channel-swaps the audio,
+4. mixes audio, frames and one-hot targets jointly.
+
+Steps 1, 3 and 4 run in `train()` mode only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from avsc_pipeline.training.augment import ChannelSwap, JointMixup, SpecAugment, one_hot
+from avsc_pipeline.training.augment_video import VideoRandAugment
+from avsc_pipeline.training.batch_pool import NO_SLOT, BatchPool, make_flags, release
+from avsc_pipeline.training.config import AugmentConfig, LoaderConfig
+from avsc_pipeline.training.dataset import ShardDataset
+from avsc_pipeline.training.samplers import EpochSampler, Split, split_items
+from avsc_pipeline.training.stats import AudioStats, ensure_audio_stats
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Frame mean and std per name. The Places365 CNNs (CSAILVision/places365) were trained with the
+# ImageNet values, so both names give the same numbers; the name records which backbone it is.
+FRAME_NORMS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
+    "imagenet": _IMAGENET,
+    "places365": _IMAGENET,
+}
+
+
+class FrameNormalize(nn.Module):
+    """uint8 frames -> float32 `(x / 255 - mean) / std` per RGB channel.
+
+    Args:
+        mean: 3 channel means on the [0, 1] scale.
+        std: 3 channel standard deviations on the [0, 1] scale.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t, std_t = _channel_vector(mean, 3, "mean"), _channel_vector(std, 3, "std")
+        self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(3, 1, 1))
+        self.register_buffer("shift", (-mean_t / std_t).view(3, 1, 1))
+
+    def extra_repr(self) -> str:
+        std = (1.0 / (255.0 * self.scale.flatten())).tolist()
+        mean = (-self.shift.flatten() * torch.tensor(std)).tolist()
+        return f"mean={[round(v, 4) for v in mean]}, std={[round(v, 4) for v in std]}"
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Args: video `(..., 3, H, W)` uint8. Returns: float32 of the same shape."""
+        if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 frames, got {_describe(video)}")
+        if video.ndim < 3 or video.shape[-3] != 3:
+            raise ValueError(f"expected frames of shape (..., 3, H, W), got {tuple(video.shape)}")
+        return torch.addcmul(self.shift, video.to(torch.float32), self.scale)
+
+
+class AudioNormalize(nn.Module):
+    """Features -> `(x - mean) / std` per feature channel.
+
+    Args:
+        mean: one mean per channel.
+        std: one standard deviation per channel (floored at `eps`).
+        eps: smallest std used.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], eps: float = 1e-6) -> None:
+        super().__init__()
+        mean_t = _channel_vector(mean, len(mean), "mean")
+        std_t = _channel_vector(std, len(mean), "std").clamp_min(eps)
+        self.register_buffer("mean", mean_t.view(-1, 1, 1))
+        self.register_buffer("inv_std", (1.0 / std_t).view(-1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.numel()}"
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Args: audio `(B, C, F, T)` floating point. Returns: float32 of the same shape."""
+        if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+            raise TypeError(f"expected floating point audio features, got {_describe(audio)}")
+        if audio.ndim != 4 or audio.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"expected audio of shape (B, {self.mean.shape[0]}, F, T), got {tuple(audio.shape)}")
+        return (audio.to(torch.float32) - self.mean) * self.inv_std
+
+
+class BatchPreparer(nn.Module):
+    """A loader batch -> augmented, normalized tensors on this module's device.
+
+    Move it with `.to(device)`; batches are moved there (non-blocking from pinned memory).
+
+    Args:
+        num_classes: size of the one-hot targets.
+        audio_stats: the training audio statistics.
+        frame_norm: a name in `FRAME_NORMS`.
+        augment: augmentation settings; None for none (evaluation only).
+        seed: the run seed; each augmentation gets its own stream derived from it.
+    """
+
+    def __init__(self, num_classes: int, audio_stats: AudioStats, frame_norm: str = "imagenet",
+                 augment: Optional[AugmentConfig] = None, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"expected num_classes >= 1, got {num_classes!r}")
+        if frame_norm not in FRAME_NORMS:
+            raise ValueError(f"expected frame_norm in {sorted(FRAME_NORMS)}, got {frame_norm!r}")
+        self.num_classes = num_classes
+        self.audio_norm = AudioNormalize(audio_stats.mean, audio_stats.std)
+        self.frame_norm = FrameNormalize(*FRAME_NORMS[frame_norm])
+        self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
+
+    def forward(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
+        """Prepare one batch.
+
+        Args:
+            batch: from the loader: `audio (B, 6, F, T)` float, optional `video (B, 2, 3, H, W)`
+                uint8, `label (B,)` int64, and any other keys (passed through).
+
+        Returns:
+            The batch with `audio (B, 6, F, T)` float32, `video (B, 2, 3, H, W)` float32 (when
+            present), `label (B,)` int64 and `target (B, num_classes)` float32 (one-hot, mixed
+            in training; a row of zeros for an unknown label), all on this module's device.
+        """
+        for key in ("audio", "label"):
+            if key not in batch:
+                raise ValueError(f"expected a batch with {key!r}, got keys {sorted(batch)}")
+        device = self.frame_norm.scale.device
+        out = dict(batch)
+        audio = self.audio_norm(batch["audio"].to(device, non_blocking=True))
+        video = batch.get("video")
+        if video is not None:
+            video = video.to(device, non_blocking=True)
+            video = self.frame_norm(self.video_aug(video) if self.video_aug is not None else video)
+        for module in (self.spec_aug, self.channel_swap):
+            if module is not None:
+                audio = module(audio)
+        label = batch["label"].to(device, non_blocking=True)
+        target = one_hot(label, self.num_classes)
+        if self.mixup is not None:
+            audio, video, target = self.mixup(audio, video, target)
+        out.update(audio=audio, label=label, target=target)
+        if video is not None:
+            out["video"] = video
+        return out
+
+
+def _augmentations(augment: Optional[AugmentConfig], seed: int) -> Tuple[Optional[nn.Module], ...]:
+    if augment is None:
+        return None, None, None, None
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(4, dtype=np.uint64) >> np.uint64(1)]
+    video = spec = swap = mix = None
+    if augment.video_ops and augment.video_num_ops:
+        video = VideoRandAugment(augment.video_ops, augment.video_num_ops, augment.video_magnitude,
+                                 augment.video_magnitude_bins, augment.video_backend, seed=seeds[0])
+    if augment.spec_augment:
+        spec = SpecAugment(augment.time_masks, augment.freq_masks, augment.max_mask_fraction,
+                           augment.mask_fill, seed=seeds[1])
+    if augment.channel_swap_p > 0:
+        swap = ChannelSwap(augment.channel_swap_p, seed=seeds[2])
+    if augment.mixup_fraction > 0:
+        mix = JointMixup(augment.mixup_fraction, augment.mixup_ratio, augment.mixup_alpha, seed=seeds[3])
+    return video, spec, swap, mix
+
+
+SMALL_KEYS = ("label", "segment", "index")
+
+
+class BatchReads(torch.utils.data.Dataset):
+    """A dataset of whole batches: item `[i, j, ...]` is `ShardDataset.read_batch([i, j, ...])`.
+
+    Used with a `BatchSampler` as the sampler and `batch_size=None`, so a worker reads a batch
+    at once into a reused shared-memory slot (:mod:`~avsc_pipeline.training.batch_pool`)
+    instead of collating single items. Audio stays in its stored dtype (converted on the
+    device). Batches read in a worker carry their slot number under `"slot"` and the small
+    integer fields as numpy arrays; :class:`ShardLoader` turns them back into tensors.
+
+    Args:
+        dataset: the items.
+        flags: the shared slot flags (None: no pooling, e.g. without workers).
+        slots: slots per worker.
+        capacity: rows per slot.
+    """
+
+    def __init__(self, dataset: ShardDataset, flags: Optional[torch.Tensor] = None, slots: int = 1,
+                 capacity: int = 1) -> None:
+        self.dataset, self.flags, self.slots, self.capacity = dataset, flags, slots, capacity
+        self._pool: Optional[BatchPool] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> Dict[str, Any]:
+        info = torch.utils.data.get_worker_info()
+        if info is None or self.flags is None:
+            return self.dataset.read_batch(indices, audio_float32=False)
+        if self._pool is None or self._pool.pid != os.getpid():
+            self._pool = BatchPool(self.flags, info.id, self.slots, self.capacity, self.dataset.buffer_specs())
+        slot, buffers = self._pool.acquire(len(indices))
+        batch = self.dataset.read_batch(indices, out=buffers, audio_float32=False)
+        for key in SMALL_KEYS:
+            # Sent by value: a tensor would cost a new shared-memory segment per batch.
+            batch[key] = batch[key].numpy()
+        batch["slot"] = slot
+        return batch
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+
+def keep_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The collate function of :class:`BatchReads` batches: they are already collated."""
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and `random` in a worker from torch's per-worker seed (a SeedSequence)."""
+    seed = torch.initial_seed() % 2**63
+    state = np.random.SeedSequence([seed, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+
+
+class ShardLoader(torch.utils.data.DataLoader):
+    """A DataLoader of :class:`BatchReads` batches that returns worker slots as it receives them.
+
+    Each batch's frames and features are copied out of the worker's shared slot (unless the
+    DataLoader already copied them into pinned memory) before the slot is released, so what
+    it yields is the caller's to keep. The loader keeps a reference to each slot it has seen,
+    so the slot stays mapped in this process: mapping 13 MB afresh for every batch costs more
+    page faults than the copy itself.
+    """
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:  # type: ignore[override]
+        dataset = self.dataset
+        flags = dataset.flags if isinstance(dataset, BatchReads) else None
+        mapped: Dict[int, Dict[str, torch.Tensor]] = {}
+        for batch in super().__iter__():
+            slot = batch.pop("slot", NO_SLOT)
+            for key in SMALL_KEYS:
+                batch[key] = torch.as_tensor(batch[key])
+            if flags is not None and slot != NO_SLOT:
+                mapped[slot] = {k: batch[k] for k in ("audio", "video") if k in batch}
+                batch = _copy_out(batch)
+                release(flags, slot)
+            yield batch
+
+
+def _copy_out(batch: Dict[str, Any]) -> Dict[str, Any]:
+    for key in ("audio", "video"):
+        tensor = batch.get(key)
+        if tensor is not None and not tensor.is_pinned():
+            batch[key] = tensor.clone()
+    return batch
+
+
+def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config: LoaderConfig,
+                device: "torch.device | str", seed: int = 0,
+                drop_last: Optional[bool] = None) -> ShardLoader:
+    """A DataLoader of whole batches from `dataset` in `sampler`'s order.
+
+    Args:
+        dataset: the items.
+        sampler: yields item positions (e.g. an :class:`EpochSampler`; call its `set_epoch`).
+        config: batch size, workers, pinning, persistence, prefetching.
+        device: the training device; memory is pinned only for CUDA.
+        seed: seeds the workers.
+        drop_last: overrides `config.drop_last` (e.g. False for validation).
+
+    Returns:
+        A loader yielding dicts as :meth:`ShardDataset.read_batch` returns them, with audio in
+        its stored dtype; pass them to a :class:`BatchPreparer`.
+    """
+    device = torch.device(device)
+    batches = torch.utils.data.BatchSampler(sampler, config.batch_size,
+                                            config.drop_last if drop_last is None else drop_last)
+    kwargs: Dict[str, Any] = {}
+    reads = BatchReads(dataset)
+    if config.num_workers > 0:
+        kwargs.update(persistent_workers=config.persistent_workers, prefetch_factor=config.prefetch_factor)
+        slots = config.prefetch_factor + 2
+        reads = BatchReads(dataset, make_flags(config.num_workers, slots), slots, config.batch_size)
+    return ShardLoader(
+        reads, batch_size=None, sampler=batches, num_workers=config.num_workers,
+        collate_fn=keep_batch, pin_memory=config.pin_memory and device.type == "cuda",
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed), **kwargs,
+    )
+
+
+@dataclass
+class TrainingInput:
+    """Everything stage two reads: the dataset, its split, samplers, loaders and statistics."""
+
+    dataset: ShardDataset
+    split: Split
+    train_sampler: EpochSampler
+    train: ShardLoader
+    validation: ShardLoader
+    audio_stats: AudioStats
+
+
+def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "torch.device | str",
+                         seed: int = 0, with_video: bool = True) -> TrainingInput:
+    """Dataset over `folders` (originals first, e.g. `[OUT/train, OUT/train-aug]`), its
+    location-disjoint split, loaders and the audio statistics of the first folder (computed and
+    stored there on first use)."""
+    dataset = ShardDataset(folders, with_video=with_video)
+    split = split_items(dataset.identifiers, dataset.labels, dataset.is_augmented,
+                        config.val_fraction, config.split_seed)
+    sampler = EpochSampler(split.train, split.augmented, config.aug_fraction, shuffle=True, seed=seed)
+    val_sampler = EpochSampler(split.validation, shuffle=False, seed=seed)
+    stats = ensure_audio_stats(folders[0], config.audio_stats)
+    return TrainingInput(
+        dataset, split, sampler,
+        make_loader(dataset, sampler, config, device, seed),
+        make_loader(dataset, val_sampler, config, device, seed, drop_last=False),
+        stats,
+    )
+
+
+def _channel_vector(values: Sequence[float], size: int, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if tensor.numel() != size:
+        raise ValueError(f"expected {size} {name} values, got {tensor.numel()}")
+    if name == "std" and not bool((tensor >= 0).all()):
+        raise ValueError(f"expected non-negative std values, got {tensor.tolist()}")
+    return tensor
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
