@@ -109,6 +109,7 @@ def compute_audio_stats(folder: "str | os.PathLike[str]", block_rows: int = 256,
     if not index["rows"]:
         raise ValueError(f"{folder}: expected rows to compute audio statistics over, got none")
     moments: Optional[_Moments] = None
+    rows = 0
     with tqdm(total=index["rows"], desc="audio stats", unit="row", disable=not progress) as bar:
         for entry in index["shards"]:
             with h5py.File(folder / entry["file"], "r") as handle:
@@ -117,9 +118,10 @@ def compute_audio_stats(folder: "str | os.PathLike[str]", block_rows: int = 256,
                 for start in range(0, audio.shape[0], block_rows):
                     block = audio[start:start + block_rows]
                     moments.update(block)
+                    rows += len(block)
                     bar.update(len(block))
     std = np.sqrt(moments.m2 / moments.count)
-    return AudioStats(tuple(moments.mean.tolist()), tuple(std.tolist()), moments.count,
+    return AudioStats(tuple(moments.mean.tolist()), tuple(std.tolist()), rows,
                       index["config_hash"], _shard_list(index))
 
 
