@@ -16,6 +16,8 @@ SHARD_SIZE ?= 512
 DEMO ?= data/demo
 DEMO_FEATURES ?= data/demo-features
 DEMO_CLIPS ?= 8
+# 1: `make features` and `make demo` add offline-augmented train shards (OUT/train-aug); 0 skips them.
+AUGMENT ?= 1
 
 .PHONY: install test demo demo-features features bench clean-demo help
 
@@ -23,6 +25,7 @@ help:
 	@echo "make demo      generate the demo data set and extract its features (data/demo*)"
 	@echo "make test      run the test suite"
 	@echo "make features  extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
+	@echo "               then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
 	@echo "make bench     run the benchmarks in bench/"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -43,6 +46,9 @@ demo-features: install $(DEMO)/meta.csv
 	for split in train evaluate test; do \
 	  $(BIN)/avsc-features extract $(DEMO) $(DEMO_FEATURES) --split $$split --jobs $(JOBS) || exit 1; \
 	done
+	if [ "$(AUGMENT)" != "0" ]; then \
+	  $(BIN)/avsc-features augment $(DEMO) $(DEMO_FEATURES) --split train --jobs $(JOBS) || exit 1; \
+	fi
 	$(BIN)/avsc-features verify $(DEMO_FEATURES)
 
 demo: demo-features
@@ -57,6 +63,9 @@ features: install
 	for split in train evaluate test; do \
 	  $(BIN)/avsc-features extract $(DATA) $(FEATURES) --split $$split --jobs $(JOBS) --shard-size $(SHARD_SIZE) || exit 1; \
 	done
+	if [ "$(AUGMENT)" != "0" ]; then \
+	  $(BIN)/avsc-features augment $(DATA) $(FEATURES) --split train --jobs $(JOBS) --shard-size $(SHARD_SIZE) || exit 1; \
+	fi
 	$(BIN)/avsc-features verify $(FEATURES)
 
 bench: install
