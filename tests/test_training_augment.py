@@ -170,11 +170,11 @@ def mixup_inputs(batch: int = 20):
             one_hot(labels, batch), labels)
 
 
-@pytest.mark.parametrize("alpha", [None, 0.4])
-def test_mixup_uses_one_ratio_for_audio_frames_and_labels(alpha):
+@pytest.mark.parametrize("alpha,inplace", [(None, False), (0.4, False), (None, True)])
+def test_mixup_uses_one_ratio_for_audio_frames_and_labels(alpha, inplace):
     a, v, t, labels = mixup_inputs(20)
-    module = JointMixup(fraction=0.2, ratio=0.4, alpha=alpha, seed=1)
-    a2, v2_, t2 = module(a, v, t)
+    module = JointMixup(fraction=0.2, ratio=0.4, alpha=alpha, inplace=inplace, seed=1)
+    a2, v2_, t2 = module(a.clone(), v.clone(), t.clone())
     assert torch.allclose(t2.sum(dim=1), torch.ones(20))
     mixed = torch.nonzero((t2 != t).any(dim=1)).flatten().tolist()
     assert len(mixed) == 4  # 20% of 20

@@ -16,7 +16,6 @@ from avsc_pipeline.training.config import MASK_FILLS
 from avsc_pipeline.training.rng import SeededModule, beta_sample, randint_inclusive
 
 AUDIO_CHANNELS = 6
-LEFT, RIGHT = slice(0, 3), slice(3, 6)
 
 
 class SpecAugment(SeededModule):
@@ -130,10 +129,13 @@ class ChannelSwap(SeededModule):
             raise ValueError(f"expected {AUDIO_CHANNELS} feature channels, got {audio.shape[1]}")
         if not self.training or audio.shape[0] == 0:
             return audio
+        batch = audio.shape[0]
         gen = self.generator_for(audio.device)
-        swap = torch.rand(audio.shape[0], generator=gen, device=audio.device) < self.p
-        swapped = torch.cat([audio[:, RIGHT], audio[:, LEFT]], dim=1)
-        return torch.where(swap.view(-1, 1, 1, 1), swapped, audio)
+        swap = (torch.rand(batch, generator=gen, device=audio.device) < self.p).long()
+        # Block order per sample: (0, 1) keeps left then right, (1, 0) swaps; one gathering copy.
+        order = torch.stack([swap, 1 - swap], dim=1)
+        rows = torch.arange(batch, device=audio.device)[:, None]
+        return audio.reshape(batch, 2, -1)[rows, order].view(audio.shape)
 
 
 class JointMixup(SeededModule):
@@ -149,12 +151,15 @@ class JointMixup(SeededModule):
         fraction: fraction of each batch that is mixed.
         ratio: the partner's weight, when `alpha` is None.
         alpha: Beta(alpha, alpha) parameter, or None for the fixed ratio.
+        inplace: write the mixed rows into the inputs instead of copies (saves copying the
+            whole batch when the caller owns the tensors, as :class:`BatchPreparer` does).
         seed: seed of the module-owned generators.
         generator: a generator to draw from instead.
     """
 
     def __init__(self, fraction: float = 0.2, ratio: float = 0.4, alpha: Optional[float] = None,
-                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> None:
+                 inplace: bool = False, seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> None:
         super().__init__(seed, generator)
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"expected 0 <= fraction <= 1, got {fraction!r}")
@@ -162,11 +167,11 @@ class JointMixup(SeededModule):
             raise ValueError(f"expected 0 <= ratio <= 1, got {ratio!r}")
         if alpha is not None and not alpha > 0:
             raise ValueError(f"expected alpha > 0 or None, got {alpha!r}")
-        self.fraction, self.ratio, self.alpha = fraction, ratio, alpha
+        self.fraction, self.ratio, self.alpha, self.inplace = fraction, ratio, alpha, bool(inplace)
 
     def extra_repr(self) -> str:
         how = f"ratio={self.ratio}" if self.alpha is None else f"ratio~Beta({self.alpha}, {self.alpha})"
-        return f"fraction={self.fraction}, {how}, seed={self.seed}"
+        return f"fraction={self.fraction}, {how}, inplace={self.inplace}, seed={self.seed}"
 
     def forward(self, audio: torch.Tensor, video: Optional[torch.Tensor],
                 target: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
@@ -178,7 +183,8 @@ class JointMixup(SeededModule):
             target: `(B, K)` floating point one-hot or soft targets.
 
         Returns:
-            New `(audio, video, target)` with the same shapes (the inputs in eval mode).
+            `(audio, video, target)` with the same shapes: new tensors, or the inputs themselves
+            when `inplace` or in eval mode.
         """
         self._check(audio, video, target)
         batch = audio.shape[0]
@@ -186,9 +192,9 @@ class JointMixup(SeededModule):
         if not self.training or count == 0:
             return audio, video, target
         who, partner, ratio = self.draw(batch, count, audio.device)
-        audio = _mix(audio, who, partner, ratio)
-        video = None if video is None else _mix(video, who, partner, ratio)
-        return audio, video, _mix(target, who, partner, ratio)
+        audio = _mix(audio, who, partner, ratio, self.inplace)
+        video = None if video is None else _mix(video, who, partner, ratio, self.inplace)
+        return audio, video, _mix(target, who, partner, ratio, self.inplace)
 
     def draw(self, batch: int, count: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
         """`count` mixed positions `(count,)` int64, their partners `(count,)` int64 (never the
@@ -217,11 +223,13 @@ class JointMixup(SeededModule):
                 raise ValueError(f"expected {audio.shape[0]} frame rows, got {video.shape[0]}")
 
 
-def _mix(x: torch.Tensor, who: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+def _mix(x: torch.Tensor, who: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor,
+         inplace: bool) -> torch.Tensor:
     weight = ratio.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-    out = x.clone()
-    out[who] = torch.lerp(x[who], x[partner], weight)
-    return out
+    # Both rows are gathered before anything is written, so a partner that is itself mixed
+    # contributes its original values.
+    mixed = torch.lerp(x.index_select(0, who), x.index_select(0, partner), weight)
+    return x.index_copy_(0, who, mixed) if inplace else x.index_copy(0, who, mixed)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

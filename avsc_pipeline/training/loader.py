@@ -65,7 +65,9 @@ class FrameNormalize(nn.Module):
             raise TypeError(f"expected uint8 frames, got {_describe(video)}")
         if video.ndim < 3 or video.shape[-3] != 3:
             raise ValueError(f"expected frames of shape (..., 3, H, W), got {tuple(video.shape)}")
-        return torch.addcmul(self.shift, video.to(torch.float32), self.scale)
+        # One float32 allocation, scaled in place: on CPU a second 4-byte copy of the frames
+        # costs as much as the arithmetic.
+        return video.to(torch.float32).mul_(self.scale).add_(self.shift)
 
 
 class AudioNormalize(nn.Module):
@@ -170,7 +172,8 @@ def _augmentations(augment: Optional[AugmentConfig], seed: int) -> Tuple[Optiona
     if augment.channel_swap_p > 0:
         swap = ChannelSwap(augment.channel_swap_p, seed=seeds[2])
     if augment.mixup_fraction > 0:
-        mix = JointMixup(augment.mixup_fraction, augment.mixup_ratio, augment.mixup_alpha, seed=seeds[3])
+        mix = JointMixup(augment.mixup_fraction, augment.mixup_ratio, augment.mixup_alpha, inplace=True,
+                         seed=seeds[3])
     return video, spec, swap, mix
 
 
