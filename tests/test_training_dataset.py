@@ -327,3 +327,19 @@ def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
     train = preparer.train()(batch)
     assert not torch.equal(train["audio"], out["audio"])
     assert torch.allclose(train["target"].sum(dim=1), torch.ones(3))
+
+
+def test_build_training_input_end_to_end(small_pair):
+    from avsc_pipeline.training.loader import build_training_input
+
+    config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5)
+    setup = build_training_input([small_pair / "train", small_pair / "train-aug"], config, "cpu", seed=1)
+    ids = setup.dataset.identifiers
+    assert len(setup.split.validation) and not set(ids[setup.split.train]) & set(ids[setup.split.validation])
+    assert (small_pair / "train" / "audio_stats.json").is_file()
+    setup.train_sampler.set_epoch(0)
+    batch = setup.preparer.train()(next(iter(setup.train)))
+    assert batch["audio"].shape == (4, 6, 128, 39) and batch["video"].dtype == torch.float32
+    assert batch["target"].shape == (4, 10)
+    seen = [i for b in setup.validation for i in b["index"].tolist()]
+    assert sorted(seen) == sorted(setup.split.validation.tolist())

@@ -7,9 +7,10 @@ Feature rows are read on demand:
 
 - Shards are opened lazily in the process that reads them (each DataLoader worker opens its own)
   and closed by :meth:`ShardDataset.close`; nothing open is pickled or inherited by a fork.
-- Stage one writes contiguous, uncompressed datasets, so a row is one `pread` at the offset
-  HDF5 reports for the dataset (h5py's per-call overhead is several times the cost of the copy
-  itself, `bench/bench_loader.py`). A chunked or filtered dataset is read through h5py instead.
+- Stage one writes contiguous, uncompressed datasets, so a row is a fixed byte range at the
+  offset HDF5 reports for the dataset, copied from a memory map of the file straight into the
+  batch (:mod:`~avsc_pipeline.training.shard_io`; h5py's per-row overhead costs several times
+  the copy itself). A chunked or filtered dataset is read through h5py instead.
 
 Augmented shards (`train-aug`) have no `video`; each row names the original segment whose
 frames it reuses (`video_ref_clip`, `video_ref_segment`), and the shard attribute
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +32,7 @@ import torch
 from avsc_pipeline.config import FeatureConfig, config_diff, from_dict, to_dict
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.index import load_index
-from avsc_pipeline.training.shard_io import Block, ShardFile, ShardReaders, open_shard_file
+from avsc_pipeline.training.shard_io import ShardFile, ShardReaders, open_shard_file
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class _Folder:
     row_of: np.ndarray
     video_source: Optional[str] = None
     refs: Optional[Tuple[np.ndarray, np.ndarray]] = None
-    attrs: Dict[str, Any] = field(default_factory=dict)
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -82,6 +82,9 @@ class ShardDataset(torch.utils.data.Dataset):
             folders = [folders]
         if not folders:
             raise ValueError("expected at least one shard folder, got none")
+        resolved = [Path(f).resolve() for f in folders]
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"expected distinct shard folders, got {[str(f) for f in folders]}")
         self.with_video = bool(with_video)
         self._expected = _Expectation(classes, feature_config)
         scanned = [_scan_folder(Path(f), self._expected) for f in folders]
@@ -265,6 +268,8 @@ def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
     import h5py
 
     index = load_index(folder)
+    if not index["shards"]:
+        raise ValueError(f"{folder}: expected shards in the index, got none")
     shards, metas, shard_of, row_of, refs = [], [], [], [], []
     video_source = None
     for number, entry in enumerate(index["shards"]):

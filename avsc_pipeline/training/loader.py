@@ -51,6 +51,8 @@ class FrameNormalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t, std_t = _channel_vector(mean, 3, "mean"), _channel_vector(std, 3, "std")
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"expected positive std values, got {std_t.tolist()}")
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(3, 1, 1))
         self.register_buffer("shift", (-mean_t / std_t).view(3, 1, 1))
 
@@ -313,24 +315,39 @@ class TrainingInput:
     train: ShardLoader
     validation: ShardLoader
     audio_stats: AudioStats
+    preparer: BatchPreparer
 
 
 def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "torch.device | str",
-                         seed: int = 0, with_video: bool = True) -> TrainingInput:
-    """Dataset over `folders` (originals first, e.g. `[OUT/train, OUT/train-aug]`), its
-    location-disjoint split, loaders and the audio statistics of the first folder (computed and
-    stored there on first use)."""
+                         seed: int = 0, with_video: bool = True,
+                         augment: Optional[AugmentConfig] = AugmentConfig()) -> TrainingInput:
+    """Everything stage two reads, from the loader and augmentation settings.
+
+    Args:
+        folders: shard folders, originals first (e.g. `[OUT/train, OUT/train-aug]`).
+        config: the loader settings.
+        device: the training device (the preparer is moved there).
+        seed: the run seed (epoch order, workers, augmentation streams).
+        with_video: read frames.
+        augment: augmentation settings of the preparer (None for none).
+
+    Returns:
+        The dataset, its location-disjoint split, the training sampler (call `set_epoch`), the
+        training and validation loaders, the audio statistics of the first folder (computed and
+        stored there on first use, over all its rows) and the batch preparer on `device`.
+    """
     dataset = ShardDataset(folders, with_video=with_video)
     split = split_items(dataset.identifiers, dataset.labels, dataset.is_augmented,
                         config.val_fraction, config.split_seed)
     sampler = EpochSampler(split.train, split.augmented, config.aug_fraction, shuffle=True, seed=seed)
     val_sampler = EpochSampler(split.validation, shuffle=False, seed=seed)
     stats = ensure_audio_stats(folders[0], config.audio_stats)
+    preparer = BatchPreparer(len(dataset.classes), stats, config.frame_norm, augment, seed).to(device)
     return TrainingInput(
         dataset, split, sampler,
         make_loader(dataset, sampler, config, device, seed),
         make_loader(dataset, val_sampler, config, device, seed, drop_last=False),
-        stats,
+        stats, preparer,
     )
 
 
