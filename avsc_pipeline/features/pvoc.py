@@ -21,7 +21,7 @@ from typing import Dict
 
 import numpy as np
 
-_TINY = np.float32(1e-30)  # makes a zero bin's phasor 1 (angle 0), as np.angle(0) is for librosa
+_TINY = np.float32(1e-30)
 _WINDOWS: Dict[int, np.ndarray] = {}
 
 
@@ -63,9 +63,11 @@ class STFTAnalysis:
         np.abs(spectrum, out=self.magnitude[: self.frames])
         unit = np.empty((self.frames + 1,) + spectrum.shape[1:], dtype=np.complex64)
         unit[self.frames] = 1.0  # the zero frame after the end has angle 0
-        shifted = spectrum + _TINY
-        inverse = np.reciprocal(np.abs(shifted))
-        np.multiply(shifted, inverse, out=unit[: self.frames])
+        inverse = np.reciprocal(np.maximum(self.magnitude[: self.frames], _TINY))
+        np.multiply(spectrum, inverse, out=unit[: self.frames])
+        silent = self.magnitude[: self.frames] == 0
+        if silent.any():  # np.angle(0) is 0: a silent bin's phasor is 1, as in librosa
+            unit[: self.frames][silent] = 1.0
         self.start = unit[0].copy()
         self.rotation = np.conjugate(unit[:-1])
         self.rotation *= unit[1:]
@@ -120,18 +122,18 @@ def overlap_add(spectrum: np.ndarray, n_fft: int, hop_length: int, length: int) 
     frames = scipy.fft.irfft(spectrum, n=n_fft, axis=-1)
     frames *= hann_window(n_fft)
     overlap = n_fft // hop_length
-    blocks = frames.reshape(n_steps, channels, overlap, hop_length)
-    out = np.zeros((n_steps + overlap - 1, channels, hop_length), dtype=np.float32)
+    blocks = frames.reshape(n_steps, channels, overlap, hop_length).transpose(1, 0, 2, 3)
+    out = np.zeros((channels, n_steps + overlap - 1, hop_length), dtype=np.float32)
     for j in range(overlap):
-        out[j : j + n_steps] += blocks[:, :, j]
-    norm = _window_sumsquare(n_steps, n_fft, hop_length)
+        out[:, j : j + n_steps] += blocks[:, :, j]
     start = n_fft // 2
-    signal = out.transpose(1, 0, 2).reshape(channels, -1)[:, start : start + length]
-    norm = norm[start : start + signal.shape[1]]
-    signal = signal / np.where(norm > np.finfo(np.float32).tiny, norm, np.float32(1.0))
+    signal = out.reshape(channels, -1)[:, start : start + length]
+    norm = _window_sumsquare(n_steps, n_fft, hop_length)[start : start + signal.shape[1]]
+    inverse = np.where(norm > np.finfo(np.float32).tiny, np.float32(1.0) / np.maximum(norm, _TINY), np.float32(1.0))
+    signal = signal * inverse.astype(np.float32)
     if signal.shape[1] < length:
         signal = np.pad(signal, ((0, 0), (0, length - signal.shape[1])))
-    return np.ascontiguousarray(signal, dtype=np.float32)
+    return signal
 
 
 def _window_sumsquare(n_steps: int, n_fft: int, hop_length: int) -> np.ndarray:
