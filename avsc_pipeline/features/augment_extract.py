@@ -108,6 +108,8 @@ def plan_items(clips: Sequence[Clip], config: OfflineAugmentConfig, feature_conf
                video_source: str) -> List[AugmentItem]:
     """Draw every clip's parameters and partners (deterministic for the config's seed).
 
+    Partners of `mix` are drawn among the clips of the same class that have stage-one rows.
+
     Args:
         clips: the manifest.
         config: the augmentation config.
@@ -116,13 +118,13 @@ def plan_items(clips: Sequence[Clip], config: OfflineAugmentConfig, feature_conf
         source_rows: `(clip_id, segment) -> label` of the stage-one folder.
         video_source: the stage-one folder as named in messages.
     """
-    by_label: Dict[str, List[Clip]] = {}
-    for clip in clips:
-        if clip.label is not None:
-            by_label.setdefault(clip.label, []).append(clip)
     segments: Dict[str, set] = {}
     for clip_id, segment in source_rows:
         segments.setdefault(clip_id, set()).add(segment)
+    by_label: Dict[str, List[Clip]] = {}  # partners: clips whose audio stage one could use
+    for clip in clips:
+        if clip.label is not None and clip.clip_id in segments:
+            by_label.setdefault(clip.label, []).append(clip)
     items = []
     for clip in clips:
         label = _label_of(clip, classes)

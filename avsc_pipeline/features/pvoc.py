@@ -10,9 +10,10 @@ time-major `(frames, channels, bins)` spectrum, both channels in one transform:
 - the output phase is the running product of those phasors (a row-wise loop of vectorized
   complex multiplications), which wraps itself, so no large phase angles accumulate.
 
-Magnitudes are interpolated linearly between frames exactly as librosa does. The result matches
-`librosa.effects.time_stretch` to float32 rounding of the phase (librosa's own float32 phase
-accumulator drifts by up to ~1e-2 relative over a 10 s clip; this one stays within ~1e-4).
+Magnitudes are interpolated linearly between frames exactly as librosa does. On a 10 s clip the
+result is within 2e-5 (relative RMS) of `librosa.effects.time_stretch` run in float64; librosa
+run on the float32 input differs from its own float64 result by 1-2 %, because its phase
+accumulator grows to ~1e6 rad in float32.
 """
 
 from __future__ import annotations
