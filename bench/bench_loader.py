@@ -78,7 +78,7 @@ def loader_epoch(dataset: ShardDataset, workers: int, pooled: bool = True) -> Ca
     sampler = EpochSampler(np.arange(len(dataset)), seed=0)
     loader = loader_mod.make_loader(dataset, sampler, config, "cpu")
     if not pooled:
-        loader.dataset.flags = None  # every batch in new shared memory, as torch does by itself
+        loader.dataset.slots = 0  # every batch in new shared memory, as torch does by itself
 
     def run(epoch: int) -> int:
         sampler.set_epoch(epoch)

@@ -288,23 +288,31 @@ def test_audio_stats_equal_numpy_and_detect_staleness(tmp_path):
 def test_loader_reads_every_item_once_per_epoch(small_pair, workers):
     dataset = ShardDataset([small_pair / "train", small_pair / "train-aug"])
     sampler = EpochSampler(np.arange(len(dataset)), seed=0)
-    config = LoaderConfig(batch_size=8, num_workers=workers, prefetch_factor=2, drop_last=False)
+    config = LoaderConfig(batch_size=4, num_workers=workers, prefetch_factor=2, drop_last=False)
     loader = make_loader(dataset, sampler, config, "cpu")
-    kept = []
-    for epoch in range(2):
+    kept, view = [], None
+    for epoch in range(3):
         sampler.set_epoch(epoch)
         seen = []
         for batch in loader:
             assert batch["video"].dtype == torch.uint8 and batch["audio"].dtype == torch.float32
             assert batch["label"].dtype == torch.int64 and "slot" not in batch
-            kept.append((batch["index"].clone(), batch["video"], batch["audio"]))
+            reference = dataset.read_batch(batch["index"].tolist())
+            assert torch.equal(batch["video"], reference["video"]) and torch.equal(batch["audio"], reference["audio"])
+            if epoch == 0:  # every batch kept
+                kept.append((batch["index"].clone(), batch["video"], batch["audio"]))
+            if epoch == 1 and view is None:  # only a view of one frame kept
+                view = (batch["index"][0].item(), batch["video"][0, 1])
             seen.extend(batch["index"].tolist())
         assert sorted(seen) == list(range(len(dataset)))
     for index, video, audio in kept:  # batches kept past later ones are intact
         reference = dataset.read_batch(index.tolist())
         assert torch.equal(video, reference["video"]) and torch.equal(audio, reference["audio"])
+    assert torch.equal(view[1], dataset[view[0]]["video"][1])
     if workers:
-        assert int(loader.dataset.flags.sum()) == 0
+        del kept, batch, video, audio, view
+        loader.release_unreferenced()
+        assert int(loader.dataset.pool.flags.sum()) == 0
 
 
 def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):

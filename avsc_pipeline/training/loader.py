@@ -1,8 +1,9 @@
 """DataLoader set-up and the batch preparation that happens on the training device.
 
-Workers read whole batches (:meth:`ShardDataset.read_batch`) into reused shared-memory slots
-(:mod:`~avsc_pipeline.training.batch_pool`); frames stay uint8, and audio in its stored dtype,
-until they reach the device: a quarter of the float32 traffic for the frames. :class:`BatchPreparer` then, on the device:
+Workers read whole batches (:meth:`ShardDataset.read_batch`) into shared-memory slots that the
+training process owns and hands out without a copy (:mod:`~avsc_pipeline.training.batch_pool`);
+frames stay uint8, and audio in its stored dtype, until they reach the device: a quarter of
+the float32 traffic for the frames. :class:`BatchPreparer` then, on the device:
 
 1. perturbs the uint8 frames (RandAugment, defined on uint8 images),
 2. converts and normalizes them (`FRAME_NORMS`) and the audio (per-channel training mean/std),
@@ -14,7 +15,6 @@ Steps 1, 3 and 4 run in `train()` mode only.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
@@ -25,7 +25,7 @@ from torch import nn
 
 from avsc_pipeline.training.augment import ChannelSwap, JointMixup, SpecAugment, one_hot
 from avsc_pipeline.training.augment_video import VideoRandAugment
-from avsc_pipeline.training.batch_pool import NO_SLOT, BatchPool, make_flags, release
+from avsc_pipeline.training.batch_pool import NO_SLOT, PendingSlots, SlotPool
 from avsc_pipeline.training.config import AugmentConfig, LoaderConfig
 from avsc_pipeline.training.dataset import ShardDataset
 from avsc_pipeline.training.samplers import EpochSampler, Split, split_items
@@ -186,44 +186,40 @@ class BatchReads(torch.utils.data.Dataset):
     """A dataset of whole batches: item `[i, j, ...]` is `ShardDataset.read_batch([i, j, ...])`.
 
     Used with a `BatchSampler` as the sampler and `batch_size=None`, so a worker reads a batch
-    at once into a reused shared-memory slot (:mod:`~avsc_pipeline.training.batch_pool`)
-    instead of collating single items. Audio stays in its stored dtype (converted on the
-    device). Batches read in a worker carry their slot number under `"slot"` and the small
-    integer fields as numpy arrays; :class:`ShardLoader` turns them back into tensors.
+    at once instead of collating single items. Audio stays in its stored dtype (converted on
+    the device). With a slot pool (set by :class:`ShardLoader` for each set of workers), a
+    worker reads into one of its slots and returns the batch without `audio` and `video` but
+    with `"slot"` and `"rows"`, and the small integer fields as numpy arrays;
+    :class:`ShardLoader` puts it back together.
 
     Args:
         dataset: the items.
-        flags: the shared slot flags (None: no pooling, e.g. without workers).
-        slots: slots per worker.
+        slots: slots per worker (0: no pool; every batch travels in new shared memory).
         capacity: rows per slot.
     """
 
-    def __init__(self, dataset: ShardDataset, flags: Optional[torch.Tensor] = None, slots: int = 1,
-                 capacity: int = 1) -> None:
-        self.dataset, self.flags, self.slots, self.capacity = dataset, flags, slots, capacity
-        self._pool: Optional[BatchPool] = None
+    def __init__(self, dataset: ShardDataset, slots: int = 0, capacity: int = 1) -> None:
+        self.dataset, self.slots, self.capacity = dataset, slots, capacity
+        self.pool: Optional[SlotPool] = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, indices: Sequence[int]) -> Dict[str, Any]:
         info = torch.utils.data.get_worker_info()
-        if info is None or self.flags is None:
-            return self.dataset.read_batch(indices, audio_float32=False)
-        if self._pool is None or self._pool.pid != os.getpid():
-            self._pool = BatchPool(self.flags, info.id, self.slots, self.capacity, self.dataset.buffer_specs())
-        slot, buffers = self._pool.acquire(len(indices))
-        batch = self.dataset.read_batch(indices, out=buffers, audio_float32=False)
-        for key in SMALL_KEYS:
-            # Sent by value: a tensor would cost a new shared-memory segment per batch.
-            batch[key] = batch[key].numpy()
-        batch["slot"] = slot
+        slot, buffers = NO_SLOT, None
+        if info is not None and self.pool is not None:
+            slot, buffers = self.pool.acquire(info.id, len(indices))
+        batch = self.dataset.read_batch(indices, out=buffers or None, audio_float32=False)
+        if info is not None:
+            for key in SMALL_KEYS:
+                # Sent by value: a tensor would cost a new shared-memory segment per batch.
+                batch[key] = batch[key].numpy()
+        if slot != NO_SLOT:
+            for key in buffers:
+                del batch[key]
+            batch.update(slot=slot, rows=len(indices))
         return batch
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_pool"] = None
-        return state
 
 
 def keep_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -240,36 +236,52 @@ def seed_worker(worker_id: int) -> None:
 
 
 class ShardLoader(torch.utils.data.DataLoader):
-    """A DataLoader of :class:`BatchReads` batches that returns worker slots as it receives them.
+    """A DataLoader of :class:`BatchReads` batches, with a slot pool for its workers.
 
-    Each batch's frames and features are copied out of the worker's shared slot (unless the
-    DataLoader already copied them into pinned memory) before the slot is released, so what
-    it yields is the caller's to keep. The loader keeps a reference to each slot it has seen,
-    so the slot stays mapped in this process: mapping 13 MB afresh for every batch costs more
-    page faults than the copy itself.
+    Each set of workers gets a new :class:`~avsc_pipeline.training.batch_pool.SlotPool`.
+    Batches read into a slot come out as tensors over the slot's memory, without a copy, and
+    the slot is given back once nothing refers to them; with `pin_slots` (a CUDA device) they
+    are copied into pinned memory instead and the slot is given back at once.
+
+    Args:
+        *args, **kwargs: as for `DataLoader`.
+        pin_slots: copy slot batches into pinned memory.
     """
 
+    def __init__(self, *args: Any, pin_slots: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pin_slots = pin_slots
+        self._pending = PendingSlots()
+
     def __iter__(self) -> Iterator[Dict[str, Any]]:  # type: ignore[override]
-        dataset = self.dataset
-        flags = dataset.flags if isinstance(dataset, BatchReads) else None
-        mapped: Dict[int, Dict[str, torch.Tensor]] = {}
+        reads = self.dataset
+        if isinstance(reads, BatchReads) and reads.slots > 0 and self.num_workers > 0:
+            if reads.pool is None or not self.persistent_workers:  # a new set of workers
+                reads.pool = SlotPool(self.num_workers, reads.slots, reads.capacity,
+                                      reads.dataset.buffer_specs())
         for batch in super().__iter__():
-            slot = batch.pop("slot", NO_SLOT)
             for key in SMALL_KEYS:
                 batch[key] = torch.as_tensor(batch[key])
-            if flags is not None and slot != NO_SLOT:
-                mapped[slot] = {k: batch[k] for k in ("audio", "video") if k in batch}
-                batch = _copy_out(batch)
-                release(flags, slot)
+            slot = batch.pop("slot", NO_SLOT)
+            if slot != NO_SLOT:
+                batch.update(self._from_slot(reads.pool, slot, batch.pop("rows")))
+            self._pending.release_unreferenced()
             yield batch
+            del batch  # so that the previous batch can be released on the next round
 
+    def _from_slot(self, pool: SlotPool, slot: int, rows: int) -> Dict[str, torch.Tensor]:
+        tensors = pool.view(slot, rows)
+        if self.pin_slots:
+            tensors = {k: torch.empty_like(v, pin_memory=True).copy_(v) for k, v in tensors.items()}
+            pool.release(slot)
+        else:
+            self._pending.add(pool, slot, list(tensors.values()))
+        return tensors
 
-def _copy_out(batch: Dict[str, Any]) -> Dict[str, Any]:
-    for key in ("audio", "video"):
-        tensor = batch.get(key)
-        if tensor is not None and not tensor.is_pinned():
-            batch[key] = tensor.clone()
-    return batch
+    def release_unreferenced(self) -> int:
+        """Give back the slots of handed-out batches that nothing refers to any more (done on
+        every batch; call it after the last one to free the rest). Returns how many."""
+        return self._pending.release_unreferenced()
 
 
 def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config: LoaderConfig,
@@ -290,18 +302,20 @@ def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config
         its stored dtype; pass them to a :class:`BatchPreparer`.
     """
     device = torch.device(device)
+    pin = config.pin_memory and device.type == "cuda"
     batches = torch.utils.data.BatchSampler(sampler, config.batch_size,
                                             config.drop_last if drop_last is None else drop_last)
     kwargs: Dict[str, Any] = {}
     reads = BatchReads(dataset)
     if config.num_workers > 0:
         kwargs.update(persistent_workers=config.persistent_workers, prefetch_factor=config.prefetch_factor)
-        slots = config.prefetch_factor + 2
-        reads = BatchReads(dataset, make_flags(config.num_workers, slots), slots, config.batch_size)
+        # Per worker: the batches in flight, the one in use and the one before it (given back
+        # a round late, when the caller's loop variable moves on).
+        reads = BatchReads(dataset, slots=config.prefetch_factor + 2, capacity=config.batch_size)
     return ShardLoader(
-        reads, batch_size=None, sampler=batches, num_workers=config.num_workers,
-        collate_fn=keep_batch, pin_memory=config.pin_memory and device.type == "cuda",
-        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed), **kwargs,
+        reads, batch_size=None, sampler=batches, num_workers=config.num_workers, collate_fn=keep_batch,
+        pin_memory=pin, pin_slots=pin, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed), **kwargs,
     )
 
 
