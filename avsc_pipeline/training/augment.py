@@ -279,6 +279,15 @@ class SoftTargetCrossEntropy(torch.nn.Module):
         return f"reduction={self.reduction!r}"
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch.
+
+        Args:
+            logits: `(B, K)` floating point.
+            target: `(B, K)` floating point soft targets or `(B,)` int64 labels.
+
+        Returns:
+            The loss (a scalar unless `reduction="none"`).
+        """
         return soft_target_cross_entropy(logits, target, self.reduction)
 
 

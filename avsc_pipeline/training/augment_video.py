@@ -137,7 +137,7 @@ class VideoRandAugment(SeededModule):
 
     def extra_repr(self) -> str:
         return (f"ops={list(self.ops)}, num_ops={self.num_ops}, magnitude={self.magnitude}/"
-                f"{self.num_magnitude_bins - 1}, per_image=True, backend={self.backend!r}, seed={self.seed}")
+                f"{self.num_magnitude_bins - 1}, drawn per image, backend={self.backend!r}, seed={self.seed}")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Perturb a batch of frames.

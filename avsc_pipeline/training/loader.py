@@ -62,7 +62,14 @@ class FrameNormalize(nn.Module):
         return f"mean={[round(v, 4) for v in mean]}, std={[round(v, 4) for v in std]}"
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Args: video `(..., 3, H, W)` uint8. Returns: float32 of the same shape."""
+        """Normalize frames.
+
+        Args:
+            video: `(..., 3, H, W)` uint8, e.g. `(B, 2, 3, 224, 224)`.
+
+        Returns:
+            float32 of the same shape.
+        """
         if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8:
             raise TypeError(f"expected uint8 frames, got {_describe(video)}")
         if video.ndim < 3 or video.shape[-3] != 3:
@@ -92,7 +99,14 @@ class AudioNormalize(nn.Module):
         return f"channels={self.mean.numel()}"
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """Args: audio `(B, C, F, T)` floating point. Returns: float32 of the same shape."""
+        """Normalize features.
+
+        Args:
+            audio: `(B, C, F, T)` floating point, e.g. `(B, 6, 128, 39)` float16 or float32.
+
+        Returns:
+            float32 of the same shape.
+        """
         if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
             raise TypeError(f"expected floating point audio features, got {_describe(audio)}")
         if audio.ndim != 4 or audio.shape[1] != self.mean.shape[0]:
