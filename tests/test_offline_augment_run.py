@@ -261,3 +261,14 @@ def test_cli_augment_index_and_verify(extracted, tmp_path):
     bad = runner.invoke(main, ["augment", str(root), str(work), "--config", str(tmp_path / "f.yaml")])
     assert bad.exit_code != 0 and "n_mels: 128 != 64" in bad.output
     assert "--copies" in runner.invoke(main, ["augment", "--help"]).output
+
+
+def test_dask_backend_gives_the_same_bytes(augmented, tmp_path):
+    distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
+    root, features, config, _ = augmented
+    work = tmp_path / "f"
+    shutil.copytree(features / "train", work / "train")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        augment(root, work, config, jobs=2, backend="dask", scheduler=cluster.scheduler_address)
+    assert_same_folders(work / "train-aug", features / "train-aug")
