@@ -75,9 +75,11 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML file: its `offline_augment:` section overrides the defaults; a `features:` "
               "section must match the stage-one settings.")
-@click.option("--ops", help="Comma-separated operations out of pitch,speed,noise,mix [default: all four].")
-@click.option("--copies", type=click.IntRange(min=1), help="Augmented versions per clip and operation [default: 1].")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of every draw [default: 0].")
+@click.option("--ops", help="Comma-separated operations out of pitch,speed,noise,mix "
+              "[default: the config's, else all four].")
+@click.option("--copies", type=click.IntRange(min=1),
+              help="Augmented versions per clip and operation [default: the config's, else 1].")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of every draw [default: the config's, else 0].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra).")
