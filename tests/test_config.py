@@ -44,3 +44,6 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_section(configs / "paper.yaml", "features", FeatureConfig) == FeatureConfig()
     assert load_section(configs / "demo.yaml", "features", FeatureConfig) == FeatureConfig()
+    from avsc_pipeline.features.augment import OfflineAugmentConfig
+
+    assert load_section(configs / "paper.yaml", "offline_augment", OfflineAugmentConfig) == OfflineAugmentConfig()

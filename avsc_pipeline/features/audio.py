@@ -60,8 +60,8 @@ def load_audio(path: "str | os.PathLike[str]", config: FeatureConfig) -> np.ndar
     if audio.shape[1] < config.segment_samples:
         raise BadClipError(
             path,
-            f"clip too short: {audio.shape[1] / config.sample_rate:.3f} s, expected at least "
-            f"{config.segment_samples / config.sample_rate:.3f} s",
+            f"clip too short: {audio.shape[1]} samples at {config.sample_rate} Hz, expected at least "
+            f"{config.segment_samples} (one segment)",
         )
     return audio
 
