@@ -6,10 +6,12 @@ differs (:func:`config_diff`).
 
 A YAML config file holds one mapping per section, e.g.::
 
-    features:
+    features:          # stage one (FeatureConfig)
       n_mels: 128
-    augment:
+    offline_augment:   # avsc-features augment
       ops: [pitch, speed]
+    augment:           # on-device batch augmentation in stage two
+      mixup_ratio: 0.4
 
 and :func:`load_section` reads one section into its dataclass, rejecting unknown keys.
 """

@@ -47,3 +47,7 @@ def test_shipped_configs_load():
     from avsc_pipeline.features.augment import OfflineAugmentConfig
 
     assert load_section(configs / "paper.yaml", "offline_augment", OfflineAugmentConfig) == OfflineAugmentConfig()
+    from avsc_pipeline.training.config import AugmentConfig, LoaderConfig
+
+    assert load_section(configs / "paper.yaml", "augment", AugmentConfig) == AugmentConfig()
+    assert load_section(configs / "paper.yaml", "loader", LoaderConfig) == LoaderConfig()

@@ -12,7 +12,7 @@ from avsc_pipeline.features.augment import (
     OPS, AugmentError, Augmenter, OfflineAugmentConfig, add_noise, change_speed, draw_params, mix,
     output_samples, pitch_shift, variant_rngs,
 )
-from avsc_pipeline.storage.index import AUGMENT_VARIANTS
+from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
 
 SR = 48000
 

@@ -14,7 +14,8 @@ import torch
 from avsc_pipeline.config import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.manifest import TAU_CLASSES
-from avsc_pipeline.storage.index import augment_columns, build_index
+from avsc_pipeline.storage.index import build_index
+from avsc_pipeline.storage.shards import augment_columns
 from avsc_pipeline.storage.shards import ShardWriter, shard_attrs
 from avsc_pipeline.testing import write_random_shard
 from avsc_pipeline.training.config import LoaderConfig

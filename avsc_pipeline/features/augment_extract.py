@@ -37,7 +37,8 @@ from avsc_pipeline.features.extract import (
     group_into_shards, hash_strings, planned_samples, set_worker_threads, write_shards,
 )
 from avsc_pipeline.manifest import Clip
-from avsc_pipeline.storage.index import augment_columns, folder_attrs, row_labels
+from avsc_pipeline.storage.index import folder_attrs, row_labels
+from avsc_pipeline.storage.shards import augment_columns
 from avsc_pipeline.storage.shards import ShardWriter, feature_config_of, shard_attrs
 
 logger = logging.getLogger(__name__)

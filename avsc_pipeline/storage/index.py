@@ -24,46 +24,12 @@ import numpy as np
 
 from avsc_pipeline.config import config_diff
 from avsc_pipeline.storage.shards import (
-    SCHEMA_VERSION, STRING, Column, list_shards, read_attrs, stage_one_columns,
+    AUGMENT_VARIANTS, SCHEMA_VERSION, augment_columns, list_shards, read_attrs, stage_one_columns,
 )
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
-AUGMENT_VARIANTS = ("pitch", "speed", "noise", "mix")
-
-
-def augment_columns(config: Any) -> Dict[str, Column]:
-    """The schema of augmented shards: stage one's without `video`, plus references and parameters.
-
-    =====================  ==========  ==========================================================
-    `video_ref_clip`       utf-8       clip id of the stage-one row whose frames this row uses
-    `video_ref_segment`    int16       its segment
-    `copy`                 int16       which copy of the operation on this clip (0-based)
-    `semitones`            float32     pitch shift (`pitch`; NaN otherwise)
-    `speed`                float32     speed factor (`speed`; NaN otherwise)
-    `snr_db`               float32     signal-to-noise ratio in dB (`noise`; NaN otherwise)
-    `gain`                 float32     gain of the partner clip (`mix`; NaN otherwise)
-    `partner_clip`         utf-8       the partner clip's id (`mix`; empty otherwise)
-    =====================  ==========  ==========================================================
-
-    Args:
-        config: the FeatureConfig of the features.
-    """
-    columns = stage_one_columns(config, with_video=False)
-    columns.update(
-        video_ref_clip=Column(STRING),
-        video_ref_segment=Column("int16"),
-        copy=Column("int16"),
-        semitones=Column("float32"),
-        speed=Column("float32"),
-        snr_db=Column("float32"),
-        gain=Column("float32"),
-        partner_clip=Column(STRING),
-    )
-    return columns
-
-
 def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
     """`(clip_id, segment) -> label` of every row of a folder's shards (reads only those columns)."""
     import h5py

@@ -71,6 +71,40 @@ def stage_one_columns(config: FeatureConfig, with_video: bool = True) -> Dict[st
     return columns
 
 
+AUGMENT_VARIANTS = ("pitch", "speed", "noise", "mix")
+
+
+def augment_columns(config: FeatureConfig) -> Dict[str, Column]:
+    """The schema of augmented shards: stage one's without `video`, plus references and parameters.
+
+    =====================  ==========  ==========================================================
+    `video_ref_clip`       utf-8       clip id of the stage-one row whose frames this row uses
+    `video_ref_segment`    int16       its segment
+    `copy`                 int16       which copy of the operation on this clip (0-based)
+    `semitones`            float32     pitch shift (`pitch`; NaN otherwise)
+    `speed`                float32     speed factor (`speed`; NaN otherwise)
+    `snr_db`               float32     signal-to-noise ratio in dB (`noise`; NaN otherwise)
+    `gain`                 float32     gain of the partner clip (`mix`; NaN otherwise)
+    `partner_clip`         utf-8       the partner clip's id (`mix`; empty otherwise)
+    =====================  ==========  ==========================================================
+
+    Args:
+        config: the FeatureConfig of the features.
+    """
+    columns = stage_one_columns(config, with_video=False)
+    columns.update(
+        video_ref_clip=Column(STRING),
+        video_ref_segment=Column("int16"),
+        copy=Column("int16"),
+        semitones=Column("float32"),
+        speed=Column("float32"),
+        snr_db=Column("float32"),
+        gain=Column("float32"),
+        partner_clip=Column(STRING),
+    )
+    return columns
+
+
 def shard_attrs(
     classes: Sequence[str], config: FeatureConfig, plan_hash: str = "", **extra: Any
 ) -> Dict[str, Any]:

@@ -9,7 +9,7 @@ Feature rows are read on demand:
   and closed by :meth:`ShardDataset.close`; nothing open is pickled or inherited by a fork.
 - Stage one writes contiguous, uncompressed datasets, so a row is a fixed byte range at the
   offset HDF5 reports for the dataset, copied from a memory map of the file straight into the
-  batch (:mod:`~avsc_pipeline.training.shard_io`; h5py's per-row overhead costs several times
+  batch (:mod:`~avsc_pipeline.storage.shard_io`; h5py's per-row overhead costs several times
   the copy itself). A chunked or filtered dataset is read through h5py instead.
 
 Augmented shards (`train-aug`) have no `video`; each row names the original segment whose
@@ -32,7 +32,7 @@ import torch
 from avsc_pipeline.config import FeatureConfig, config_diff, from_dict, to_dict
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.index import load_index
-from avsc_pipeline.training.shard_io import ShardFile, ShardReaders, open_shard_file
+from avsc_pipeline.storage.shard_io import ShardFile, ShardReaders, open_shard_file
 
 logger = logging.getLogger(__name__)
 

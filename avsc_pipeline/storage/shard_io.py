@@ -98,6 +98,12 @@ class ShardReaders:
         self._arrays: Dict[Tuple[str, str], np.ndarray] = {}
         self._h5: Dict[str, Any] = {}
 
+    def __getstate__(self) -> Dict[str, Any]:
+        return {}  # open files do not travel to another process
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__()
+
     def read(self, shard: ShardFile, column: str, row: int, out: np.ndarray) -> None:
         """Read one row of `column` into `out`.
 
