@@ -60,20 +60,10 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from avsc_pipeline.manifest import TAU_CLASSES
+
 logger = logging.getLogger(__name__)
 
-TAU_CLASSES: tuple[str, ...] = (
-    "airport",
-    "bus",
-    "metro",
-    "metro_station",
-    "park",
-    "public_square",
-    "shopping_mall",
-    "street_pedestrian",
-    "street_traffic",
-    "tram",
-)
 
 TAU_CITIES: tuple[str, ...] = (
     "amsterdam", "barcelona", "helsinki", "lisbon", "london", "lyon",

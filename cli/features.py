@@ -18,6 +18,28 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
+RUN_OPTIONS = (
+    click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."),
+    click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+                 help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra)."),
+    click.option("--scheduler", help="Dask scheduler address (with --backend dask); a local cluster when absent."),
+    click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
+                 help="Most segments per shard."),
+    click.option("--part", help="I/K: write only this job's share of the shards (for K batch jobs); "
+                 "then run `avsc-features index OUT`."),
+    click.option("--overwrite", is_flag=True, help="Replace a folder made with other settings."),
+    click.option("--strict", is_flag=True, help="Fail on the first bad clip instead of skipping it."),
+    click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."),
+)
+
+
+def run_options(command):
+    """The options every shard-writing command shares (workers, sharding, resume, strictness)."""
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -26,17 +48,7 @@ def main(verbose: int) -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML file whose `features:` section overrides the defaults.")
 @click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
-              help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra).")
-@click.option("--scheduler", help="Dask scheduler address (with --backend dask); a local cluster when absent.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Most segments per shard.")
-@click.option("--part", help="I/K: write only this job's share of the shards (for K batch jobs); "
-              "then run `avsc-features index OUT`.")
-@click.option("--overwrite", is_flag=True, help="Replace a folder made with another config.")
-@click.option("--strict", is_flag=True, help="Fail on the first bad clip instead of skipping it.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@run_options
 def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], classes: Optional[str],
             jobs: int, backend: str, scheduler: Optional[str], shard_size: int, part: Optional[str],
             overwrite: bool, strict: bool, progress: bool) -> None:
@@ -80,17 +92,7 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 @click.option("--copies", type=click.IntRange(min=1),
               help="Augmented versions per clip and operation [default: the config's, else 1].")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every draw [default: the config's, else 0].")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
-              help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra).")
-@click.option("--scheduler", help="Dask scheduler address (with --backend dask); a local cluster when absent.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Most segments per shard.")
-@click.option("--part", help="I/K: write only this job's share of the shards (for K batch jobs); "
-              "then run `avsc-features index OUT`.")
-@click.option("--overwrite", is_flag=True, help="Replace a folder made with other settings.")
-@click.option("--strict", is_flag=True, help="Fail on the first bad clip instead of skipping it.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@run_options
 def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], ops: Optional[str],
             copies: Optional[int], seed: Optional[int], jobs: int, backend: str, scheduler: Optional[str],
             shard_size: int, part: Optional[str], overwrite: bool, strict: bool, progress: bool) -> None:
