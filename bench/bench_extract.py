@@ -55,8 +55,10 @@ def main() -> None:
         print(f"extraction of {args.clips} clips of {what}")
         run(small, tmp / "warm1", 1, shard_size=10)
         startup = run(small, tmp / "warm2", 2, shard_size=10)  # starts the worker processes once
-        t1 = run(small, tmp / "j1", 1)
-        t2 = run(small, tmp / "j2", 2)
+        t1 = t2 = float("inf")
+        for rep in range(3):  # alternate, keep the best of each: load on a shared VM hits both alike
+            t1 = min(t1, run(small, tmp / f"j1-{rep}", 1))
+            t2 = min(t2, run(small, tmp / f"j2-{rep}", 2))
         print(f"  --jobs 1  {args.clips / t1:6.2f} clips/s")
         print(f"  --jobs 2  {args.clips / t2:6.2f} clips/s  ratio {t1 / t2:4.2f}x (target 1.6x; workers "
               f"already started: the first run with them took {startup:.1f} s)")

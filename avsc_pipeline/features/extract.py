@@ -181,7 +181,7 @@ def extract_clip(clip: Clip, config: FeatureConfig, with_video: bool, threads: O
         segments = split_segments(load_audio(clip.audio, config), config)
         video = None
         if with_video:
-            video = read_frame_pairs(clip.video, len(segments), config.frame_times, config.image_size)
+            video = read_frame_pairs(clip.video, len(segments), config.frame_times, config.image_size, threads)
             if len(video) == 0:
                 raise BadClipError(clip.video, "video has no frames for the first segment")
     except BadClipError as err:

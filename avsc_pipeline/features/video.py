@@ -69,12 +69,15 @@ def _open_video(path: str):
     return container
 
 
-def select_frames(path: "str | os.PathLike[str]", times: np.ndarray) -> Tuple[List[Optional[np.ndarray]], float]:
+def select_frames(path: "str | os.PathLike[str]", times: np.ndarray,
+                  threads: Optional[int] = None) -> Tuple[List[Optional[np.ndarray]], float]:
     """Decode once, keeping the RGB frame nearest to each of the sorted `times`.
 
     Args:
         path: video file.
         times: 1-D sorted presentation times in seconds, relative to the first frame.
+        threads: threads for decoding and colour conversion; None lets FFmpeg choose (as many
+            as cores, right for one process; a worker among N on N cores wants 1).
 
     Returns:
         One uint8 `(H, W, 3)` array per time, None where the video has ended before that time
@@ -95,6 +98,8 @@ def select_frames(path: "str | os.PathLike[str]", times: np.ndarray) -> Tuple[Li
     out: List[Optional[np.ndarray]] = [None] * len(times)
     try:
         stream = container.streams.video[0]
+        if threads:
+            stream.codec_context.thread_count = threads
         rate = float(stream.average_rate or stream.guessed_rate or 30)
         j, start, prev, prev_t, index = 0, None, None, 0.0, 0
         for frame in _decode_near(container, stream, times, rate):
@@ -104,7 +109,8 @@ def select_frames(path: "str | os.PathLike[str]", times: np.ndarray) -> Tuple[Li
             t = t_abs - start
             while j < len(times) and t >= times[j]:
                 nearer_prev = prev is not None and times[j] - prev_t <= t - times[j]
-                out[j] = rgb.reformat(prev if nearer_prev else frame, format="rgb24").to_ndarray()
+                chosen = prev if nearer_prev else frame
+                out[j] = rgb.reformat(chosen, format="rgb24", threads=threads).to_ndarray()
                 j += 1
             if j == len(times):
                 break
@@ -112,7 +118,7 @@ def select_frames(path: "str | os.PathLike[str]", times: np.ndarray) -> Tuple[Li
         if prev is None and out[0] is None:
             raise BadClipError(path, "video has no frames")
         while j < len(times) and prev is not None and times[j] < prev_t + 1.0 / rate:
-            out[j] = rgb.reformat(prev, format="rgb24").to_ndarray()
+            out[j] = rgb.reformat(prev, format="rgb24", threads=threads).to_ndarray()
             j += 1
     except av.FFmpegError as err:
         raise BadClipError(path, f"cannot decode video ({err})") from err
@@ -156,9 +162,10 @@ def _decode_near(container, stream, times: np.ndarray, rate: float):
 
 
 def read_frame_pairs(
-    path: "str | os.PathLike[str]", n_segments: int, frame_times: Sequence[float], size: int = 224
+    path: "str | os.PathLike[str]", n_segments: int, frame_times: Sequence[float], size: int = 224,
+    threads: Optional[int] = None,
 ) -> np.ndarray:
-    """Frames of the first `n_segments` seconds of a video.
+    """Frames of the first `n_segments` seconds of a video (`threads`: see :func:`select_frames`).
 
     Returns:
         uint8 `(K, len(frame_times), 3, size, size)` where K <= n_segments is the number of
@@ -168,7 +175,7 @@ def read_frame_pairs(
         BadClipError: see :func:`select_frames`.
     """
     times = target_times(n_segments, frame_times)
-    frames, _ = select_frames(path, times.ravel())
+    frames, _ = select_frames(path, times.ravel(), threads)
     per_seg = len(frame_times)
     kept = 0
     while kept < n_segments and all(f is not None for f in frames[kept * per_seg : (kept + 1) * per_seg]):
