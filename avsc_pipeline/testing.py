@@ -134,3 +134,25 @@ def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: Feat
     with ShardWriter(path, stage_one_columns(config, with_video), shard_attrs(classes, config, f"random{seed}")) as w:
         w.add(**columns)
     return path
+
+
+def kill_when_shards(command: Sequence[str], folder: "str | os.PathLike[str]", count: int,
+                     timeout: float = 120.0) -> int:
+    """Start `command`, SIGKILL it once `folder` holds `count` finished shards (or it exits).
+
+    Returns:
+        How many finished shards the folder held after the kill.
+    """
+    import signal
+    import subprocess
+    import time
+
+    from avsc_pipeline.storage.shards import list_shards
+
+    proc = subprocess.Popen(list(command))
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list_shards(folder)) < count and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list_shards(folder))

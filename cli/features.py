@@ -40,6 +40,16 @@ def run_options(command):
     return command
 
 
+def report(summary, rows: str, items: str) -> None:
+    """Print what a shard-writing run did, then each skipped clip with its file and reason."""
+    click.echo(
+        f"{summary.folder}: wrote {len(summary.shards_written)} shards ({summary.rows} {rows}), "
+        f"kept {len(summary.shards_kept)} finished shards, {len(summary.skipped)} {items} skipped or cut"
+    )
+    for item in summary.skipped:
+        click.echo(f"  skipped {item['clip_id']} ({item['file']}): {item['reason']}")
+
+
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -71,12 +81,7 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
         )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(
-        f"{summary.folder}: wrote {len(summary.shards_written)} shards ({summary.rows} segments), "
-        f"kept {len(summary.shards_kept)} finished shards, {len(summary.skipped)} clips skipped or cut"
-    )
-    for item in summary.skipped:
-        click.echo(f"  skipped {item['file']}: {item['reason']}")
+    report(summary, "segments", "clips")
 
 
 @main.command()
@@ -127,12 +132,7 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
         )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(
-        f"{summary.folder}: wrote {len(summary.shards_written)} shards ({summary.rows} augmented segments), "
-        f"kept {len(summary.shards_kept)} finished shards, {len(summary.skipped)} variants skipped or cut"
-    )
-    for item in summary.skipped:
-        click.echo(f"  skipped {item['clip_id']} ({item['file']}): {item['reason']}")
+    report(summary, "augmented segments", "variants")
 
 
 @main.command()

@@ -1,11 +1,7 @@
 """Stage-one extraction end to end: contents, determinism, bad input, crash and resume, parts."""
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -19,7 +15,7 @@ from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.index import build_index, load_index, verify_folder
 from avsc_pipeline.storage.shards import list_shards, load_rows, read_attrs
-from avsc_pipeline.testing import make_tau_dataset, noisy_tone, write_video, write_wav
+from avsc_pipeline.testing import kill_when_shards, make_tau_dataset, noisy_tone, write_video, write_wav
 
 CFG = FeatureConfig()
 
@@ -168,13 +164,7 @@ def test_crash_at_any_moment_then_resume_gives_identical_arrays(tmp_path):
         f"extract_split(load_tau({str(root)!r}, 'all'), sys.argv[1], FeatureConfig(), list(TAU_CLASSES), "
         "shard_size=2, progress=False)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(crashed / "all")])
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list_shards(crashed / "all")) < 3 and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list_shards(crashed / "all"))
+    done = kill_when_shards([sys.executable, "-c", script, str(crashed / "all")], crashed / "all", 3)
     assert 0 < done < 12, f"expected the kill mid-way, {done} shards were finished"
     summary = extract(root, crashed, split="all", shard_size=2)
     assert len(summary.shards_kept) >= done

@@ -1,12 +1,8 @@
 """`avsc-features augment` end to end: contents against librosa, references, determinism, resume."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -23,7 +19,7 @@ from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import load_tau
 from avsc_pipeline.storage.index import build_index, load_index, row_locations, verify_folder
 from avsc_pipeline.storage.shards import list_shards, load_rows, read_attrs
-from avsc_pipeline.testing import make_tau_dataset
+from avsc_pipeline.testing import kill_when_shards, make_tau_dataset
 from cli.features import main
 
 CFG = FeatureConfig()
@@ -184,13 +180,7 @@ def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_pa
         f"augment_split(load_tau({str(root)!r}, 'train'), sys.argv[1] + '/train', sys.argv[1] + '/train-aug', "
         "OfflineAugmentConfig(ops=('pitch', 'noise'), copies=2), shard_size=2, progress=False)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(crashed)])
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list_shards(crashed / "train-aug")) < 5 and proc.poll() is None:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list_shards(crashed / "train-aug"))
+    done = kill_when_shards([sys.executable, "-c", script, str(crashed)], crashed / "train-aug", 5)
     total = len(list_shards(clean / "train-aug"))
     assert 0 < done < total, f"expected the kill mid-way, {done} of {total} shards were finished"
     summary = augment(root, crashed, config, shard_size=2)
