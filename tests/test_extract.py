@@ -221,3 +221,12 @@ def test_real_clips_end_to_end(shared_mini, tmp_path):
     assert rows["audio"].shape == (20, 6, 128, 39) and rows["video"].shape == (20, 2, 3, 224, 224)
     assert set(rows["label"]) == {TAU_CLASSES.index("street_traffic")}
     assert set(rows["identifier"]) == {clips[0].identifier, clips[1].identifier}
+
+
+def test_planned_samples_equal_the_resampled_length(tmp_path):
+    from avsc_pipeline.features.extract import planned_samples
+    from avsc_pipeline.manifest import Clip
+
+    path = write_wav(tmp_path / "a.wav", noisy_tone(2.0, sr=44100), sr=44100)
+    clip = Clip("a", path, None, None, "a")
+    assert planned_samples(clip, CFG) == load_audio(path, CFG).shape[1]

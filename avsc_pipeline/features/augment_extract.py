@@ -33,13 +33,12 @@ from avsc_pipeline.features.augment import (
     AugmentError, Augmenter, AugmentParams, OfflineAugmentConfig, draw_params, output_samples,
 )
 from avsc_pipeline.features.extract import (
-    BACKENDS, DEFAULT_SHARD_SIZE, ExtractSummary, ShardJob, ShardPlan, audio_extractor, check_state,
+    DEFAULT_SHARD_SIZE, ExtractSummary, ShardJob, ShardPlan, audio_extractor, check_run_args, check_state,
     group_into_shards, hash_strings, planned_samples, set_worker_threads, write_shards,
 )
 from avsc_pipeline.manifest import Clip
 from avsc_pipeline.storage.index import folder_attrs, row_labels
-from avsc_pipeline.storage.shards import augment_columns
-from avsc_pipeline.storage.shards import ShardWriter, feature_config_of, shard_attrs
+from avsc_pipeline.storage.shards import ShardWriter, augment_columns, feature_config_of, shard_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -325,10 +324,7 @@ def augment_split(
         raise TypeError(f"expected an OfflineAugmentConfig, got {type(config).__name__}")
     if not clips:
         raise ValueError("expected at least one clip in the manifest, got none")
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
-    if jobs < 1:
-        raise ValueError(f"expected jobs >= 1, got {jobs}")
+    check_run_args(jobs, backend)
     source, folder = Path(source), Path(folder)
     feature_config, classes = _source_config(source, feature_config)
     video_source = os.path.relpath(source.resolve(), folder.resolve())

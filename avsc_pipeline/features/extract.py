@@ -109,7 +109,7 @@ def planned_samples(clip: Clip, config: FeatureConfig) -> int:
         return 0
     n = info.frames
     if info.samplerate != config.sample_rate:
-        n = math.ceil(n * config.sample_rate / info.samplerate)  # librosa.resample's length
+        n = int(np.ceil(n * (float(config.sample_rate) / info.samplerate)))  # librosa.resample's length
     return n
 
 
@@ -248,6 +248,14 @@ def _shard_done(path: Path, expected: Dict[str, Any]) -> bool:
     return True
 
 
+def check_run_args(jobs: int, backend: str) -> None:
+    """Refuse bad worker settings before any folder is touched (`--overwrite` deletes shards)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if jobs < 1:
+        raise ValueError(f"expected jobs >= 1, got {jobs}")
+
+
 def run_ordered(work: Callable[..., Any], items: Sequence[Any], jobs: int, backend: str,
                 scheduler: Optional[str]) -> Iterator[Any]:
     """`work(item, threads=...)` for every item, yielded in the order of `items`.
@@ -320,10 +328,7 @@ def write_shards(job: ShardJob, *, jobs: int = 1, backend: str = "loky", schedul
     """
     from tqdm import tqdm
 
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
-    if jobs < 1:
-        raise ValueError(f"expected jobs >= 1, got {jobs}")
+    check_run_args(jobs, backend)
     summary = ExtractSummary(job.folder)
     todo = []
     for plan in job.plans:
@@ -391,10 +396,7 @@ def extract_split(
     """
     if not clips:
         raise ValueError("expected at least one clip in the manifest, got none")
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
-    if jobs < 1:
-        raise ValueError(f"expected jobs >= 1, got {jobs}")
+    check_run_args(jobs, backend)
     with_video = _uses_video(clips)
     labels = {c.clip_id: label_index(c, classes) for c in clips}
     folder = Path(folder)

@@ -18,7 +18,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,18 +30,25 @@ from avsc_pipeline.storage.shards import (
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
-def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
-    """`(clip_id, segment) -> label` of every row of a folder's shards (reads only those columns)."""
+
+
+def _rows(folder: "str | os.PathLike[str]") -> Iterator[Tuple[Tuple[str, int], str, int, int]]:
+    """`((clip_id, segment), shard file name, row, label)` of every row of a folder's shards,
+    reading only those columns."""
     import h5py
 
-    keys: Dict[Tuple[str, int], int] = {}
     for path in list_shards(folder):
         with h5py.File(path, "r") as handle:
             ids = handle["clip_id"].asstr()[()]
             segments = handle["segment"][()]
             labels = handle["label"][()]
-        keys.update(((c, int(s)), int(l)) for c, s, l in zip(ids, segments, labels))
-    return keys
+        for row, (clip_id, segment, label) in enumerate(zip(ids, segments, labels)):
+            yield (clip_id, int(segment)), path.name, row, int(label)
+
+
+def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
+    """`(clip_id, segment) -> label` of every row of a folder's shards."""
+    return {key: label for key, _, _, label in _rows(folder)}
 
 
 def row_locations(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], Tuple[str, int]]:
@@ -49,15 +56,7 @@ def row_locations(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], Tup
 
     This is how a reader resolves an augmented row's video reference to stage-one frames.
     """
-    import h5py
-
-    where: Dict[Tuple[str, int], Tuple[str, int]] = {}
-    for path in list_shards(folder):
-        with h5py.File(path, "r") as handle:
-            ids = handle["clip_id"].asstr()[()]
-            segments = handle["segment"][()]
-        where.update(((c, int(s)), (path.name, row)) for row, (c, s) in enumerate(zip(ids, segments)))
-    return where
+    return {key: (name, row) for key, name, row, _ in _rows(folder)}
 
 
 def folder_attrs(folder: "str | os.PathLike[str]") -> Dict[str, Any]:
