@@ -10,10 +10,11 @@ A YAML config file holds one mapping per section, e.g.::
       n_mels: 128
     offline_augment:   # avsc-features augment
       ops: [pitch, speed]
-    augment:           # on-device batch augmentation in stage two
+    batch_augment:     # on-device batch augmentation in stage two
       mixup_ratio: 0.4
 
-and :func:`load_section` reads one section into its dataclass, rejecting unknown keys.
+:mod:`avsc_pipeline.recipe` knows every section and reads files; this module holds the
+conversions (:func:`from_dict` rejects unknown keys) and the shared field validators.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class FeatureConfig:
     audio_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels"))
+        check_int(self, ("sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels"), minimum=1)
         if self.segment_samples < self.n_fft:
             raise ValueError(
                 f"expected segment_samples >= n_fft, got {self.segment_samples} < {self.n_fft}"
@@ -93,11 +96,27 @@ class FeatureConfig:
         return (len(self.frame_times), 3, self.image_size, self.image_size)
 
 
-def _check_positive(obj: Any, names: Tuple[str, ...]) -> None:
+def check_int(obj: Any, names: Sequence[str], minimum: int = 0) -> None:
+    """Raise ValueError unless each named field of `obj` is an int (not a bool) >= `minimum`."""
     for name in names:
         value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+
+
+def check_unit(obj: Any, names: Sequence[str]) -> None:
+    """Raise ValueError unless each named field of `obj` is a number within [0, 1]."""
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"expected {name} within [0, 1], got {value!r}")
+
+
+def check_choice(obj: Any, name: str, choices: Sequence[Any]) -> None:
+    """Raise ValueError unless the named field of `obj` is one of `choices`."""
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"expected {name} in {tuple(choices)}, got {value!r}")
 
 
 def to_dict(config: Any) -> Dict[str, Any]:
@@ -139,6 +158,9 @@ def _coerce(hint: Any, value: Any) -> Any:
             return _coerce(args[0], value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        # YAML 1.1 reads `1e-5` (no dot) as a string; it is a number to every user.
+        return float(value)
     return value
 
 
@@ -174,14 +196,6 @@ def load_yaml(path: "str | os.PathLike[str]") -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of sections, got {type(data).__name__}")
     return data
-
-
-def load_section(path: "str | os.PathLike[str] | None", section: str, cls: Type[T]) -> T:
-    """Read `section` of a YAML config into `cls`; defaults when `path` is None or it is absent."""
-    if path is None:
-        return cls()
-    data = load_yaml(path)
-    return from_dict(cls, data.get(section) or {}, source=f"{path} [{section}]")
 
 
 def dump_yaml(sections: Dict[str, Any], path: "str | os.PathLike[str]") -> None:

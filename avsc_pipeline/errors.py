@@ -17,3 +17,12 @@ class BadClipError(ValueError):
 
 class ConfigMismatchError(ValueError):
     """An artifact made with a different config or class list than the one required."""
+
+
+def describe(value: object) -> str:
+    """A short description of a value for "expected X, got Y" messages: a tensor's or array's
+    dtype and shape, otherwise the type's name."""
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is not None and shape is not None:
+        return f"{dtype} {type(value).__name__} of shape {tuple(shape)}"
+    return type(value).__name__

@@ -20,10 +20,10 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from avsc_pipeline.training.augment import ChannelSwap, JointMixup, SpecAugment, one_hot
-from avsc_pipeline.training.config import AugmentConfig
-from avsc_pipeline.training.loader import BatchPreparer
-from avsc_pipeline.training.stats import AudioStats
+from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugment, one_hot
+from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.dataio.preparation import BatchPreparer
+from avsc_pipeline.dataio.stats import AudioStats
 
 
 def loop_spec_augment(audio: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def cases_for(device: torch.device, batch: int) -> Dict[str, Tuple[Callable[[], 
     target = one_hot(torch.arange(batch) % 10, 10).to(device)
     spec, swap, mix = SpecAugment(seed=0), ChannelSwap(seed=0), JointMixup(inplace=True, seed=0)
     stats = AudioStats((0.0,) * 6, (1.0,) * 6, 1, "", ())
-    preparer = BatchPreparer(10, stats, augment=AugmentConfig(), seed=0).to(device)
+    preparer = BatchPreparer(10, stats, augment=BatchAugmentConfig(), seed=0).to(device)
     raw = {"audio": audio.cpu(), "video": frames, "label": torch.arange(batch) % 10}
     return {
         "clone of the audio batch": (lambda: audio.clone(), lambda: audio.clone()),

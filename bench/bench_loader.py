@@ -27,10 +27,10 @@ import torch
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import list_shards, load_rows
 from avsc_pipeline.testing import write_random_shard
-from avsc_pipeline.training import loader as loader_mod
-from avsc_pipeline.training.config import LoaderConfig
-from avsc_pipeline.training.dataset import ShardDataset
-from avsc_pipeline.training.samplers import EpochSampler
+from avsc_pipeline.dataio import loader as loader_mod
+from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.dataio.dataset import ShardDataset
+from avsc_pipeline.dataio.samplers import EpochSampler
 
 BATCH = 32
 SHARD_ROWS = 200

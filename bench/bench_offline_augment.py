@@ -2,10 +2,10 @@
 
 Measured in one run, on one thread, one 10-second 48 kHz stereo clip at a time:
 
-1. each waveform operation: the fast backend (vectorized phase vocoder, soxr) against the
+1. each waveform operation: the fast implementation (vectorized phase vocoder, soxr) against the
    librosa effects (`librosa.effects.pitch_shift`, `librosa.resample`) on the same clip;
 2. the whole augmentation of a clip as `avsc-features augment` does it (load, the four
-   operations, features of each result): fast against librosa backend, in augmented clips/s;
+   operations, features of each result): fast against the librosa implementation, in augmented clips/s;
 3. that whole augmentation against the clip's stage-one feature extraction (`extract_clip`,
    with and without its video frames).
 
@@ -73,8 +73,8 @@ def main() -> None:
 
     from avsc_pipeline.config import FeatureConfig
     from avsc_pipeline.features.audio import load_audio
-    from avsc_pipeline.features.augment import BACKENDS, OfflineAugmentConfig, add_noise, draw_params, mix
-    from avsc_pipeline.features.augment_extract import augment_clip, plan_items
+    from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, OfflineAugmentConfig, add_noise, draw_params, mix
+    from avsc_pipeline.features.offline_augment_shards import augment_clip, plan_items
     from avsc_pipeline.features.extract import extract_clip
 
     torch.set_num_threads(1)
@@ -93,8 +93,8 @@ def main() -> None:
                                                  draw_params(config, c.clip_id, "speed", 0).speed),
         }
         for name, op in ops.items():
-            fast, slow = per_clip(clips, [lambda c, op=op: op(BACKENDS["fast"], c),
-                                          lambda c, op=op: op(BACKENDS["librosa"], c)], args.repeat)
+            fast, slow = per_clip(clips, [lambda c, op=op: op(DSP_IMPLEMENTATIONS["fast"], c),
+                                          lambda c, op=op: op(DSP_IMPLEMENTATIONS["librosa"], c)], args.repeat)
             print(f"{name:<28}{1e3 * fast:>10.1f}{1e3 * slow:>12.1f}{slow / fast:>9.2f}x")
         rng = np.random.default_rng(0)
         noise, mixing = per_clip(clips, [lambda c: add_noise(audio[c.clip_id], 20.0, rng),
@@ -104,7 +104,7 @@ def main() -> None:
 
         rows = {(c.clip_id, s): 0 for c in clips for s in range(20)}
         classes = sorted({c.label for c in clips})
-        configs = {b: dataclasses.replace(config, backend=b) for b in ("fast", "librosa")}
+        configs = {b: dataclasses.replace(config, dsp=b) for b in ("fast", "librosa")}
         items = {b: plan_items(clips, cfg, fc, classes, rows, "-") for b, cfg in configs.items()}
         fast, slow, audio_only, with_video = per_clip(range(len(clips)), [
             lambda i: augment_clip(items["fast"][i], fc, configs["fast"]),
@@ -113,7 +113,7 @@ def main() -> None:
             lambda i: extract_clip(clips[i], fc, with_video=True),
         ], args.repeat)
         print("whole augmentation of a clip (load + pitch, speed, noise, mix + features of each):")
-        print(f"  fast backend      {1e3 * fast:8.1f} ms/clip  {1 / fast:6.2f} clips/s = {4 / fast:5.1f} augmented clips/s per core")
+        print(f"  fast dsp          {1e3 * fast:8.1f} ms/clip  {1 / fast:6.2f} clips/s = {4 / fast:5.1f} augmented clips/s per core")
         print(f"  librosa effects   {1e3 * slow:8.1f} ms/clip  {1 / slow:6.2f} clips/s = {4 / slow:5.1f} augmented clips/s per core")
         print(f"  speed-up          {slow / fast:8.2f}x\n")
         print("against the clip's stage-one feature extraction (extract_clip):")

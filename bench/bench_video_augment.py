@@ -19,7 +19,7 @@ from typing import Callable, Dict
 import torch
 from torchvision.transforms import v2
 
-from avsc_pipeline.training.augment_video import VideoRandAugment
+from avsc_pipeline.dataio.video_augment import VideoRandAugment
 
 
 class RestrictedRandAugment(v2.RandAugment):
@@ -72,13 +72,13 @@ def main() -> None:
         "torchvision v2 RandAugment per image, CPU (baseline)": lambda: [baseline(img) for img in images],
     }
     for count in sorted({1, threads}):
-        for backend in ("per_image", "batched"):
-            module = VideoRandAugment(backend=backend, seed=0)
-            cases[f"VideoRandAugment {backend}, CPU {count} thread(s)"] = with_threads(count, lambda m=module: m(video))
+        for kernels in ("per_image", "batched"):
+            module = VideoRandAugment(kernels=kernels, seed=0)
+            cases[f"VideoRandAugment {kernels}, CPU {count} thread(s)"] = with_threads(count, lambda m=module: m(video))
     syncs = {name: (lambda: None) for name in cases}
     if torch.cuda.is_available():
         on_gpu = video.cuda()
-        module = VideoRandAugment(backend="batched", seed=0)
+        module = VideoRandAugment(kernels="batched", seed=0)
         cases["VideoRandAugment batched, CUDA"] = lambda: module(on_gpu)
         syncs["VideoRandAugment batched, CUDA"] = torch.cuda.synchronize
     best = run(cases, syncs, args.repeat)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from cli import setup_logging
+from avsc_pipeline_cli.common import SPLITS, config_option, load_config, setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,10 +53,9 @@ def report(summary, rows: str, items: str) -> None:
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "evaluate", "test", "all"]), default="all",
+@click.option("--split", type=click.Choice(SPLITS), default="all",
               show_default=True, help="Which list of a TAU-layout data set (ignored for a CSV manifest).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML file whose `features:` section overrides the defaults.")
+@config_option("YAML file whose `features:` section overrides the defaults.")
 @click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels).")
 @run_options
 def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], classes: Optional[str],
@@ -66,12 +65,11 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 
     Example: avsc-features extract data/demo data/demo-features --split train --jobs 2
     """
-    from avsc_pipeline.config import FeatureConfig, load_section
     from avsc_pipeline.features.extract import extract_split, parse_part
     from avsc_pipeline.manifest import load_manifest, resolve_classes
 
+    config = load_config(config_path, only=["features"])["features"]
     try:
-        config = load_section(config_path, "features", FeatureConfig)
         clips = load_manifest(dataset_root, split)
         class_list = resolve_classes(clips, classes.split(",") if classes else None)
         summary = extract_split(
@@ -87,11 +85,10 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "evaluate", "test", "all"]), default="train",
+@click.option("--split", type=click.Choice(SPLITS), default="train",
               show_default=True, help="The split to augment; its stage-one shards must be in OUT/<split>.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML file: its `offline_augment:` section overrides the defaults; a `features:` "
-              "section must match the stage-one settings.")
+@config_option("YAML file: its `offline_augment:` section overrides the defaults; a `features:` "
+               "section must match the stage-one settings.")
 @click.option("--ops", help="Comma-separated operations out of pitch,speed,noise,mix "
               "[default: the config's, else all four].")
 @click.option("--copies", type=click.IntRange(min=1),
@@ -110,18 +107,17 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
     """
     import dataclasses
 
-    from avsc_pipeline.config import FeatureConfig, from_dict, load_yaml
-    from avsc_pipeline.features.augment import OfflineAugmentConfig
-    from avsc_pipeline.features.augment_extract import AUGMENTED_SUFFIX, augment_split
+    from avsc_pipeline.config import load_yaml
+    from avsc_pipeline.features.offline_augment_shards import AUGMENTED_SUFFIX, augment_split
     from avsc_pipeline.features.extract import parse_part
     from avsc_pipeline.manifest import load_manifest
 
     try:
-        sections = load_yaml(config_path) if config_path else {}
-        features = sections.get("features")
-        feature_config = from_dict(FeatureConfig, features, f"{config_path} [features]") if features else None
-        config = from_dict(OfflineAugmentConfig, sections.get("offline_augment") or {},
-                           f"{config_path} [offline_augment]")
+        sections = load_config(config_path, only=["features", "offline_augment"])
+        # Without a `features:` section the stage-one folder's own settings are used.
+        given = load_yaml(config_path) if config_path else {}
+        feature_config = sections["features"] if given.get("features") else None
+        config = sections["offline_augment"]
         overrides = {"ops": tuple(o.strip() for o in ops.split(",") if o.strip()) if ops else None,
                      "copies": copies, "seed": seed}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

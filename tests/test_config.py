@@ -1,8 +1,9 @@
 import pytest
 
 from avsc_pipeline.config import (
-    FeatureConfig, config_diff, config_hash, dump_yaml, from_dict, load_section, to_dict,
+    FeatureConfig, config_diff, config_hash, dump_yaml, from_dict, to_dict,
 )
+from avsc_pipeline.recipe import load_section, load_sections, parse_override
 
 
 def test_feature_config_defaults_match_the_recipe():
@@ -44,10 +45,37 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_section(configs / "paper.yaml", "features", FeatureConfig) == FeatureConfig()
     assert load_section(configs / "demo.yaml", "features", FeatureConfig) == FeatureConfig()
-    from avsc_pipeline.features.augment import OfflineAugmentConfig
+    from avsc_pipeline.features.offline_augment import OfflineAugmentConfig
 
     assert load_section(configs / "paper.yaml", "offline_augment", OfflineAugmentConfig) == OfflineAugmentConfig()
-    from avsc_pipeline.training.config import AugmentConfig, LoaderConfig
+    from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
 
-    assert load_section(configs / "paper.yaml", "augment", AugmentConfig) == AugmentConfig()
+    assert load_section(configs / "paper.yaml", "batch_augment", BatchAugmentConfig) == BatchAugmentConfig()
     assert load_section(configs / "paper.yaml", "loader", LoaderConfig) == LoaderConfig()
+
+
+def test_unknown_section_is_named_with_the_file_and_the_known_ones(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("loadr:\n  batch_size: 8\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: unknown section\(s\) \['loadr'\]; known sections: .*'loader'"):
+        load_section(path, "features", FeatureConfig)
+
+
+def test_unknown_key_is_named_with_the_file_and_section(tmp_path):
+    path = tmp_path / "key.yaml"
+    path.write_text("loader:\n  batch_sise: 8\n")
+    with pytest.raises(ValueError, match=r"key.yaml \[loader\]: unknown LoaderConfig field\(s\) \['batch_sise'\]"):
+        load_sections(path)
+
+
+def test_set_overrides_are_parsed_as_yaml_and_checked(tmp_path):
+    assert parse_override("train.lr=0.5") == ("train", "lr", 0.5)
+    assert load_sections(None, ["train.lr=1e-4"])["train"].lr == 1e-4  # YAML 1.1 reads 1e-4 as text
+    assert parse_override("model.fusion_hidden=[256, 64]") == ("model", "fusion_hidden", [256, 64])
+    assert parse_override("model.video_weights=null") == ("model", "video_weights", None)
+    sections = load_sections(None, ["loader.batch_size=8", "model.fusion_hidden=[256, 64]"])
+    assert sections["loader"].batch_size == 8 and sections["model"].fusion_hidden == (256, 64)
+    for bad, message in [("loader.batch_sise=8", "batch_sise"), ("loadr.batch_size=8", "unknown section"),
+                         ("loader=8", "expected section.key=value"), ("loader.batch_size=[", "not valid YAML")]:
+        with pytest.raises(ValueError, match=message):
+            load_sections(None, [bad])

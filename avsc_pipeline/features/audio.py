@@ -183,7 +183,7 @@ class FastLogMel:
         power = (spec.real.square() + spec.imag.square()).float()
         if cfg.power != 2.0:
             power = power.pow(cfg.power / 2.0)
-        mel = power @ self._mel_t  # (2K, T, n_mels)
+        mel = _single_thread_matmul(power, self._mel_t)  # (2K, T, n_mels)
         log_mel = 10.0 * torch.log10(mel.clamp_min(cfg.db_amin)) - self._db_offset
         if cfg.db_top is not None:
             peak = log_mel.amax(dim=(-2, -1), keepdim=True)
@@ -194,13 +194,19 @@ class FastLogMel:
         return stacked.reshape(k, 6, cfg.n_mels, cfg.n_frames)
 
 
-AUDIO_BACKENDS = {"fast": FastLogMel, "reference": None}
+def _single_thread_matmul(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    """`a @ b` on one CPU thread: a float32 GEMM splits its sums differently on more threads
+    (up to 2e-6 apart here), and the features must not depend on `--jobs` or the machine."""
+    import torch
 
+    if a.device.type != "cpu":
+        return a @ b
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return a @ b
+    torch.set_num_threads(1)
+    try:
+        return a @ b
+    finally:
+        torch.set_num_threads(threads)
 
-def make_audio_extractor(config: FeatureConfig, backend: str = "fast"):
-    """A callable `(K, 2, S) -> (K, 6, n_mels, n_frames)` for the named backend."""
-    if backend not in AUDIO_BACKENDS:
-        raise ValueError(f"expected audio backend in {sorted(AUDIO_BACKENDS)}, got {backend!r}")
-    if backend == "reference":
-        return lambda segments: reference_features(segments, config)
-    return FastLogMel(config)

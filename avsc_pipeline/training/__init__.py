@@ -1,15 +1,8 @@
-"""Stage two input: reading shards, sampling epochs, and batch augmentation on the device.
+"""Stage two: training the paper's models from the shards.
 
 Modules:
-    config: :class:`AugmentConfig` and :class:`LoaderConfig` (the `augment:` and `loader:`
-        YAML sections).
-    dataset: :class:`ShardDataset` over shard folders (originals plus `train-aug`).
-    samplers: the location-disjoint split and the epoch sampler (shuffling, a fraction of
-        augmented rows, several processes).
-    stats: per-channel audio mean and std, computed once and stored beside the shards.
-    augment, augment_video: batch augmentation modules (SpecAugment, channel swap, joint mixup,
-        restricted RandAugment) and the soft-target loss.
-    loader: DataLoader set-up and the on-device batch preparation.
+    config: :class:`TrainConfig` (the `train:` YAML section).
+    losses: cross-entropy against soft (mixup) targets.
 
 Nothing is imported here, so `import avsc_pipeline.training` stays cheap.
 """

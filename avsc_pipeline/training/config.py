@@ -1,137 +1,103 @@
-"""Typed settings of stage two's input: batch augmentation (`augment:`) and loading (`loader:`).
-
-Both round-trip through YAML sections with :func:`avsc_pipeline.config.load_section`::
-
-    augment = load_section("configs/paper.yaml", "augment", AugmentConfig)
-    loader = load_section("configs/paper.yaml", "loader", LoaderConfig)
-
-The defaults are the paper's settings (USTC, DCASE 2021 Task 1b) where the paper gives them.
-"""
+"""The `train:` section: what a training run does (stage, optimizer, schedule, speed, seeds)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-MASK_FILLS = ("mean", "zero")
-VIDEO_BACKENDS = ("auto", "batched", "per_image")
-VIDEO_OPS = ("Identity", "Sharpness", "Contrast")
+from avsc_pipeline.config import check_choice, check_int, check_unit
+
+STAGES = ("audio", "video", "joint")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "warm_restarts")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
-    """On-device batch augmentation, applied in training only.
+class TrainConfig:
+    """A training run of one stage of the recipe.
 
     Attributes:
-        spec_augment: apply SpecAugment (no time warping) to the audio features.
-        time_masks: time masks per sample.
-        freq_masks: frequency masks per sample.
-        max_mask_fraction: each mask's width is drawn uniformly from 0 to
-            `floor(max_mask_fraction * axis length)` (3 of 39 frames, 12 of 128 bands).
-        mask_fill: `"mean"` fills a mask with the sample's per-channel mean, `"zero"` with 0
-            (after normalization, the training-set mean).
-        channel_swap_p: per-sample probability of exchanging the left `[0:3]` and right `[3:6]`
-            feature blocks; 0 turns it off.
-        video_ops: the RandAugment operations drawn from, a subset of
-            `("Identity", "Sharpness", "Contrast")`; empty turns video perturbation off.
-        video_num_ops: RandAugment N, operations applied in turn to each frame.
-        video_magnitude: RandAugment M, a bin of torchvision's magnitude scale.
-        video_magnitude_bins: torchvision's `num_magnitude_bins`.
-        video_backend: `"batched"`, `"per_image"` (a loop of torchvision calls) or `"auto"`
-            (batched on CUDA, and on CPU where it was measured faster; see `augment_video`).
-        mixup_fraction: fraction of each batch mixed with a partner; 0 turns mixup off.
-        mixup_ratio: the partner's weight in a mix (the paper's fixed 0.4).
-        mixup_alpha: when set, the partner's weight is drawn per sample from Beta(a, a) instead.
+        stage: `audio` (FCNN alone), `video` (video backbone and MLP head) or `joint`.
+        epochs: passes over the training rows (originals plus the sampled augmented rows).
+        optimizer: `sgd` (with `momentum`), `adam` or `adamw`.
+        lr: the initial learning rate.
+        weight_decay: L2 penalty (`adam`, `sgd`) or decoupled decay (`adamw`).
+        momentum: SGD momentum.
+        scheduler: `none`, `cosine` (one cosine from `lr` to `min_lr` over the run), or
+            `warm_restarts` (cosine annealing to `min_lr`, restarting at `restart_epochs`,
+            updated every step as in Hu et al.'s FCNN recipe).
+        restart_epochs: the epochs at which `warm_restarts` restarts.
+        min_lr: the floor of `cosine` and `warm_restarts`.
+        init_from: a checkpoint of an earlier stage (e.g. `runs/paper/audio/best.pt`): its
+            extractors initialize this model's (the FCNN of an audio run, the video backbone of a
+            video run). Without it the extractors start from their initial or pre-trained weights.
+        freeze_audio: keep the audio extractor fixed (eval mode, no gradient): Table 1's Fine_A off.
+        freeze_video: keep the video extractor fixed: Table 1's Fine_V off.
+        cache_embeddings: compute a frozen extractor's embeddings once when its input is not
+            augmented, so that training the rest takes seconds.
+        amp: mixed precision on CUDA: `auto` (bf16 where supported), `bf16`, `fp16` (with a
+            gradient scaler) or `off`; CPU runs in float32.
+        channels_last: channels-last memory format on CUDA.
+        compile: `torch.compile` the model.
+        grad_accum: batches whose gradients are summed before each optimizer step.
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        seed: the run seed (initialization, epoch order, workers, augmentation streams).
+        deterministic: deterministic algorithms (bit-exact resumption on CPU).
+        select_by: the validation figure that picks `best.pt`: `log_loss` or `accuracy`.
     """
 
-    spec_augment: bool = True
-    time_masks: int = 1
-    freq_masks: int = 1
-    max_mask_fraction: float = 0.1
-    mask_fill: str = "mean"
-    channel_swap_p: float = 0.5
-    video_ops: Tuple[str, ...] = VIDEO_OPS
-    video_num_ops: int = 2
-    video_magnitude: int = 14
-    video_magnitude_bins: int = 31
-    video_backend: str = "auto"
-    mixup_fraction: float = 0.2
-    mixup_ratio: float = 0.4
-    mixup_alpha: Optional[float] = None
+    stage: str = "joint"
+    epochs: int = 30
+    optimizer: str = "adam"
+    lr: float = 1e-5
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    scheduler: str = "none"
+    restart_epochs: Tuple[int, ...] = (3, 7, 15, 31, 63, 127)
+    min_lr: float = 1e-5
+    init_from: Optional[str] = None
+    freeze_audio: bool = False
+    freeze_video: bool = False
+    cache_embeddings: bool = True
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum: int = 1
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    deterministic: bool = False
+    select_by: str = "log_loss"
 
     def __post_init__(self) -> None:
-        _check_count(self, ("time_masks", "freq_masks", "video_num_ops"))
-        _check_unit(self, ("max_mask_fraction", "channel_swap_p", "mixup_fraction", "mixup_ratio"))
-        if self.mask_fill not in MASK_FILLS:
-            raise ValueError(f"expected mask_fill in {MASK_FILLS}, got {self.mask_fill!r}")
-        unknown = [op for op in self.video_ops if op not in VIDEO_OPS]
-        if unknown:
-            raise ValueError(f"expected video_ops within {VIDEO_OPS}, got {list(self.video_ops)}")
-        if self.video_backend not in VIDEO_BACKENDS:
-            raise ValueError(f"expected video_backend in {VIDEO_BACKENDS}, got {self.video_backend!r}")
-        if not isinstance(self.video_magnitude_bins, int) or self.video_magnitude_bins < 2:
-            raise ValueError(f"expected video_magnitude_bins >= 2, got {self.video_magnitude_bins!r}")
-        if not isinstance(self.video_magnitude, int) or not 0 <= self.video_magnitude < self.video_magnitude_bins:
-            raise ValueError(
-                f"expected 0 <= video_magnitude < {self.video_magnitude_bins}, got {self.video_magnitude!r}"
-            )
-        if self.mixup_alpha is not None and not self.mixup_alpha > 0:
-            raise ValueError(f"expected mixup_alpha > 0 or None, got {self.mixup_alpha!r}")
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """How training batches are sampled and loaded.
-
-    Attributes:
-        batch_size: samples per batch.
-        num_workers: DataLoader worker processes (0 reads in the training process).
-        pin_memory: page-lock host batches; used only when the device is CUDA.
-        persistent_workers: keep workers (and their open shard files) between epochs.
-        prefetch_factor: batches loaded ahead by each worker.
-        drop_last: drop the last incomplete training batch.
-        aug_fraction: fraction of the augmented rows (`train-aug`) drawn, without replacement,
-            into each training epoch, a new subset every epoch; 0 uses originals only.
-        val_fraction: fraction of each class's recording locations held out for validation.
-        split_seed: seed of the location-disjoint split (fixed, independent of the run seed).
-        frame_norm: the frame mean and std, a name in `loader.FRAME_NORMS`.
-        audio_stats: file name, beside the training shards, of the audio mean and std.
-    """
-
-    batch_size: int = 32
-    num_workers: int = 2
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
-    drop_last: bool = True
-    aug_fraction: float = 1.0
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    frame_norm: str = "imagenet"
-    audio_stats: str = "audio_stats.json"
-
-    def __post_init__(self) -> None:
-        _check_count(self, ("num_workers",))
-        for name in ("batch_size", "prefetch_factor"):
+        check_choice(self, "stage", STAGES)
+        check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "scheduler", SCHEDULERS)
+        check_choice(self, "amp", AMP_MODES)
+        check_choice(self, "select_by", ("log_loss", "accuracy"))
+        check_int(self, ("epochs", "grad_accum"), minimum=1)
+        check_int(self, ("seed",), minimum=0)
+        check_unit(self, ("momentum",))
+        for name in ("lr", "weight_decay", "min_lr"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
-        _check_unit(self, ("aug_fraction",))
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"expected 0 <= val_fraction < 1, got {self.val_fraction!r}")
-        if not self.audio_stats or "/" in self.audio_stats:
-            raise ValueError(f"expected a plain file name for audio_stats, got {self.audio_stats!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"expected {name} >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"expected lr > 0, got {self.lr!r}")
+        if list(self.restart_epochs) != sorted(set(self.restart_epochs)) or any(
+                not isinstance(e, int) or e < 1 for e in self.restart_epochs):
+            raise ValueError(f"expected increasing positive restart_epochs, got {list(self.restart_epochs)}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"expected grad_clip > 0 or None, got {self.grad_clip!r}")
+        if self.stage == "audio" and self.freeze_audio:
+            raise ValueError("expected freeze_audio false for stage 'audio' (nothing would train), got true")
 
+    @property
+    def uses_audio(self) -> bool:
+        """Whether this stage reads the audio features."""
+        return self.stage in ("audio", "joint")
 
-def _check_count(obj: object, names: Tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"expected {name} to be an int >= 0, got {value!r}")
-
-
-def _check_unit(obj: object, names: Tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"expected {name} within [0, 1], got {value!r}")
+    @property
+    def uses_video(self) -> bool:
+        """Whether this stage reads the video frames."""
+        return self.stage in ("video", "joint")

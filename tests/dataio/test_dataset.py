@@ -18,11 +18,12 @@ from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import augment_columns
 from avsc_pipeline.storage.shards import ShardWriter, shard_attrs
 from avsc_pipeline.testing import write_random_shard
-from avsc_pipeline.training.config import LoaderConfig
-from avsc_pipeline.training.dataset import ShardDataset
-from avsc_pipeline.training.loader import BatchPreparer, FRAME_NORMS, make_loader
-from avsc_pipeline.training.samplers import EpochSampler, location_split, split_items
-from avsc_pipeline.training.stats import (
+from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.dataio.dataset import ShardDataset
+from avsc_pipeline.dataio.loader import make_loader
+from avsc_pipeline.dataio.preparation import FRAME_NORMS, BatchPreparer
+from avsc_pipeline.dataio.samplers import EpochSampler, location_split, split_items
+from avsc_pipeline.dataio.stats import (
     compute_audio_stats, ensure_audio_stats, load_audio_stats, save_audio_stats,
 )
 
@@ -319,11 +320,11 @@ def test_loader_reads_every_item_once_per_epoch(small_pair, workers):
 def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
     from torchvision.transforms.v2 import functional as F
 
-    from avsc_pipeline.training.config import AugmentConfig
+    from avsc_pipeline.dataio.config import BatchAugmentConfig
 
     dataset = ShardDataset([small_pair / "train"])
     stats = compute_audio_stats(small_pair / "train")
-    preparer = BatchPreparer(len(dataset.classes), stats, "imagenet", AugmentConfig(), seed=0).eval()
+    preparer = BatchPreparer(len(dataset.classes), stats, "imagenet", BatchAugmentConfig(), seed=0).eval()
     batch = dataset.read_batch([0, 5, 17])
     out = preparer(batch)
     mean, std = FRAME_NORMS["imagenet"]
@@ -339,7 +340,7 @@ def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
 
 
 def test_build_training_input_end_to_end(small_pair):
-    from avsc_pipeline.training.loader import build_training_input
+    from avsc_pipeline.dataio.loader import build_training_input
 
     config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5)
     setup = build_training_input([small_pair / "train", small_pair / "train-aug"], config, "cpu", seed=1)

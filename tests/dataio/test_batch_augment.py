@@ -9,15 +9,16 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from avsc_pipeline.config import dump_yaml, load_section
-from avsc_pipeline.training.augment import (
-    ChannelSwap, JointMixup, SoftTargetCrossEntropy, SpecAugment, one_hot, soft_target_cross_entropy,
+from avsc_pipeline.config import dump_yaml
+from avsc_pipeline.recipe import load_section
+from avsc_pipeline.dataio.batch_augment import (
+    ChannelSwap, JointMixup, SpecAugment, one_hot,
 )
-from avsc_pipeline.training.augment_video import (
+from avsc_pipeline.dataio.video_augment import (
     OP_SPACE, VideoRandAugment, adjust_contrast_batch, adjust_sharpness_batch, magnitude_of,
 )
-from avsc_pipeline.training.config import AugmentConfig, LoaderConfig
-from avsc_pipeline.training.rng import beta_sample
+from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.dataio.rng import beta_sample
 
 
 def images(n: int, size: int = 40, seed: int = 0) -> torch.Tensor:
@@ -63,9 +64,9 @@ def test_magnitudes_and_signs_are_torchvision_randaugment():
     assert (factors[op_ids == 0] == 1.0).all()
 
 
-@pytest.mark.parametrize("backend", ["batched", "per_image"])
-def test_randaugment_equals_torchvision_functions_with_the_drawn_ops(backend):
-    module = VideoRandAugment(backend=backend, seed=3)
+@pytest.mark.parametrize("kernels", ["batched", "per_image"])
+def test_randaugment_equals_torchvision_functions_with_the_drawn_ops(kernels):
+    module = VideoRandAugment(kernels=kernels, seed=3)
     video = images(12, size=36, seed=4).view(6, 2, 3, 36, 36)
     op_ids, factors = VideoRandAugment(seed=3).draw(12, torch.device("cpu"))
     out = module(video).view(12, 3, 36, 36)
@@ -219,17 +220,18 @@ def test_mixup_checks_inputs():
     assert "ratio=0.4" in repr(JointMixup(seed=0)) and "Beta(0.5" in repr(JointMixup(alpha=0.5, seed=0))
 
 
-def test_soft_target_loss_matches_torch_cross_entropy():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(8, 10, generator=gen)
-    labels = torch.randint(0, 10, (8,), generator=gen)
-    soft = torch.softmax(torch.randn(8, 10, generator=gen), dim=1)
-    torch.testing.assert_close(soft_target_cross_entropy(logits, labels), F.cross_entropy(logits, labels))
-    torch.testing.assert_close(soft_target_cross_entropy(logits, one_hot(labels, 10)), F.cross_entropy(logits, labels))
-    torch.testing.assert_close(SoftTargetCrossEntropy()(logits, soft), F.cross_entropy(logits, soft))
-    with pytest.raises(ValueError, match=r"expected targets of shape \(8, 10\)"):
-        soft_target_cross_entropy(logits, soft[:, :5])
-    assert one_hot(torch.tensor([-1, 2]), 3).tolist() == [[0, 0, 0], [0, 0, 1]]
+def test_configs_round_trip_through_yaml(tmp_path):
+    augment = BatchAugmentConfig(mixup_alpha=0.3, video_kernels="batched")
+    loader = LoaderConfig(num_workers=4, aug_fraction=0.5)
+    dump_yaml({"batch_augment": augment, "loader": loader}, tmp_path / "c.yaml")
+    assert load_section(tmp_path / "c.yaml", "batch_augment", BatchAugmentConfig) == augment
+    assert load_section(tmp_path / "c.yaml", "loader", LoaderConfig) == loader
+    with pytest.raises(ValueError, match="expected video_ops within"):
+        BatchAugmentConfig(video_ops=("Rotate",))
+    with pytest.raises(ValueError, match="expected 0 <= video_magnitude < 31"):
+        BatchAugmentConfig(video_magnitude=31)
+    with pytest.raises(ValueError, match="expected aug_fraction within"):
+        LoaderConfig(aug_fraction=1.5)
 
 
 # -- generators and configs ------------------------------------------------------------------
@@ -248,17 +250,3 @@ def test_generator_state_travels_in_the_state_dict():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="generator's device"):
             passed(x.cuda())
-
-
-def test_configs_round_trip_through_yaml(tmp_path):
-    augment = AugmentConfig(mixup_alpha=0.3, video_backend="batched")
-    loader = LoaderConfig(num_workers=4, aug_fraction=0.5)
-    dump_yaml({"augment": augment, "loader": loader}, tmp_path / "c.yaml")
-    assert load_section(tmp_path / "c.yaml", "augment", AugmentConfig) == augment
-    assert load_section(tmp_path / "c.yaml", "loader", LoaderConfig) == loader
-    with pytest.raises(ValueError, match="expected video_ops within"):
-        AugmentConfig(video_ops=("Rotate",))
-    with pytest.raises(ValueError, match="expected 0 <= video_magnitude < 31"):
-        AugmentConfig(video_magnitude=31)
-    with pytest.raises(ValueError, match="expected aug_fraction within"):
-        LoaderConfig(aug_fraction=1.5)

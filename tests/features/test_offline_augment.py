@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from avsc_pipeline.config import dump_yaml, load_section
+from avsc_pipeline.config import dump_yaml
+from avsc_pipeline.recipe import load_section
 from avsc_pipeline.features import pvoc
-from avsc_pipeline.features.augment import (
+from avsc_pipeline.features.offline_augment import (
     OPS, AugmentError, Augmenter, OfflineAugmentConfig, add_noise, change_speed, draw_params, mix,
     output_samples, pitch_shift, variant_rngs,
 )
@@ -134,7 +135,7 @@ def test_fast_phase_vocoder_matches_librosa_in_double_precision():
 def test_augmenter_reuses_one_analysis_and_both_backends_agree_on_the_tone():
     x = tone(440.0)
     fast = Augmenter(x, SR, "c", OfflineAugmentConfig())
-    slow = Augmenter(x, SR, "c", OfflineAugmentConfig(backend="librosa"))
+    slow = Augmenter(x, SR, "c", OfflineAugmentConfig(dsp="librosa"))
     params = [draw_params(OfflineAugmentConfig(), "c", "pitch", copy) for copy in range(2)]
     outs = [fast(p) for p in params]
     first = fast._analysis
@@ -158,7 +159,7 @@ def test_config_round_trips_through_yaml_and_rejects_bad_values(tmp_path):
         (dict(seed=-1), "expected seed to be a non-negative int"),
         (dict(pitch_semitones=(2.0, -2.0)), "expected pitch_semitones with"),
         (dict(speed_factor=(0.9,)), "expected speed_factor to be a pair"),
-        (dict(backend="rubberband"), "expected backend in"),
+        (dict(dsp="rubberband"), "expected dsp in"),
         (dict(resample_quality="best"), "expected resample_quality in"),
         (dict(hop_length=500), "hop_length divides"),
     ]:

@@ -1,8 +1,8 @@
 """Batch augmentation of audio features and joint mixup, on the batch's device.
 
 Each module works on a whole batch, draws per-sample randomness from its own generator (see
-:class:`~avsc_pipeline.training.rng.SeededModule`), and is the identity in `eval()` mode. The
-video perturbation lives in :mod:`avsc_pipeline.training.augment_video`.
+:class:`~avsc_pipeline.dataio.rng.SeededModule`), and is the identity in `eval()` mode. The
+video perturbation lives in :mod:`avsc_pipeline.dataio.video_augment`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from avsc_pipeline.training.config import MASK_FILLS
-from avsc_pipeline.training.rng import SeededModule, beta_sample, randint_inclusive
+from avsc_pipeline.dataio.config import MASK_FILLS
+from avsc_pipeline.dataio.rng import SeededModule, beta_sample, randint_inclusive
+from avsc_pipeline.errors import describe
 
 AUDIO_CHANNELS = 6
 
@@ -215,12 +216,12 @@ class JointMixup(SeededModule):
     def _check(audio: torch.Tensor, video: Optional[torch.Tensor], target: torch.Tensor) -> None:
         _check_audio(audio)
         if not isinstance(target, torch.Tensor) or not target.is_floating_point() or target.ndim != 2:
-            raise TypeError(f"expected (B, K) floating point targets, got {_describe(target)}")
+            raise TypeError(f"expected (B, K) floating point targets, got {describe(target)}")
         if target.shape[0] != audio.shape[0]:
             raise ValueError(f"expected {audio.shape[0]} target rows, got {target.shape[0]}")
         if video is not None:
             if not isinstance(video, torch.Tensor) or not video.is_floating_point():
-                raise TypeError(f"expected floating point frames (normalize first), got {_describe(video)}")
+                raise TypeError(f"expected floating point frames (normalize first), got {describe(video)}")
             if video.shape[0] != audio.shape[0]:
                 raise ValueError(f"expected {audio.shape[0]} frame rows, got {video.shape[0]}")
 
@@ -238,59 +239,10 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """`(B,)` integer labels -> `(B, num_classes)` float32 one-hot; a label of -1 (unknown)
     gives a row of zeros. No host synchronization."""
     if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.ndim != 1:
-        raise TypeError(f"expected (B,) integer labels, got {_describe(labels)}")
+        raise TypeError(f"expected (B,) integer labels, got {describe(labels)}")
     known = labels >= 0
     hot = F.one_hot(labels.clamp(0, num_classes - 1).long(), num_classes).to(torch.float32)
     return hot * known[:, None]
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
-                              reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy against soft targets (mixup), or against integer labels.
-
-    Args:
-        logits: `(B, K)` floating point.
-        target: `(B, K)` floating point rows (each summing to one) or `(B,)` int64 labels.
-        reduction: `"mean"`, `"sum"` or `"none"`.
-
-    Returns:
-        The loss: a scalar, or `(B,)` for `reduction="none"`.
-    """
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
-        raise TypeError(f"expected (B, K) floating point logits, got {_describe(logits)}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
-    if isinstance(target, torch.Tensor) and not target.is_floating_point():
-        return F.cross_entropy(logits, target.long(), reduction=reduction)
-    if not isinstance(target, torch.Tensor) or target.shape != logits.shape:
-        raise ValueError(f"expected targets of shape {tuple(logits.shape)}, got {_describe(target)}")
-    loss = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
-    return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
-
-
-class SoftTargetCrossEntropy(torch.nn.Module):
-    """:func:`soft_target_cross_entropy` as a module."""
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
-        self.reduction = reduction
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of a batch.
-
-        Args:
-            logits: `(B, K)` floating point.
-            target: `(B, K)` floating point soft targets or `(B,)` int64 labels.
-
-        Returns:
-            The loss (a scalar unless `reduction="none"`).
-        """
-        return soft_target_cross_entropy(logits, target, self.reduction)
 
 
 def _check_audio(audio: torch.Tensor) -> None:
@@ -300,9 +252,3 @@ def _check_audio(audio: torch.Tensor) -> None:
         raise TypeError(f"expected floating point audio features, got {audio.dtype}")
     if audio.ndim != 4:
         raise ValueError(f"expected audio features of shape (B, C, F, T), got {tuple(audio.shape)}")
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__

@@ -30,8 +30,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from avsc_pipeline.training.config import VIDEO_BACKENDS, VIDEO_OPS
-from avsc_pipeline.training.rng import SeededModule
+from avsc_pipeline.dataio.config import VIDEO_KERNELS, VIDEO_OPS
+from avsc_pipeline.dataio.rng import SeededModule
 
 # Upper end of torchvision's magnitude linspace per operation (None: no magnitude), and whether
 # the magnitude takes a random sign; as in torchvision.transforms.v2.RandAugment.
@@ -112,13 +112,13 @@ class VideoRandAugment(SeededModule):
         num_ops: RandAugment N.
         magnitude: RandAugment M, a bin of the `num_magnitude_bins` scale.
         num_magnitude_bins: torchvision's `num_magnitude_bins`.
-        backend: `"batched"`, `"per_image"` or `"auto"` (see the module docstring).
+        kernels: `"batched"`, `"per_image"` or `"auto"` (see the module docstring).
         seed: seed of the module-owned generators.
         generator: a generator to draw from instead.
     """
 
     def __init__(self, ops: Sequence[str] = VIDEO_OPS, num_ops: int = 2, magnitude: int = 14,
-                 num_magnitude_bins: int = 31, backend: str = "auto", seed: Optional[int] = None,
+                 num_magnitude_bins: int = 31, kernels: str = "auto", seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__(seed, generator)
         ops = tuple(ops)
@@ -128,16 +128,16 @@ class VideoRandAugment(SeededModule):
             raise ValueError(f"expected num_ops to be an int >= 0, got {num_ops!r}")
         if not isinstance(magnitude, int) or not 0 <= magnitude < num_magnitude_bins:
             raise ValueError(f"expected 0 <= magnitude < {num_magnitude_bins}, got {magnitude!r}")
-        if backend not in VIDEO_BACKENDS:
-            raise ValueError(f"expected backend in {VIDEO_BACKENDS}, got {backend!r}")
+        if kernels not in VIDEO_KERNELS:
+            raise ValueError(f"expected kernels in {VIDEO_KERNELS}, got {kernels!r}")
         self.ops, self.num_ops, self.magnitude = ops, num_ops, magnitude
-        self.num_magnitude_bins, self.backend = num_magnitude_bins, backend
+        self.num_magnitude_bins, self.kernels = num_magnitude_bins, kernels
         self._magnitudes = [magnitude_of(op, magnitude, num_magnitude_bins) for op in ops]
         self._signed = [OP_SPACE[op][1] for op in ops]
 
     def extra_repr(self) -> str:
         return (f"ops={list(self.ops)}, num_ops={self.num_ops}, magnitude={self.magnitude}/"
-                f"{self.num_magnitude_bins - 1}, drawn per image, backend={self.backend!r}, seed={self.seed}")
+                f"{self.num_magnitude_bins - 1}, drawn per image, kernels={self.kernels!r}, seed={self.seed}")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Perturb a batch of frames.
@@ -171,14 +171,14 @@ class VideoRandAugment(SeededModule):
         return op_ids, 1.0 + magnitudes
 
     def apply(self, images: torch.Tensor, op_ids: torch.Tensor, factors: torch.Tensor,
-              backend: Optional[str] = None) -> torch.Tensor:
+              kernels: Optional[str] = None) -> torch.Tensor:
         """Apply drawn operations (deterministic).
 
         Args:
             images: `(n, 3, H, W)` uint8.
             op_ids: `(n, num_ops)` int64 indices into `self.ops`.
             factors: `(n, num_ops)` float64 factors.
-            backend: overrides the module's backend.
+            kernels: overrides the module's kernels.
 
         Returns:
             `(n, 3, H, W)` uint8.
@@ -189,8 +189,8 @@ class VideoRandAugment(SeededModule):
                 f"expected op_ids and factors of shape {(images.shape[0], self.num_ops)}, "
                 f"got {tuple(op_ids.shape)} and {tuple(factors.shape)}"
             )
-        backend = choose_backend(backend or self.backend, images.device)
-        if backend == "per_image":
+        kernels = choose_kernels(kernels or self.kernels, images.device)
+        if kernels == "per_image":
             return self._apply_per_image(images, op_ids.cpu().tolist(), factors.cpu().tolist())
         return self._apply_batched(images, op_ids, factors)
 
@@ -208,22 +208,22 @@ class VideoRandAugment(SeededModule):
     def _apply_per_image(self, images: torch.Tensor, op_ids: list, factors: list) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
-        kernels = {"Sharpness": F.adjust_sharpness, "Contrast": F.adjust_contrast}
+        functions = {"Sharpness": F.adjust_sharpness, "Contrast": F.adjust_contrast}
         out = torch.empty_like(images)
         for i in range(images.shape[0]):
             image = images[i]
             for code, factor in zip(op_ids[i], factors[i]):
                 op = self.ops[code]
-                if op in kernels:
-                    image = kernels[op](image, factor)
+                if op in functions:
+                    image = functions[op](image, factor)
             out[i] = image
         return out
 
 
-def choose_backend(backend: str, device: torch.device) -> str:
+def choose_kernels(kernels: str, device: torch.device) -> str:
     """Resolve `"auto"`: per image on CPU, batched on any other device."""
-    if backend != "auto":
-        return backend
+    if kernels != "auto":
+        return kernels
     return "per_image" if torch.device(device).type == "cpu" else "batched"
 
 

@@ -56,7 +56,8 @@ class OfflineAugmentConfig:
         n_fft: FFT size of the pitch shift's phase vocoder (librosa's default).
         hop_length: hop of the phase vocoder (librosa's default, `n_fft // 4`).
         resample_quality: soxr quality of the resampling steps (`HQ` is librosa's default).
-        backend: `fast` (this module) or `librosa` (the librosa effects, for comparison).
+        dsp: the signal-processing implementation, `fast` (this module) or `librosa` (the
+            librosa effects, for comparison).
     """
 
     ops: Tuple[str, ...] = OPS
@@ -69,7 +70,7 @@ class OfflineAugmentConfig:
     n_fft: int = 2048
     hop_length: int = 512
     resample_quality: str = "HQ"
-    backend: str = "fast"
+    dsp: str = "fast"
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in OPS]
@@ -89,8 +90,8 @@ class OfflineAugmentConfig:
             raise ValueError(f"expected an even n_fft that hop_length divides, got {self.n_fft} and {self.hop_length}")
         if self.resample_quality not in RESAMPLE_QUALITIES:
             raise ValueError(f"expected resample_quality in {RESAMPLE_QUALITIES}, got {self.resample_quality!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"expected backend in {sorted(BACKENDS)}, got {self.backend!r}")
+        if self.dsp not in DSP_IMPLEMENTATIONS:
+            raise ValueError(f"expected dsp in {sorted(DSP_IMPLEMENTATIONS)}, got {self.dsp!r}")
 
 
 def _check_range(config: Any, name: str, lowest: float, highest: float) -> None:
@@ -275,16 +276,16 @@ def _librosa_change_speed(audio: np.ndarray, sr: int, factor: float, *, quality:
 
 
 @dataclass(frozen=True)
-class Backend:
+class DspImplementation:
     """The implementations of the two operations that have a faster equivalent."""
 
     pitch_shift: Callable[..., np.ndarray]
     change_speed: Callable[..., np.ndarray]
 
 
-BACKENDS: Dict[str, Backend] = {
-    "fast": Backend(pitch_shift, change_speed),
-    "librosa": Backend(_librosa_pitch_shift, _librosa_change_speed),
+DSP_IMPLEMENTATIONS: Dict[str, DspImplementation] = {
+    "fast": DspImplementation(pitch_shift, change_speed),
+    "librosa": DspImplementation(_librosa_pitch_shift, _librosa_change_speed),
 }
 
 
@@ -313,15 +314,15 @@ class Augmenter:
             AugmentError: the operation cannot apply to this clip.
             ValueError: `mix` without partner audio.
         """
-        cfg, backend = self.config, BACKENDS[self.config.backend]
+        cfg, dsp = self.config, DSP_IMPLEMENTATIONS[self.config.dsp]
         if params.op == "pitch":
-            if cfg.backend == "fast" and self._analysis is None:
+            if cfg.dsp == "fast" and self._analysis is None:
                 self._analysis = STFTAnalysis(self.audio, cfg.n_fft, cfg.hop_length)
-            return backend.pitch_shift(self.audio, self.sr, params.semitones, n_fft=cfg.n_fft,
+            return dsp.pitch_shift(self.audio, self.sr, params.semitones, n_fft=cfg.n_fft,
                                        hop_length=cfg.hop_length, quality=cfg.resample_quality,
                                        analysis=self._analysis)
         if params.op == "speed":
-            return backend.change_speed(self.audio, self.sr, params.speed, quality=cfg.resample_quality)
+            return dsp.change_speed(self.audio, self.sr, params.speed, quality=cfg.resample_quality)
         if params.op == "noise":
             _, rng = variant_rngs(cfg.seed, self.clip_id, params.op, params.copy)
             return add_noise(self.audio, params.snr_db, rng)

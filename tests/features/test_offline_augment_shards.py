@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from avsc_pipeline.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
-from avsc_pipeline.features.augment import OfflineAugmentConfig, change_speed
-from avsc_pipeline.features.augment_extract import augment_split
+from avsc_pipeline.features.offline_augment import OfflineAugmentConfig, change_speed
+from avsc_pipeline.features.offline_augment_shards import augment_split
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import load_tau
@@ -175,8 +175,8 @@ def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_pa
     crashed = tmp_path / "crashed"
     shutil.copytree(features / "train", crashed / "train")
     script = (
-        "import sys; from avsc_pipeline.features.augment_extract import augment_split; "
-        "from avsc_pipeline.features.augment import OfflineAugmentConfig; from avsc_pipeline.manifest import load_tau; "
+        "import sys; from avsc_pipeline.features.offline_augment_shards import augment_split; "
+        "from avsc_pipeline.features.offline_augment import OfflineAugmentConfig; from avsc_pipeline.manifest import load_tau; "
         f"augment_split(load_tau({str(root)!r}, 'train'), sys.argv[1] + '/train', sys.argv[1] + '/train-aug', "
         "OfflineAugmentConfig(ops=('pitch', 'noise'), copies=2), shard_size=2, progress=False)"
     )

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.features import main
+from avsc_pipeline_cli.features import main
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import numpy as np
 
 from avsc_pipeline.config import FeatureConfig, config_diff, config_hash, to_dict
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
-from avsc_pipeline.features.augment import (
+from avsc_pipeline.features.offline_augment import (
     AugmentError, Augmenter, AugmentParams, OfflineAugmentConfig, draw_params, output_samples,
 )
 from avsc_pipeline.features.extract import (

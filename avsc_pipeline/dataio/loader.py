@@ -1,0 +1,209 @@
+"""DataLoader set-up: whole batches read by workers into shared-memory slots.
+
+Workers read whole batches (:meth:`ShardDataset.read_batch`) into shared-memory slots that the
+training process owns and hands out without a copy (:mod:`~avsc_pipeline.dataio.slot_pool`);
+frames stay uint8, and audio in its stored dtype, until they reach the device: a quarter of
+the float32 traffic for the frames. :class:`~avsc_pipeline.dataio.preparation.BatchPreparer`
+then prepares them on the device.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from avsc_pipeline.dataio.slot_pool import NO_SLOT, PendingSlots, SlotPool
+from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.dataio.dataset import ShardDataset
+from avsc_pipeline.dataio.samplers import EpochSampler, Split, split_items
+from avsc_pipeline.dataio.preparation import BatchPreparer
+from avsc_pipeline.dataio.stats import AudioStats, ensure_audio_stats
+
+SMALL_KEYS = ("label", "segment", "index")
+
+
+class BatchReads(torch.utils.data.Dataset):
+    """A dataset of whole batches: item `[i, j, ...]` is `ShardDataset.read_batch([i, j, ...])`.
+
+    Used with a `BatchSampler` as the sampler and `batch_size=None`, so a worker reads a batch
+    at once instead of collating single items. Audio stays in its stored dtype (converted on
+    the device). With a slot pool (set by :class:`ShardLoader` for each set of workers), a
+    worker reads into one of its slots and returns the batch without `audio` and `video` but
+    with `"slot"` and `"rows"`, and the small integer fields as numpy arrays;
+    :class:`ShardLoader` puts it back together.
+
+    Args:
+        dataset: the items.
+        slots: slots per worker (0: no pool; every batch travels in new shared memory).
+        capacity: rows per slot.
+    """
+
+    def __init__(self, dataset: ShardDataset, slots: int = 0, capacity: int = 1) -> None:
+        self.dataset, self.slots, self.capacity = dataset, slots, capacity
+        self.pool: Optional[SlotPool] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> Dict[str, Any]:
+        info = torch.utils.data.get_worker_info()
+        slot, buffers = NO_SLOT, None
+        if info is not None and self.pool is not None:
+            slot, buffers = self.pool.acquire(info.id, len(indices))
+        batch = self.dataset.read_batch(indices, out=buffers or None, audio_float32=False)
+        if info is not None:
+            for key in SMALL_KEYS:
+                # Sent by value: a tensor would cost a new shared-memory segment per batch.
+                batch[key] = batch[key].numpy()
+        if slot != NO_SLOT:
+            for key in buffers:
+                del batch[key]
+            batch.update(slot=slot, rows=len(indices))
+        return batch
+
+
+def keep_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The collate function of :class:`BatchReads` batches: they are already collated."""
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and `random` in a worker from torch's per-worker seed (a SeedSequence)."""
+    seed = torch.initial_seed() % 2**63
+    state = np.random.SeedSequence([seed, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+
+
+class ShardLoader(torch.utils.data.DataLoader):
+    """A DataLoader of :class:`BatchReads` batches, with a slot pool for its workers.
+
+    Each set of workers gets a new :class:`~avsc_pipeline.dataio.slot_pool.SlotPool`.
+    Batches read into a slot come out as tensors over the slot's memory, without a copy, and
+    the slot is given back once nothing refers to them; with `pin_slots` (a CUDA device) they
+    are copied into pinned memory instead and the slot is given back at once.
+
+    Args:
+        *args, **kwargs: as for `DataLoader`.
+        pin_slots: copy slot batches into pinned memory.
+    """
+
+    def __init__(self, *args: Any, pin_slots: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pin_slots = pin_slots
+        self._pending = PendingSlots()
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:  # type: ignore[override]
+        reads = self.dataset
+        if isinstance(reads, BatchReads) and reads.slots > 0 and self.num_workers > 0:
+            if reads.pool is None or not self.persistent_workers:  # a new set of workers
+                reads.pool = SlotPool(self.num_workers, reads.slots, reads.capacity,
+                                      reads.dataset.buffer_specs())
+        for batch in super().__iter__():
+            for key in SMALL_KEYS:
+                batch[key] = torch.as_tensor(batch[key])
+            slot = batch.pop("slot", NO_SLOT)
+            if slot != NO_SLOT:
+                batch.update(self._from_slot(reads.pool, slot, batch.pop("rows")))
+            self._pending.release_unreferenced()
+            yield batch
+            del batch  # so that the previous batch can be released on the next round
+
+    def _from_slot(self, pool: SlotPool, slot: int, rows: int) -> Dict[str, torch.Tensor]:
+        tensors = pool.view(slot, rows)
+        if self.pin_slots:
+            tensors = {k: torch.empty_like(v, pin_memory=True).copy_(v) for k, v in tensors.items()}
+            pool.release(slot)
+        else:
+            self._pending.add(pool, slot, list(tensors.values()))
+        return tensors
+
+    def release_unreferenced(self) -> int:
+        """Give back the slots of handed-out batches that nothing refers to any more (done on
+        every batch; call it after the last one to free the rest). Returns how many."""
+        return self._pending.release_unreferenced()
+
+
+def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config: LoaderConfig,
+                device: "torch.device | str", seed: int = 0,
+                drop_last: Optional[bool] = None) -> ShardLoader:
+    """A DataLoader of whole batches from `dataset` in `sampler`'s order.
+
+    Args:
+        dataset: the items.
+        sampler: yields item positions (e.g. an :class:`EpochSampler`; call its `set_epoch`).
+        config: batch size, workers, pinning, persistence, prefetching.
+        device: the training device; memory is pinned only for CUDA.
+        seed: seeds the workers.
+        drop_last: overrides `config.drop_last` (e.g. False for validation).
+
+    Returns:
+        A loader yielding dicts as :meth:`ShardDataset.read_batch` returns them, with audio in
+        its stored dtype; pass them to a :class:`BatchPreparer`.
+    """
+    device = torch.device(device)
+    pin = config.pin_memory and device.type == "cuda"
+    batches = torch.utils.data.BatchSampler(sampler, config.batch_size,
+                                            config.drop_last if drop_last is None else drop_last)
+    kwargs: Dict[str, Any] = {}
+    reads = BatchReads(dataset)
+    if config.num_workers > 0:
+        kwargs.update(persistent_workers=config.persistent_workers, prefetch_factor=config.prefetch_factor)
+        # Per worker: the batches in flight, the one in use and the one before it (given back
+        # a round late, when the caller's loop variable moves on).
+        reads = BatchReads(dataset, slots=config.prefetch_factor + 2, capacity=config.batch_size)
+    return ShardLoader(
+        reads, batch_size=None, sampler=batches, num_workers=config.num_workers, collate_fn=keep_batch,
+        pin_memory=pin, pin_slots=pin, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed), **kwargs,
+    )
+
+
+@dataclass
+class TrainingInput:
+    """Everything stage two reads: the dataset, its split, samplers, loaders and statistics."""
+
+    dataset: ShardDataset
+    split: Split
+    train_sampler: EpochSampler
+    train: ShardLoader
+    validation: ShardLoader
+    audio_stats: AudioStats
+    preparer: BatchPreparer
+
+
+def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "torch.device | str",
+                         seed: int = 0, with_video: bool = True,
+                         augment: Optional[BatchAugmentConfig] = BatchAugmentConfig()) -> TrainingInput:
+    """Everything stage two reads, from the loader and augmentation settings.
+
+    Args:
+        folders: shard folders, originals first (e.g. `[OUT/train, OUT/train-aug]`).
+        config: the loader settings.
+        device: the training device (the preparer is moved there).
+        seed: the run seed (epoch order, workers, augmentation streams).
+        with_video: read frames.
+        augment: augmentation settings of the preparer (None for none).
+
+    Returns:
+        The dataset, its location-disjoint split, the training sampler (call `set_epoch`), the
+        training and validation loaders, the audio statistics of the first folder (computed and
+        stored there on first use, over all its rows) and the batch preparer on `device`.
+    """
+    dataset = ShardDataset(folders, with_video=with_video)
+    split = split_items(dataset.identifiers, dataset.labels, dataset.is_augmented,
+                        config.val_fraction, config.split_seed)
+    sampler = EpochSampler(split.train, split.augmented, config.aug_fraction, shuffle=True, seed=seed)
+    val_sampler = EpochSampler(split.validation, shuffle=False, seed=seed)
+    stats = ensure_audio_stats(folders[0], config.audio_stats)
+    preparer = BatchPreparer(len(dataset.classes), stats, config.frame_norm, augment, seed).to(device)
+    return TrainingInput(
+        dataset, split, sampler,
+        make_loader(dataset, sampler, config, device, seed),
+        make_loader(dataset, val_sampler, config, device, seed, drop_last=False),
+        stats, preparer,
+    )

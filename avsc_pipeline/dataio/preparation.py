@@ -1,0 +1,197 @@
+"""Batch preparation on the training device: normalization and batch augmentation.
+
+:class:`BatchPreparer`, on the device:
+
+1. perturbs the uint8 frames (RandAugment, defined on uint8 images),
+2. converts and normalizes them (the video backbone's mean and std) and the audio (per-channel
+   training mean/std),
+3. masks and channel-swaps the audio,
+4. mixes audio, frames and one-hot targets jointly.
+
+Steps 1, 3 and 4 run in `train()` mode only. Evaluation and prediction use the same module in
+`eval()` mode; nothing here knows about loader workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugment, one_hot
+from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.dataio.stats import AudioStats
+from avsc_pipeline.dataio.video_augment import VideoRandAugment
+from avsc_pipeline.errors import describe
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Frame mean and std per name. The Places365 CNNs (CSAILVision/places365) were trained with the
+# ImageNet values, so both names give the same numbers; the name records which backbone it is.
+FRAME_NORMS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
+    "imagenet": _IMAGENET,
+    "places365": _IMAGENET,
+}
+
+
+class FrameNormalize(nn.Module):
+    """uint8 frames -> float32 `(x / 255 - mean) / std` per RGB channel.
+
+    Args:
+        mean: 3 channel means on the [0, 1] scale.
+        std: 3 channel standard deviations on the [0, 1] scale.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t, std_t = _channel_vector(mean, 3, "mean"), _channel_vector(std, 3, "std")
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"expected positive std values, got {std_t.tolist()}")
+        self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(3, 1, 1))
+        self.register_buffer("shift", (-mean_t / std_t).view(3, 1, 1))
+
+    def extra_repr(self) -> str:
+        std = (1.0 / (255.0 * self.scale.flatten())).tolist()
+        mean = (-self.shift.flatten() * torch.tensor(std)).tolist()
+        return f"mean={[round(v, 4) for v in mean]}, std={[round(v, 4) for v in std]}"
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Normalize frames.
+
+        Args:
+            video: `(..., 3, H, W)` uint8, e.g. `(B, 2, 3, 224, 224)`.
+
+        Returns:
+            float32 of the same shape.
+        """
+        if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 frames, got {describe(video)}")
+        if video.ndim < 3 or video.shape[-3] != 3:
+            raise ValueError(f"expected frames of shape (..., 3, H, W), got {tuple(video.shape)}")
+        # One float32 allocation, scaled in place: on CPU a second 4-byte copy of the frames
+        # costs as much as the arithmetic.
+        return video.to(torch.float32).mul_(self.scale).add_(self.shift)
+
+
+class AudioNormalize(nn.Module):
+    """Features -> `(x - mean) / std` per feature channel.
+
+    Args:
+        mean: one mean per channel.
+        std: one standard deviation per channel (floored at `eps`).
+        eps: smallest std used.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], eps: float = 1e-6) -> None:
+        super().__init__()
+        mean_t = _channel_vector(mean, len(mean), "mean")
+        std_t = _channel_vector(std, len(mean), "std").clamp_min(eps)
+        self.register_buffer("mean", mean_t.view(-1, 1, 1))
+        self.register_buffer("inv_std", (1.0 / std_t).view(-1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.numel()}"
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Normalize features.
+
+        Args:
+            audio: `(B, C, F, T)` floating point, e.g. `(B, 6, 128, 39)` float16 or float32.
+
+        Returns:
+            float32 of the same shape.
+        """
+        if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+            raise TypeError(f"expected floating point audio features, got {describe(audio)}")
+        if audio.ndim != 4 or audio.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"expected audio of shape (B, {self.mean.shape[0]}, F, T), got {tuple(audio.shape)}")
+        return (audio.to(torch.float32) - self.mean) * self.inv_std
+
+
+class BatchPreparer(nn.Module):
+    """A loader batch -> augmented, normalized tensors on this module's device.
+
+    Move it with `.to(device)`; batches are moved there (non-blocking from pinned memory).
+
+    Args:
+        num_classes: size of the one-hot targets.
+        audio_stats: the training audio statistics.
+        frame_norm: a name in `FRAME_NORMS`.
+        augment: augmentation settings; None for none (evaluation only).
+        seed: the run seed; each augmentation gets its own stream derived from it.
+    """
+
+    def __init__(self, num_classes: int, audio_stats: AudioStats, frame_norm: str = "imagenet",
+                 augment: Optional[BatchAugmentConfig] = None, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"expected num_classes >= 1, got {num_classes!r}")
+        if frame_norm not in FRAME_NORMS:
+            raise ValueError(f"expected frame_norm in {sorted(FRAME_NORMS)}, got {frame_norm!r}")
+        self.num_classes = num_classes
+        self.audio_norm = AudioNormalize(audio_stats.mean, audio_stats.std)
+        self.frame_norm = FrameNormalize(*FRAME_NORMS[frame_norm])
+        self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
+
+    def forward(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
+        """Prepare one batch.
+
+        Args:
+            batch: from the loader: `audio (B, 6, F, T)` float, optional `video (B, 2, 3, H, W)`
+                uint8, `label (B,)` int64, and any other keys (passed through).
+
+        Returns:
+            The batch with `audio (B, 6, F, T)` float32, `video (B, 2, 3, H, W)` float32 (when
+            present), `label (B,)` int64 and `target (B, num_classes)` float32 (one-hot, mixed
+            in training; a row of zeros for an unknown label), all on this module's device.
+        """
+        for key in ("audio", "label"):
+            if key not in batch:
+                raise ValueError(f"expected a batch with {key!r}, got keys {sorted(batch)}")
+        device = self.frame_norm.scale.device
+        out = dict(batch)
+        audio = self.audio_norm(batch["audio"].to(device, non_blocking=True))
+        video = batch.get("video")
+        if video is not None:
+            video = video.to(device, non_blocking=True)
+            video = self.frame_norm(self.video_aug(video) if self.video_aug is not None else video)
+        for module in (self.spec_aug, self.channel_swap):
+            if module is not None:
+                audio = module(audio)
+        label = batch["label"].to(device, non_blocking=True)
+        target = one_hot(label, self.num_classes)
+        if self.mixup is not None:
+            audio, video, target = self.mixup(audio, video, target)
+        out.update(audio=audio, label=label, target=target)
+        if video is not None:
+            out["video"] = video
+        return out
+
+
+def _augmentations(augment: Optional[BatchAugmentConfig], seed: int) -> Tuple[Optional[nn.Module], ...]:
+    if augment is None:
+        return None, None, None, None
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(4, dtype=np.uint64) >> np.uint64(1)]
+    video = spec = swap = mix = None
+    if augment.video_ops and augment.video_num_ops:
+        video = VideoRandAugment(augment.video_ops, augment.video_num_ops, augment.video_magnitude,
+                                 augment.video_magnitude_bins, augment.video_kernels, seed=seeds[0])
+    if augment.spec_augment:
+        spec = SpecAugment(augment.time_masks, augment.freq_masks, augment.max_mask_fraction,
+                           augment.mask_fill, seed=seeds[1])
+    if augment.channel_swap_p > 0:
+        swap = ChannelSwap(augment.channel_swap_p, seed=seeds[2])
+    if augment.mixup_fraction > 0:
+        mix = JointMixup(augment.mixup_fraction, augment.mixup_ratio, augment.mixup_alpha, inplace=True,
+                         seed=seeds[3])
+    return video, spec, swap, mix
+
+
+def _channel_vector(values: Sequence[float], size: int, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if tensor.numel() != size:
+        raise ValueError(f"expected {size} {name} values, got {tensor.numel()}")
+    if name == "std" and not bool((tensor >= 0).all()):
+        raise ValueError(f"expected non-negative std values, got {tensor.tolist()}")
+    return tensor

@@ -1,0 +1,277 @@
+"""Compare evaluated runs: a plain-text table, report.md, report.csv and a per-class bar chart.
+
+Backs `avsc-report RUN_OR_EVAL_DIR ... --out DIR`. Each argument is one of
+
+* a `metrics.json` file,
+* an evaluation folder holding `metrics.json`,
+* a run folder holding `eval/<split>/metrics.json` (split `evaluate` when present, else every
+  split found).
+
+`metrics.json` holds the dict of :func:`avsc_pipeline.evaluation.metrics.score` (at least
+`classes`, `accuracy`, `log_loss` and `per_class`). A run is named after its run folder (or the
+evaluation folder outside a run), with ` (<split>)` appended for a split other than `evaluate`;
+runs whose names collide are told apart by their parent folders (`a/run1`, `b/run1`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from avsc_pipeline.evaluation.predictions import atomic_output
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+PREFERRED_SPLIT = "evaluate"
+_REQUIRED_KEYS = ("classes", "accuracy", "log_loss", "per_class")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One evaluated run's scores.
+
+    Attributes:
+        name: readable run name, unique within a report.
+        metrics_path: the metrics.json it came from.
+        accuracy: segment accuracy as a fraction in [0, 1].
+        log_loss: mean segment log loss.
+        per_class_accuracy: C fractions in class order, None for a class without segments.
+        classes: the C class names.
+    """
+
+    name: str
+    metrics_path: Path
+    accuracy: float
+    log_loss: float
+    per_class_accuracy: Tuple[Optional[float], ...]
+    classes: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` produced.
+
+    Attributes:
+        table: the plain-text table of :func:`format_table` (run, accuracy, log loss).
+        files: `report.md`, `report.csv` and `per_class_accuracy.png` -> their paths.
+    """
+
+    table: str
+    files: Dict[str, Path]
+
+
+def _anchor(metrics_path: Path) -> Tuple[Path, Optional[str]]:
+    """The folder a metrics file is named after, and its split when it sits in `<run>/eval/<split>/`."""
+    eval_dir = metrics_path.parent
+    if eval_dir.parent.name == "eval" and eval_dir.parent.parent != eval_dir.parent:
+        return eval_dir.parent.parent, eval_dir.name
+    return eval_dir, None
+
+
+def _display_name(metrics_path: Path, depth: int = 1) -> str:
+    folder, split = _anchor(metrics_path)
+    parts = folder.parts[-depth:] if folder.parts else (str(folder),)
+    name = "/".join(part for part in parts if part not in ("/", "")) or str(folder)
+    return name if split in (None, PREFERRED_SPLIT) else f"{name} ({split})"
+
+
+def _metrics_files(path: Path) -> List[Path]:
+    if path.is_file():
+        return [path]
+    if (path / METRICS_NAME).is_file():
+        return [path / METRICS_NAME]
+    preferred = path / "eval" / PREFERRED_SPLIT / METRICS_NAME
+    if preferred.is_file():
+        return [preferred]
+    if (path / "eval").is_dir():
+        return sorted(p for p in (path / "eval").glob(f"*/{METRICS_NAME}") if p.is_file())
+    return []
+
+
+def find_metrics(path: "str | os.PathLike[str]") -> List[Tuple[str, Path]]:
+    """The metrics files one report argument stands for, with their run names.
+
+    Args:
+        path: a metrics.json file, an evaluation folder holding one, or a run folder holding
+            `eval/<split>/metrics.json`.
+
+    Returns:
+        `(name, metrics_path)` pairs: one for a file or an evaluation folder; for a run folder
+        the `evaluate` split, or every split when there is no `evaluate` split.
+
+    Raises:
+        ValueError: nothing of the above found at `path`.
+    """
+    path = Path(path)
+    found = _metrics_files(path)
+    if not found:
+        raise ValueError(
+            f"{path}: expected a {METRICS_NAME} file, a folder holding {METRICS_NAME}, or a run folder holding "
+            f"eval/<split>/{METRICS_NAME}; found none of these"
+        )
+    return [(_display_name(p.resolve()), p) for p in found]
+
+
+def _unique_names(paths: List[Path]) -> List[str]:
+    """Names for `paths` (resolved metrics files), adding parent folders until no two collide."""
+    depth = [1] * len(paths)
+    while True:
+        names = [_display_name(p, d) for p, d in zip(paths, depth)]
+        groups: Dict[str, List[int]] = {}
+        for index, name in enumerate(names):
+            groups.setdefault(name, []).append(index)
+        clashes = [members for members in groups.values() if len(members) > 1]
+        if not clashes:
+            return names
+        grew = False
+        for members in clashes:
+            for index in members:
+                if depth[index] < len(_anchor(paths[index])[0].parts):
+                    depth[index] += 1
+                    grew = True
+        if not grew:
+            return names
+
+
+def _read_metrics(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: expected JSON, got a parse error: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"{path}: expected keys {list(_REQUIRED_KEYS)}, missing {missing}")
+    return data
+
+
+def _row(name: str, path: Path, data: Dict[str, Any]) -> RunRow:
+    classes = tuple(str(c) for c in data["classes"])
+    per_class = data["per_class"]
+    absent = [c for c in classes if c not in per_class]
+    if absent:
+        raise ValueError(f"{path}: expected per_class entries for every class, missing {absent}")
+    accs = tuple(None if per_class[c].get("accuracy") is None else float(per_class[c]["accuracy"]) for c in classes)
+    return RunRow(name, path, float(data["accuracy"]), float(data["log_loss"]), accs, classes)
+
+
+def load_rows(paths: Sequence["str | os.PathLike[str]"]) -> List[RunRow]:
+    """Read every run named by `paths` (see :func:`find_metrics`), in argument order.
+
+    Raises:
+        ValueError: a path without metrics, a malformed metrics.json, or runs with different
+            class lists (naming both runs).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"expected a sequence of paths, got the single path {paths!r}")
+    files: List[Path] = []
+    for path in paths:
+        for _, metrics_path in find_metrics(path):
+            resolved = metrics_path.resolve()
+            if resolved in files:
+                logger.warning("%s: given more than once; reported once", metrics_path)
+                continue
+            files.append(resolved)
+    if not files:
+        raise ValueError("expected at least one run folder or metrics file, got none")
+    rows = [_row(name, p, _read_metrics(p)) for name, p in zip(_unique_names(files), files)]
+    for row in rows[1:]:
+        if row.classes != rows[0].classes:
+            raise ValueError(
+                f"expected runs with the same class list, got {rows[0].name!r} ({rows[0].metrics_path}) with "
+                f"{list(rows[0].classes)} and {row.name!r} ({row.metrics_path}) with {list(row.classes)}"
+            )
+    return rows
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.1f} %"
+
+
+def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None) -> str:
+    """An aligned plain-text table: run, accuracy (%), log loss, and per-class accuracy when
+    `classes` is given (columns in `classes` order, which must be the rows' class list)."""
+    header = ["model", "accuracy", "log loss"]
+    body = [[row.name, _percent(row.accuracy), f"{row.log_loss:.3f}"] for row in rows]
+    if classes is not None:
+        classes = _checked_classes(rows, classes)
+        header += list(classes)
+        for line, row in zip(body, rows):
+            line += [_percent(v) for v in row.per_class_accuracy]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    lines = []
+    for line in [header] + body:
+        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _checked_classes(rows: Sequence[RunRow], classes: Sequence[str]) -> List[str]:
+    classes = [str(c) for c in classes]
+    for row in rows:
+        if tuple(classes) != row.classes:
+            raise ValueError(f"expected class list {list(row.classes)} of run {row.name!r}, got {classes}")
+    return classes
+
+
+def markdown_table(rows: Sequence[RunRow], classes: Sequence[str]) -> str:
+    """A Markdown table: run, accuracy %, log loss, then per-class accuracy % in `classes` order."""
+    classes = _checked_classes(rows, classes)
+    header = ["run", "accuracy %", "log loss"] + classes
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row.name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}", f"{row.log_loss:.3f}"]
+        cells += ["n/a" if v is None else f"{100.0 * v:.1f}" for v in row.per_class_accuracy]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[RunRow], classes: Sequence[str], path: "str | os.PathLike[str]") -> Path:
+    """Write the Markdown table's columns as numbers (percent for accuracies; empty for n/a)."""
+    classes = _checked_classes(rows, classes)
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["run", "accuracy_percent", "log_loss"] + [f"{c}_accuracy_percent" for c in classes])
+            for row in rows:
+                per_class = ["" if v is None else repr(100.0 * v) for v in row.per_class_accuracy]
+                writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + per_class)
+    return path
+
+
+def write_report(paths: Sequence["str | os.PathLike[str]"], out_dir: "str | os.PathLike[str]") -> Report:
+    """Compare runs: write report.md, report.csv and per_class_accuracy.png into `out_dir`.
+
+    Args:
+        paths: run folders, evaluation folders or metrics.json files (see :func:`find_metrics`).
+        out_dir: the folder to write into (created when missing).
+
+    Returns:
+        A :class:`Report` with the plain-text table and the written files.
+    """
+    from avsc_pipeline.evaluation.plots import plot_per_class_accuracy
+
+    rows = load_rows(paths)
+    classes = list(rows[0].classes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows)
+    intro = "# Run comparison\n\nSegment-level scores; log loss is the primary metric.\n\n"
+    markdown = intro + markdown_table(rows, classes)
+    files = {"report.md": out / "report.md", "report.csv": out / "report.csv"}
+    with atomic_output(files["report.md"]) as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+    write_csv(rows, classes, files["report.csv"])
+    runs = {row.name: list(row.per_class_accuracy) for row in rows}
+    files["per_class_accuracy.png"] = plot_per_class_accuracy(runs, classes, out / "per_class_accuracy.png")
+    logger.info("wrote %s", ", ".join(str(p) for p in files.values()))
+    return Report(table=table, files=files)

@@ -1,0 +1,116 @@
+"""Run reports on hand-written metrics.json files, and the figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from avsc_pipeline.evaluation import plots, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["bus", "park", "tram"]
+
+
+def _metrics(accuracy, log_loss, per_class_acc, classes=CLASSES):
+    per_class = {
+        name: {"accuracy": acc, "log_loss": None if acc is None else 0.5, "n": 0 if acc is None else 10}
+        for name, acc in zip(classes, per_class_acc)
+    }
+    return {"accuracy": accuracy, "log_loss": log_loss, "per_class": per_class, "classes": list(classes)}
+
+
+def _write(folder, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    audio = _write(tmp_path / "runs" / "audio-only" / "eval" / "evaluate", _metrics(0.51, 0.8123, [0.6, 0.42, None]))
+    _write(tmp_path / "runs" / "audio-only" / "eval" / "test", _metrics(0.1, 9.0, [0.1, 0.1, 0.1]))
+    joint = _write(tmp_path / "joint-eval", _metrics(0.98, 0.0712, [1.0, 0.96, 0.98]))
+    return tmp_path / "runs" / "audio-only", joint, audio
+
+
+def test_find_metrics_forms(two_runs, tmp_path):
+    run_dir, joint, audio_eval = two_runs
+    assert report.find_metrics(run_dir) == [("audio-only", run_dir / "eval" / "evaluate" / "metrics.json")]
+    assert report.find_metrics(audio_eval) == [("audio-only", audio_eval / "metrics.json")]
+    assert report.find_metrics(joint / "metrics.json") == [("joint-eval", joint / "metrics.json")]
+    only_test = _write(tmp_path / "r2" / "eval" / "test", _metrics(0.5, 1.0, [0.5, 0.5, 0.5]))
+    assert report.find_metrics(tmp_path / "r2") == [("r2 (test)", only_test / "metrics.json")]
+    with pytest.raises(ValueError, match=r"empty: expected a metrics.json file.*eval/<split>/metrics.json"):
+        report.find_metrics(tmp_path / "empty")
+
+
+def test_colliding_names_use_parent_folders(tmp_path):
+    for parent in ("a", "b"):
+        _write(tmp_path / parent / "run1" / "eval" / "evaluate", _metrics(0.5, 1.0, [0.5, 0.5, 0.5]))
+    rows = report.load_rows([tmp_path / "a" / "run1", tmp_path / "b" / "run1"])
+    assert [row.name for row in rows] == ["a/run1", "b/run1"]
+
+
+def test_format_table(two_runs):
+    run_dir, joint, _ = two_runs
+    rows = report.load_rows([run_dir, joint])
+    assert report.format_table(rows) == (
+        "model        accuracy   log loss\n"
+        "audio-only     51.0 %      0.812\n"
+        "joint-eval     98.0 %      0.071"
+    )
+    wide = report.format_table(rows, CLASSES).splitlines()
+    assert wide[0].split() == ["model", "accuracy", "log", "loss", "bus", "park", "tram"]
+    assert wide[1].endswith("60.0 %   42.0 %      n/a")
+
+
+def test_write_report(two_runs, tmp_path):
+    run_dir, joint, _ = two_runs
+    out = tmp_path / "out"
+    result = report.write_report([run_dir, joint], out)
+    assert result.table.splitlines()[1].split() == ["audio-only", "51.0", "%", "0.812"]
+    assert set(result.files) == {"report.md", "report.csv", "per_class_accuracy.png"}
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| run | accuracy % | log loss | bus | park | tram |" in markdown
+    assert "| audio-only | 51.0 | 0.812 | 60.0 | 42.0 | n/a |" in markdown
+    assert "| joint-eval | 98.0 | 0.071 | 100.0 | 96.0 | 98.0 |" in markdown
+    with open(out / "report.csv", newline="", encoding="utf-8") as handle:
+        records = list(csv.reader(handle))
+    assert records[0] == [
+        "run", "accuracy_percent", "log_loss", "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent"
+    ]
+    assert records[1][0] == "audio-only" and records[1][5] == ""
+    np.testing.assert_allclose([float(v) for v in records[1][1:5]], [51.0, 0.8123, 60.0, 42.0])
+    np.testing.assert_allclose([float(v) for v in records[2][1:]], [98.0, 0.0712, 100.0, 96.0, 98.0])
+    assert (out / "per_class_accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in out.iterdir()) == ["per_class_accuracy.png", "report.csv", "report.md"]
+
+
+def test_class_list_mismatch_is_refused(two_runs, tmp_path):
+    run_dir, _, _ = two_runs
+    other = _write(tmp_path / "other-run", _metrics(0.5, 1.0, [0.5, 0.5, 0.5], classes=["bus", "park", "metro"]))
+    with pytest.raises(ValueError, match="same class list.*'audio-only'.*'other-run'"):
+        report.write_report([run_dir, other], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_metrics_named(tmp_path):
+    bad = _write(tmp_path / "bad", {"accuracy": 0.5})
+    with pytest.raises(ValueError, match="metrics.json: expected keys.*missing"):
+        report.load_rows([bad])
+
+
+def test_confusion_matrix_and_curves_plots(tmp_path):
+    matrix = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 7]])
+    path = plots.plot_confusion_matrix(matrix, CLASSES, tmp_path / "cm.png", title="test")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    header = ",".join(plots.CURVE_COLUMNS)
+    rows = ["1,2.0,0.3,1.9,0.35,1.8,0.001,500,0.1", "2,1.5,0.5,,,,0.0005,510,0.05"]
+    (tmp_path / "metrics.csv").write_text("\n".join([header] + rows) + "\n", encoding="utf-8")
+    png = plots.plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with pytest.raises(ValueError, match="expected a square"):
+        plots.plot_confusion_matrix(matrix[:2], CLASSES, tmp_path / "x.png")
