@@ -82,12 +82,13 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     return section, key, value
 
 
-def load_sections(path: Optional[PathLike] = None, overrides: Sequence[str] = (),
+def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overrides: Sequence[str] = (),
                   only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Read a config file and overrides into one dataclass per section.
+    """Read config files and overrides into one dataclass per section.
 
     Args:
-        path: a YAML file of sections, or None for the defaults.
+        path: a YAML file of sections, several (each later file overrides the keys it gives,
+            e.g. the recipe, then a stage, then an ablation), or None for the defaults.
         overrides: `section.key=value` strings applied on top of the file.
         only: the sections to build (default: all); the file is still checked in full.
 
@@ -98,11 +99,17 @@ def load_sections(path: Optional[PathLike] = None, overrides: Sequence[str] = ()
         ValueError: an unreadable file, an unknown section or key (file, section and key named),
             or an invalid value.
     """
-    data = load_yaml(path) if path is not None else {}
-    source = str(path) if path is not None else "config"
-    check_sections(data, source)
-    merged: Dict[str, Any] = {name: dict(values) if isinstance(values, dict) else values
-                              for name, values in data.items()}
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    source = " + ".join(str(p) for p in paths) or "config"
+    merged: Dict[str, Any] = {}
+    for one in paths:
+        data = load_yaml(one)
+        check_sections(data, str(one))
+        for name, values in data.items():
+            if isinstance(values, dict) and isinstance(merged.get(name), dict):
+                merged[name] = {**merged[name], **values}
+            else:
+                merged[name] = dict(values) if isinstance(values, dict) else values
     for text in overrides:
         section, key, value = parse_override(text)
         check_sections({section: None}, f"--set {text}")

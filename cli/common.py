@@ -23,10 +23,12 @@ def verbose_option(command: Callable) -> Callable:
     return click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(command)
 
 
-def config_option(help_text: str) -> Callable:
-    """`--config YAML`, an existing file."""
+def config_option(help_text: str, multiple: bool = False) -> Callable:
+    """`--config YAML`, an existing file (repeatable where `multiple`: later files override)."""
+    if multiple:
+        help_text += " Repeatable: each later file overrides the keys it gives."
     return click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                        help=help_text)
+                        multiple=multiple, help=help_text)
 
 
 def set_option(command: Callable) -> Callable:
@@ -41,12 +43,12 @@ def device_option(command: Callable) -> Callable:
                         help="auto (CUDA when available), cpu, cuda or cuda:N.")(command)
 
 
-def load_config(config_path: Optional[Path], overrides: Sequence[str] = (),
+def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Sequence[str] = (),
                 only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Every section of the recipe from a file and `--set` values; errors become click errors."""
     from avsc_pipeline.recipe import load_sections
 
     try:
-        return load_sections(config_path, overrides, only=only)
+        return load_sections(config_path or None, overrides, only=only)
     except (ValueError, TypeError) as err:
         raise click.ClickException(str(err)) from err

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from avsc_pipeline.config import check_int, check_unit
+from avsc_pipeline.config import check_choice, check_int, check_unit
 
 MASK_FILLS = ("mean", "zero")
 VIDEO_KERNELS = ("auto", "batched", "per_image")
@@ -64,13 +64,11 @@ class BatchAugmentConfig:
     def __post_init__(self) -> None:
         check_int(self, ("time_masks", "freq_masks", "video_num_ops"))
         check_unit(self, ("max_mask_fraction", "channel_swap_p", "mixup_fraction", "mixup_ratio"))
-        if self.mask_fill not in MASK_FILLS:
-            raise ValueError(f"expected mask_fill in {MASK_FILLS}, got {self.mask_fill!r}")
+        check_choice(self, "mask_fill", MASK_FILLS)
         unknown = [op for op in self.video_ops if op not in VIDEO_OPS]
         if unknown:
             raise ValueError(f"expected video_ops within {VIDEO_OPS}, got {list(self.video_ops)}")
-        if self.video_kernels not in VIDEO_KERNELS:
-            raise ValueError(f"expected video_kernels in {VIDEO_KERNELS}, got {self.video_kernels!r}")
+        check_choice(self, "video_kernels", VIDEO_KERNELS)
         if not isinstance(self.video_magnitude_bins, int) or self.video_magnitude_bins < 2:
             raise ValueError(f"expected video_magnitude_bins >= 2, got {self.video_magnitude_bins!r}")
         if not isinstance(self.video_magnitude, int) or not 0 <= self.video_magnitude < self.video_magnitude_bins:
@@ -96,7 +94,6 @@ class LoaderConfig:
             into each training epoch, a new subset every epoch; 0 uses originals only.
         val_fraction: fraction of each class's recording locations held out for validation.
         split_seed: seed of the location-disjoint split (fixed, independent of the run seed).
-        frame_norm: the frame mean and std, a name in `preparation.FRAME_NORMS`.
         audio_stats: file name, beside the training shards, of the audio mean and std.
     """
 
@@ -109,7 +106,6 @@ class LoaderConfig:
     aug_fraction: float = 1.0
     val_fraction: float = 0.1
     split_seed: int = 0
-    frame_norm: str = "imagenet"
     audio_stats: str = "audio_stats.json"
 
     def __post_init__(self) -> None:

@@ -178,7 +178,8 @@ class TrainingInput:
 
 def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "torch.device | str",
                          seed: int = 0, with_video: bool = True,
-                         augment: Optional[BatchAugmentConfig] = BatchAugmentConfig()) -> TrainingInput:
+                         augment: Optional[BatchAugmentConfig] = BatchAugmentConfig(),
+                         frame_norm: Any = "imagenet") -> TrainingInput:
     """Everything stage two reads, from the loader and augmentation settings.
 
     Args:
@@ -188,6 +189,8 @@ def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "
         seed: the run seed (epoch order, workers, augmentation streams).
         with_video: read frames.
         augment: augmentation settings of the preparer (None for none).
+        frame_norm: the frames' (mean, std) as the video backbone needs them, or a name in
+            `preparation.FRAME_NORMS`.
 
     Returns:
         The dataset, its location-disjoint split, the training sampler (call `set_epoch`), the
@@ -200,7 +203,7 @@ def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "
     sampler = EpochSampler(split.train, split.augmented, config.aug_fraction, shuffle=True, seed=seed)
     val_sampler = EpochSampler(split.validation, shuffle=False, seed=seed)
     stats = ensure_audio_stats(folders[0], config.audio_stats)
-    preparer = BatchPreparer(len(dataset.classes), stats, config.frame_norm, augment, seed).to(device)
+    preparer = BatchPreparer(len(dataset.classes), stats, frame_norm, augment, seed).to(device)
     return TrainingInput(
         dataset, split, sampler,
         make_loader(dataset, sampler, config, device, seed),

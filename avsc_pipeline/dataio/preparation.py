@@ -117,21 +117,26 @@ class BatchPreparer(nn.Module):
     Args:
         num_classes: size of the one-hot targets.
         audio_stats: the training audio statistics.
-        frame_norm: a name in `FRAME_NORMS`.
+        frame_norm: the frames' mean and std, as the video backbone needs them (its
+            `frame_mean`, `frame_std`), or a name in `FRAME_NORMS`.
         augment: augmentation settings; None for none (evaluation only).
         seed: the run seed; each augmentation gets its own stream derived from it.
     """
 
-    def __init__(self, num_classes: int, audio_stats: AudioStats, frame_norm: str = "imagenet",
+    def __init__(self, num_classes: int, audio_stats: AudioStats,
+                 frame_norm: "str | Tuple[Sequence[float], Sequence[float]]" = "imagenet",
                  augment: Optional[BatchAugmentConfig] = None, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"expected num_classes >= 1, got {num_classes!r}")
-        if frame_norm not in FRAME_NORMS:
-            raise ValueError(f"expected frame_norm in {sorted(FRAME_NORMS)}, got {frame_norm!r}")
+        if isinstance(frame_norm, str):
+            if frame_norm not in FRAME_NORMS:
+                raise ValueError(f"expected frame_norm in {sorted(FRAME_NORMS)} or a (mean, std) pair, "
+                                 f"got {frame_norm!r}")
+            frame_norm = FRAME_NORMS[frame_norm]
         self.num_classes = num_classes
         self.audio_norm = AudioNormalize(audio_stats.mean, audio_stats.std)
-        self.frame_norm = FrameNormalize(*FRAME_NORMS[frame_norm])
+        self.frame_norm = FrameNormalize(*frame_norm)
         self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
 
     def forward(self, batch: Mapping[str, Any]) -> Dict[str, Any]:

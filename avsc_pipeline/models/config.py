@@ -1,0 +1,123 @@
+"""The `model:` section of a recipe: which audio extractor, video backbone and fusion head.
+
+Importing this module is cheap; constructing a :class:`ModelConfig` checks the extractor and
+backbone names against the registries (which imports torch, not torchvision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+#: The three things a model can be trained for: one modality alone, or both fused.
+STAGES: Tuple[str, ...] = ("audio", "video", "joint")
+MODALITIES = STAGES
+
+#: What the joint model uses as the audio embedding E_A (see :class:`ModelConfig`).
+AUDIO_EMBEDDINGS: Tuple[str, ...] = ("attention", "block3")
+
+#: `video_weights` values that mean "the library's own named pretrained weights" (downloads).
+NAMED_WEIGHTS: Tuple[str, ...] = ("torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the audio, video and joint scene classifiers (Hu et al., DCASE 2021 1b).
+
+    Attributes:
+        audio: audio extractor, a name in `AUDIO_EXTRACTORS` ("fcnn").
+        audio_widths: channels of the FCNN's three conv blocks; the paper's (24, 48, 96) filters
+            times 6 input channels = (144, 288, 576).
+        audio_dropout: dropout after each of the first three convs of block 3.
+        audio_embedding: E_A, the audio embedding that the joint model concatenates with E_V.
+            "attention" (default) is the FCNN's attended, globally pooled class-sized output,
+            i.e. the stage-1 audio model's own logits: that is what the stage-1 audio model
+            outputs and what the paper concatenates with the video embedding. "block3" is the
+            globally average-pooled block-3 map (`audio_widths[2]` channels), a wider embedding
+            that does not pass through the 1x1 class head.
+        audio_bn_eps: epsilon of every FCNN BatchNorm (Keras default 1e-3).
+        audio_bn_momentum: torch-convention BatchNorm momentum (0.01 = Keras momentum 0.99).
+        video: video backbone, a name in `VIDEO_BACKBONES` or "timm:<model_name>".
+        video_weights: a local weights file (e.g. Places365 `densenet161_places365.pth.tar`),
+            "torchvision" / "timm" for the library's named pretrained weights (downloads), or
+            None for random initialization (a warning is logged).
+        video_weights_unsafe: allow the full unpickler for a trusted legacy weights file.
+        fusion_hidden: hidden widths of the MLP head (video and joint stages).
+        fusion_dropout: dropout after each hidden layer of the MLP head.
+    """
+
+    audio: str = "fcnn"
+    audio_widths: Tuple[int, int, int] = (144, 288, 576)
+    audio_dropout: float = 0.3
+    audio_embedding: str = "attention"
+    audio_bn_eps: float = 1e-3
+    audio_bn_momentum: float = 0.01
+    video: str = "densenet161"
+    video_weights: Optional[str] = None
+    video_weights_unsafe: bool = False
+    fusion_hidden: Tuple[int, ...] = (512, 128, 64)
+    fusion_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        self._check_audio()
+        self._check_video()
+        _check_widths("fusion_hidden", self.fusion_hidden, length=None)
+        _check_probability("fusion_dropout", self.fusion_dropout)
+
+    def _check_audio(self) -> None:
+        from .registry import AUDIO_EXTRACTORS
+
+        if self.audio not in AUDIO_EXTRACTORS:
+            raise ValueError(f"expected audio in {sorted(AUDIO_EXTRACTORS)}, got {self.audio!r}")
+        _check_widths("audio_widths", self.audio_widths, length=3)
+        _check_probability("audio_dropout", self.audio_dropout)
+        if self.audio_embedding not in AUDIO_EMBEDDINGS:
+            raise ValueError(
+                f"expected audio_embedding in {AUDIO_EMBEDDINGS}, got {self.audio_embedding!r}"
+            )
+        if not _is_number(self.audio_bn_eps) or self.audio_bn_eps <= 0:
+            raise ValueError(f"expected audio_bn_eps > 0, got {self.audio_bn_eps!r}")
+        if not _is_number(self.audio_bn_momentum) or not 0 < self.audio_bn_momentum <= 1:
+            raise ValueError(
+                f"expected audio_bn_momentum in (0, 1] (torch convention), "
+                f"got {self.audio_bn_momentum!r}"
+            )
+
+    def _check_video(self) -> None:
+        from .video import check_backbone_name, named_weights_library
+
+        check_backbone_name(self.video)
+        weights = self.video_weights
+        if weights is not None:
+            if not isinstance(weights, str) or not weights:
+                raise ValueError(
+                    f"expected video_weights to be a path, a library name or None, got {weights!r}"
+                )
+            if weights in NAMED_WEIGHTS and named_weights_library(self.video) != weights:
+                raise ValueError(
+                    f"expected video_weights {weights!r} to match the backbone's library "
+                    f"({named_weights_library(self.video)!r} for {self.video!r}), got {weights!r}"
+                )
+        if not isinstance(self.video_weights_unsafe, bool):
+            raise ValueError(
+                f"expected video_weights_unsafe to be a bool, got {self.video_weights_unsafe!r}"
+            )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_probability(name: str, value: object) -> None:
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"expected {name} in [0, 1), got {value!r}")
+
+
+def _check_widths(name: str, widths: object, length: Optional[int]) -> None:
+    if not isinstance(widths, tuple):
+        raise ValueError(f"expected {name} to be a tuple of ints, got {widths!r}")
+    if length is not None and len(widths) != length:
+        raise ValueError(f"expected {length} values in {name}, got {len(widths)}: {widths!r}")
+    for width in widths:
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"expected {name} to hold positive ints, got {widths!r}")

@@ -1,0 +1,109 @@
+"""The run folder: its resolved config, per-epoch metrics, log file, curves and checkpoints.
+
+```
+RUN_DIR/config.yaml    every section, resolved
+RUN_DIR/metrics.csv    one row per epoch (see METRIC_COLUMNS)
+RUN_DIR/curves.png     loss, accuracy and learning-rate curves
+RUN_DIR/train.log      the log
+RUN_DIR/last.pt        written every epoch and on SIGINT/SIGTERM (resume from it)
+RUN_DIR/best.pt        the epoch with the best validation log loss
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from avsc_pipeline.config import config_diff, load_yaml, to_dict
+from avsc_pipeline.recipe import write_sections
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.csv"
+CURVES_NAME = "curves.png"
+LOG_NAME = "train.log"
+LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, CURVES_NAME, LOG_NAME, LAST_NAME, BEST_NAME)
+# The sections that decide what a run trains; a run folder made with others is refused.
+RUN_SECTIONS = ("model", "train", "batch_augment", "loader")
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_log_loss",
+                  "lr", "samples_per_s", "data_wait_fraction", "seconds")
+
+
+def check_run_dir(run_dir: Path, sections: Dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to start in a folder that holds another run, or to resume one that is not there.
+
+    Args:
+        run_dir: the run folder (may not exist yet).
+        sections: the resolved config sections of this run.
+        resume: continue from `last.pt`.
+        overwrite: replace whatever run the folder holds.
+
+    Raises:
+        ValueError: the folder was made with another config (differing fields named), holds a
+            run and neither `resume` nor `overwrite` is given, or `resume` finds no `last.pt`.
+    """
+    config_path, last = run_dir / CONFIG_NAME, run_dir / LAST_NAME
+    if overwrite:
+        if resume:
+            raise ValueError("expected at most one of --resume and --overwrite, got both")
+        return
+    if resume and not last.is_file():
+        raise ValueError(f"{last}: nothing to resume (no last.pt in {run_dir})")
+    if config_path.is_file():
+        diff = run_config_diff(load_yaml(config_path), sections)
+        if diff:
+            raise ValueError(f"{config_path}: this run folder was made with another config ({'; '.join(diff)}); "
+                             "use another RUN_DIR or --overwrite")
+    if not resume and (last.is_file() or (run_dir / METRICS_NAME).is_file()):
+        raise ValueError(f"{run_dir}: already holds a run; --resume continues it, --overwrite starts again")
+
+
+def run_config_diff(saved: Dict[str, Any], sections: Dict[str, Any]) -> List[str]:
+    """The fields of the run-defining sections that differ, as `section.field: old != new`."""
+    lines = []
+    for name in RUN_SECTIONS:
+        new = to_dict(sections[name]) if name in sections else {}
+        lines += [f"{name}.{line}" for line in config_diff(saved.get(name) or {}, new)]
+    return lines
+
+
+def start_run_dir(run_dir: Path, sections: Dict[str, Any], overwrite: bool) -> None:
+    """Create the folder (clearing a previous run's files with `overwrite`) and write config.yaml."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_file():
+                path.unlink()
+        shutil.rmtree(run_dir / "eval", ignore_errors=True)
+    tmp = run_dir / f".{CONFIG_NAME}.tmp"
+    write_sections(sections, tmp)
+    os.replace(tmp, run_dir / CONFIG_NAME)
+
+
+def write_metrics(rows: Sequence[Dict[str, Any]], path: Path) -> None:
+    """Write every epoch's row to `path` atomically (a resumed run rewrites the file whole)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def add_log_file(run_dir: Path) -> logging.Handler:
+    """Copy the package's log records into RUN_DIR/train.log (appending on resume)."""
+    handler = logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("avsc_pipeline").addHandler(handler)
+    return handler
