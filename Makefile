@@ -1,4 +1,5 @@
 # avsc-pipeline: the two commands a new user needs are `make demo` and `make test`.
+# `make features`, `make train` and `make eval` run the paper's recipe on the real data set.
 # Each creates .venv when missing and installs the package with its test extras.
 
 PYTHON ?= python3
@@ -12,20 +13,34 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= data/TAU-urban-audio-visual-scenes-2021-development
 FEATURES ?= data/features
 JOBS ?= 2
-SHARD_SIZE ?= 512
+# Most segments per shard; empty uses the library's default (shard_engine.DEFAULT_SHARD_SIZE).
+SHARD_SIZE ?=
+SHARD_SIZE_ARG = $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE))
 DEMO ?= data/demo
 DEMO_FEATURES ?= data/demo-features
 DEMO_CLIPS ?= 8
+DEMO_RUNS ?= runs/demo
+# Training: the recipe, the stages run in order into RUN/<stage>, the device, and a launcher for
+# several GPUs or nodes, e.g. LAUNCH="torchrun --standalone --nproc_per_node 8 --no-python".
+CONFIG ?= configs/paper.yaml
+STAGES ?= audio joint
+RUN ?= runs/paper
+DEVICE ?= auto
+LAUNCH ?=
+TRAIN_ARGS ?=
 # 1: `make features` and `make demo` add offline-augmented train shards (OUT/train-aug); 0 skips them.
 AUGMENT ?= 1
 
-.PHONY: install test demo demo-features features bench clean-demo help
+.PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help
 
 help:
-	@echo "make demo      generate the demo data set and extract its features (data/demo*)"
+	@echo "make demo      generate the demo data set, extract its features, train and score three small models"
 	@echo "make test      run the test suite"
 	@echo "make features  extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
 	@echo "               then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
+	@echo "make train     train STAGES=\"$(STAGES)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<stage>"
+	@echo "               (a rerun resumes each stage from its last.pt), then score them (make eval)"
+	@echo "make eval      score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
 	@echo "make bench     run the benchmarks in bench/"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -51,7 +66,26 @@ demo-features: install $(DEMO)/meta.csv
 	fi
 	$(BIN)/avsc-features verify $(DEMO_FEATURES)
 
-demo: demo-features
+# Three small CPU models on the demo: audio alone, video alone, both. Each modality alone confuses
+# five pairs of classes; only the joint model separates all ten (see avsc_pipeline/demo.py).
+demo-train: install
+	for run in audio-only video-only joint; do \
+	  stage=$$(case $$run in audio-only) echo audio;; video-only) echo video;; *) echo joint;; esac); \
+	  $(BIN)/avsc-train $(DEMO_FEATURES) $(DEMO_RUNS)/$$run --overwrite --no-progress --device cpu \
+	    --config configs/paper.yaml --config configs/stages/$$stage.yaml \
+	    --config configs/demo.yaml --config configs/demo/$$stage.yaml \
+	    --set train.init_from=$$( [ $$stage = joint ] && echo $(DEMO_RUNS)/audio-only/best.pt || echo null ) \
+	    || exit 1; \
+	done
+
+demo-eval: install
+	for run in audio-only video-only joint; do \
+	  $(BIN)/avsc-eval --checkpoint $(DEMO_RUNS)/$$run/best.pt $(DEMO_FEATURES)/evaluate --device cpu --no-progress \
+	    > /dev/null || exit 1; \
+	done
+	$(BIN)/avsc-report $(DEMO_RUNS)/audio-only $(DEMO_RUNS)/video-only $(DEMO_RUNS)/joint --out $(DEMO_RUNS)/report
+
+demo: demo-features demo-train demo-eval
 
 features: install
 	@if [ ! -f "$(DATA)/meta.csv" ]; then \
@@ -61,15 +95,38 @@ features: install
 	  exit 1; \
 	fi
 	for split in train evaluate test; do \
-	  $(BIN)/avsc-features extract $(DATA) $(FEATURES) --split $$split --jobs $(JOBS) --shard-size $(SHARD_SIZE) || exit 1; \
+	  $(BIN)/avsc-features extract $(DATA) $(FEATURES) --split $$split --jobs $(JOBS) $(SHARD_SIZE_ARG) || exit 1; \
 	done
 	if [ "$(AUGMENT)" != "0" ]; then \
-	  $(BIN)/avsc-features augment $(DATA) $(FEATURES) --split train --jobs $(JOBS) --shard-size $(SHARD_SIZE) || exit 1; \
+	  $(BIN)/avsc-features augment $(DATA) $(FEATURES) --split train --jobs $(JOBS) $(SHARD_SIZE_ARG) || exit 1; \
 	fi
 	$(BIN)/avsc-features verify $(FEATURES)
+
+# Each stage resumes from RUN/<stage>/last.pt when it is there, so a pre-empted job just reruns
+# `make train`; the joint stage starts from the audio stage's best.pt.
+train: install
+	@if [ ! -f "$(FEATURES)/train/index.json" ]; then \
+	  echo "No training features at $(FEATURES)/train: run make features first (FEATURES=$(FEATURES))."; exit 1; \
+	fi
+	for stage in $(STAGES); do \
+	  resume=$$( [ -f $(RUN)/$$stage/last.pt ] && echo --resume ); \
+	  init=$$( [ $$stage = joint ] && echo "--set train.init_from=$(RUN)/audio/best.pt" ); \
+	  $(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN)/$$stage --config $(CONFIG) --config configs/stages/$$stage.yaml \
+	    --device $(DEVICE) $$resume $$init $(TRAIN_ARGS) || exit 1; \
+	done
+	for stage in $(STAGES); do $(MAKE) --no-print-directory eval RUN=$(RUN)/$$stage FEATURES=$(FEATURES) || exit 1; done
+	$(BIN)/avsc-report $(foreach stage,$(STAGES),$(RUN)/$(stage)) --out $(RUN)/report
+
+# Score one run folder's best.pt on the evaluate split; write the test split's predictions.
+eval: install
+	@if [ ! -f "$(RUN)/best.pt" ]; then echo "No checkpoint at $(RUN)/best.pt (RUN=$(RUN))."; exit 1; fi
+	$(BIN)/avsc-eval --checkpoint $(RUN)/best.pt $(FEATURES)/evaluate --device $(DEVICE)
+	if [ -f "$(FEATURES)/test/index.json" ]; then \
+	  $(BIN)/avsc-eval --checkpoint $(RUN)/best.pt $(FEATURES)/test --device $(DEVICE) || exit 1; \
+	fi
 
 bench: install
 	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean-demo:
-	rm -rf $(DEMO) $(DEMO_FEATURES)
+	rm -rf $(DEMO) $(DEMO_FEATURES) $(DEMO_RUNS)

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.training import rng_state
 from avsc_pipeline.training.distributed import Context, setup, teardown
 from avsc_pipeline.training.run_dir import LAST_NAME, add_log_file, check_run_dir, start_run_dir
@@ -69,6 +70,7 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
     data = load_data(features_dir, sections["loader"], train.uses_video and not cached["video"], context)
     check_feature_section(given_features, data)
     model = build_run_model(sections["model"], train, data)
+    checkpoint = load_checkpoint(run_dir / LAST_NAME) if resume else None
     # Everything that can fail on bad input has run: only now is the run folder written.
     handler = None
     if context.is_main:
@@ -78,8 +80,8 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
         logger.info("training stage %s on %s (%d process(es)), run folder %s", train.stage, context.device,
                     context.world_size, run_dir)
         trainer = Trainer(sections, data, model, run_dir, context, progress)
-        if resume:
-            trainer.resume(run_dir / LAST_NAME)
+        if checkpoint is not None:
+            trainer.resume(checkpoint, run_dir / LAST_NAME)
         return trainer.fit()
     finally:
         if handler is not None:

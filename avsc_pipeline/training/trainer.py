@@ -356,10 +356,14 @@ class Trainer:
         if self.context.is_main:
             save_checkpoint(self.checkpoint(), path)
 
-    def resume(self, path: Path) -> None:
+    def resume(self, ckpt: Dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model, optimizer, schedule,
-        scaler, augmentation generators, every RNG, epoch and position within it)."""
-        ckpt = load_checkpoint(path, map_location="cpu")
+        scaler, augmentation generators, every RNG, epoch and position within it).
+
+        Args:
+            ckpt: the checkpoint, as :func:`~avsc_pipeline.models.checkpoint.load_checkpoint` reads it.
+            path: where it was read from (named in messages).
+        """
         if list(ckpt["classes"]) != list(self.data.classes):
             raise ValueError(f"{path}: made for classes {ckpt['classes']}, the shards have {self.data.classes}")
         unwrap(self.model).load_state_dict(ckpt["model"])

@@ -1,0 +1,252 @@
+"""The trainer at toy size: loss goes down, run folders, checkpoints, resume, freezing, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.models.checkpoint import load_checkpoint
+from avsc_pipeline.recipe import load_sections
+from avsc_pipeline.storage.index import build_index
+from avsc_pipeline.testing import write_random_shard
+from avsc_pipeline.training.run import train_run
+from avsc_pipeline_cli.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = FeatureConfig(n_mels=32, image_size=32)
+TINY = ["model.audio_widths=[8, 8, 8]", "model.video=small_cnn", "model.video_weights=null",
+        "model.fusion_hidden=[16]", "loader.batch_size=8", "loader.num_workers=0", "loader.audio_stats=stats.json",
+        "train.optimizer=adam", "train.lr=0.003", "train.weight_decay=0", "train.scheduler=none"]
+NO_AUGMENT = ["batch_augment.spec_augment=false", "batch_augment.channel_swap_p=0", "batch_augment.video_ops=[]",
+              "batch_augment.mixup_fraction=0"]
+
+
+def make_features(root: Path, rows: int = 200, seed: int = 0, classes=None) -> Path:
+    """A features folder with one random train shard of `rows` rows (10 per clip)."""
+    import h5py
+
+    kwargs = {"classes": classes} if classes else {}
+    path = write_random_shard(root / "train" / "shard-00000.h5", rows, FEATURES, seed=seed, identifiers=3, **kwargs)
+    with h5py.File(path, "r+") as handle:  # learnable: a band per class in the audio, a hue in the frames
+        labels = handle["label"][:]
+        audio, video = handle["audio"][:], handle["video"][:]
+        for i, label in enumerate(labels):
+            audio[i, :, 3 * label: 3 * label + 3] += 4.0
+            video[i, :, label % 3] //= 4
+        handle["audio"][:] = audio
+        handle["video"][:] = video
+    build_index(root / "train")
+    return root
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    return make_features(tmp_path_factory.mktemp("features"))
+
+
+def sections(*overrides: str, configs=()):
+    return load_sections(list(configs) or None, TINY + list(overrides))
+
+
+def metrics_rows(run: Path):
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def model_state(path: Path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_training_lowers_the_loss_and_fills_the_run_folder(features, tmp_path):
+    run = tmp_path / "run"
+    row = train_run(features, run, sections("train.stage=audio", "train.epochs=4", *NO_AUGMENT), progress=False)
+    rows = metrics_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.9 * losses[0] and losses == sorted(losses, reverse=True), losses
+    for name in ("config.yaml", "metrics.csv", "curves.png", "train.log", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 4 and ckpt["classes"][0] == "airport" and ckpt["stage"] == "audio"
+    assert ckpt["config"]["train"]["epochs"] == 4 and ckpt["feature_config"]["n_mels"] == 32
+    assert set(ckpt["rng"]) >= {"torch", "numpy", "python"} and "optimizer" in ckpt and "scheduler" in ckpt
+    assert row["val_log_loss"] is not None and 0 <= float(rows[-1]["data_wait_fraction"]) <= 1
+    assert load_sections(run / "config.yaml")["train"].epochs == 4
+
+
+def test_warm_restart_schedule_follows_the_fcnn_recipe():
+    from avsc_pipeline.training.optim import warm_restart_factor
+
+    restarts = [3, 7, 15]
+    assert warm_restart_factor(0.0, restarts, 1e-4) == pytest.approx(1.0)
+    assert warm_restart_factor(2.999, restarts, 1e-4) == pytest.approx(1e-4, abs=1e-5)
+    assert warm_restart_factor(3.0, restarts, 1e-4) == pytest.approx(1.0)
+    assert warm_restart_factor(5.0, restarts, 1e-4) == pytest.approx(0.5 * (1 + 1e-4), rel=1e-6)
+    assert warm_restart_factor(15.0, restarts, 1e-4) == pytest.approx(1.0)  # past the list: period 8 again
+    assert warm_restart_factor(19.0, restarts, 1e-4) == pytest.approx(0.5 * (1 + 1e-4), rel=1e-6)
+
+
+def _train_command(features: Path, run: Path, *overrides: str):
+    args = [sys.executable, "-m", "avsc_pipeline_cli.train", str(features), str(run), "--no-progress"]
+    for text in TINY + list(overrides):
+        args += ["--set", text]
+    return args
+
+
+RESUMABLE = ("train.stage=joint", "train.epochs=3", "train.deterministic=true", "batch_augment.mixup_fraction=0.5")
+
+
+def test_sigkill_after_an_epoch_then_resume_ends_with_the_same_weights(features, tmp_path):
+    whole = tmp_path / "whole"
+    train_run(features, whole, sections(*RESUMABLE), progress=False)
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(features, run, *RESUMABLE), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= done < 3, "the run should have been killed after its first epoch"
+    train_run(features, run, sections(*RESUMABLE), resume=True, progress=False)
+    assert_same_state(model_state(run / "last.pt"), model_state(whole / "last.pt"))
+    assert [r["epoch"] for r in metrics_rows(run)] == ["1", "2", "3"]
+
+
+def test_sigterm_mid_epoch_writes_last_pt_and_resume_is_exact(features, tmp_path):
+    overrides = RESUMABLE[:1] + ("train.epochs=2",) + RESUMABLE[2:] + ("loader.batch_size=2",)
+    whole = tmp_path / "whole"
+    train_run(features, whole, sections(*overrides), progress=False)
+    run = tmp_path / "stopped"
+    process = subprocess.Popen(_train_command(features, run, *overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not (run / "train.log").is_file() or "training stage" not in (run / "train.log").read_text()) \
+            and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] < 2 and (ckpt["epoch"] > 0 or ckpt["epoch_batches"] > 0)
+    train_run(features, run, sections(*overrides), resume=True, progress=False)
+    assert_same_state(model_state(run / "last.pt"), model_state(whole / "last.pt"))
+
+
+def test_a_frozen_extractor_is_cached_and_stays_bit_identical(features, tmp_path, caplog):
+    first = tmp_path / "first"
+    train_run(features, first, sections("train.stage=joint", "train.epochs=1"), progress=False)
+    second = tmp_path / "second"
+    caplog.set_level("INFO", logger="avsc_pipeline")
+    train_run(features, second, sections("train.stage=joint", "train.epochs=2", "train.freeze_video=true",
+                                         f"train.init_from={first / 'last.pt'}", "batch_augment.video_ops=[]",
+                                         "batch_augment.mixup_fraction=0"), progress=False)
+    assert "frozen video extractor: embeddings of" in caplog.text
+    before, after = model_state(first / "last.pt"), model_state(second / "last.pt")
+    video = [k for k in before if k.startswith("video.")]
+    assert any("running_mean" in k for k in video)
+    for key in video:
+        assert torch.equal(before[key], after[key]), key
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith(("audio.", "head.")))
+    means = load_checkpoint(second / "last.pt")["embedding_means"]
+    assert means["audio"].shape == (10,) and means["video"].shape == (64,)
+
+
+def test_two_gloo_processes_through_torchrun(features, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "ddp"
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--no-python",
+               str(Path(sys.executable).with_name("avsc-train")), str(features), str(run), "--no-progress",
+               "--device", "cpu"]
+    for text in TINY + ["train.stage=audio", "train.epochs=2"]:
+        command += ["--set", text]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 of 2" in result.stderr and len(metrics_rows(run)) == 2
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_the_shipped_demo_configs_train_each_stage(features, tmp_path):
+    base = [ROOT / "configs" / "paper.yaml"]
+    runs = {}
+    for stage in ("audio", "video", "joint"):
+        configs = base + [ROOT / "configs" / "stages" / f"{stage}.yaml", ROOT / "configs" / "demo.yaml",
+                          ROOT / "configs" / "demo" / f"{stage}.yaml"]
+        extra = ["train.epochs=1", "loader.num_workers=0", "model.audio_widths=[8, 8, 8]"]
+        if stage == "joint":
+            extra.append(f"train.init_from={runs['audio'] / 'best.pt'}")
+        runs[stage] = tmp_path / stage
+        train_run(features, runs[stage], load_sections(configs, extra), progress=False)
+        assert load_checkpoint(runs[stage] / "best.pt")["stage"] == stage
+
+
+# -- bad input: one line naming the file, non-zero exit, nothing overwritten -----------------------
+
+def _invoke(*args):
+    return CliRunner().invoke(train_main, [str(a) for a in args] + ["--no-progress"])
+
+
+def _set(*overrides):
+    return [x for text in TINY + list(overrides) for x in ("--set", text)]
+
+
+def test_bad_input_is_refused_with_one_line(features, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _invoke(empty, tmp_path / "r0", *_set())
+    assert result.exit_code != 0 and "expected stage-one shards" in result.output and "Traceback" not in result.output
+
+    mixed = make_features(tmp_path / "mixed")
+    write_random_shard(mixed / "train-aug" / "shard-00000.h5", 20, FEATURES, seed=1, classes=["a", "b"])
+    build_index(mixed / "train-aug")
+    result = _invoke(mixed, tmp_path / "r1", *_set())
+    assert result.exit_code != 0 and "class" in result.output.lower()
+
+    result = _invoke(features, tmp_path / "r2", *_set("train.init_from=/nonexistent/best.pt"))
+    assert result.exit_code != 0 and "/nonexistent/best.pt" in result.output
+    result = _invoke(features, tmp_path / "r3", *_set("model.video=resnet9000"))
+    assert result.exit_code != 0 and "resnet9000" in result.output
+    result = _invoke(features, tmp_path / "r4", *_set("model.video=resnet18", "model.video_weights=/no/such.pth"))
+    assert result.exit_code != 0 and "/no/such.pth" in result.output
+    result = _invoke(features, tmp_path / "r5", *_set("trian.lr=1"))
+    assert result.exit_code != 0 and "trian" in result.output
+    for name in ("r1", "r2", "r3", "r4", "r5"):
+        assert not (tmp_path / name / "config.yaml").exists(), name
+
+
+def test_run_folder_refusals(features, tmp_path):
+    run = tmp_path / "run"
+    assert _invoke(features, run, *_set("train.stage=audio", "train.epochs=1")).exit_code == 0
+    snapshot = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other = _invoke(features, run, *_set("train.stage=audio", "train.epochs=1", "train.lr=0.1"))
+    assert other.exit_code != 0 and "train.lr" in other.output
+    again = _invoke(features, run, *_set("train.stage=audio", "train.epochs=1"))
+    assert again.exit_code != 0 and "--resume" in again.output
+    last = run / "last.pt"
+    last.write_bytes(snapshot["last.pt"][: len(snapshot["last.pt"]) // 2])
+    truncated = _invoke(features, run, "--resume", *_set("train.stage=audio", "train.epochs=1"))
+    assert truncated.exit_code != 0 and str(last) in truncated.output and "Traceback" not in truncated.output
+    assert len(truncated.output.strip().splitlines()) == 1
+    last.write_bytes(snapshot["last.pt"])
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == snapshot
+    shutil.rmtree(run)
