@@ -112,6 +112,18 @@ def check_unit(obj: Any, names: Sequence[str]) -> None:
             raise ValueError(f"expected {name} within [0, 1], got {value!r}")
 
 
+def check_range(obj: Any, name: str, lowest: float, highest: float) -> None:
+    """Raise ValueError unless the named field of `obj` is a pair `(low, high)` of numbers with
+    `lowest <= low <= high <= highest`."""
+    value = getattr(obj, name)
+    if (not isinstance(value, tuple) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"expected {name} to be a pair (low, high), got {value!r}")
+    low, high = value
+    if not lowest <= low <= high <= highest:
+        raise ValueError(f"expected {name} with {lowest} <= low <= high <= {highest}, got {value!r}")
+
+
 def check_choice(obj: Any, name: str, choices: Sequence[Any]) -> None:
     """Raise ValueError unless the named field of `obj` is one of `choices`."""
     value = getattr(obj, name)

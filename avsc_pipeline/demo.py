@@ -49,7 +49,6 @@ drifts over time so every frame differs from its neighbours.
 from __future__ import annotations
 
 import colorsys
-import csv
 import logging
 import math
 import os
@@ -60,7 +59,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from avsc_pipeline.manifest import TAU_CLASSES
+from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +74,6 @@ AUDIO_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 
 
 VIDEO_PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 0))
 """Class-index pairs whose video is statistically identical (video signature k = pair k)."""
-
-META_HEADER: tuple[str, ...] = ("filename_audio", "filename_video", "scene_label", "identifier")
-FOLD_HEADER: tuple[str, ...] = ("filename_audio", "filename_video", "scene_label")
-TEST_HEADER: tuple[str, ...] = ("filename_audio", "filename_video")
 
 # About 30 % of each class's locations go to the evaluate fold, as in the real set.
 _EVALUATE_FRACTION = 0.3
@@ -404,24 +399,15 @@ def _write_mp4(path: pathlib.Path, frames: Iterator[np.ndarray], config: DemoCon
 # --------------------------------------------------------------------------- tables
 
 
-def _write_tsv(path: pathlib.Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _write_tables(root: pathlib.Path, clips: Sequence[_Clip]) -> None:
     meta = [(c.audio_path, c.video_path, c.scene, c.identifier) for c in clips]
     train = [(c.audio_path, c.video_path, c.scene) for c in clips if not c.evaluate]
     evaluate = [(c.audio_path, c.video_path, c.scene) for c in clips if c.evaluate]
     setup = root / "evaluation_setup"
-    _write_tsv(root / "meta.csv", META_HEADER, meta)
-    _write_tsv(setup / "fold1_train.csv", FOLD_HEADER, train)
-    _write_tsv(setup / "fold1_evaluate.csv", FOLD_HEADER, evaluate)
-    _write_tsv(setup / "fold1_test.csv", TEST_HEADER, [row[:2] for row in evaluate])
+    write_tsv(root / "meta.csv", META_HEADER, meta)
+    write_tsv(setup / "fold1_train.csv", FOLD_HEADER, train)
+    write_tsv(setup / "fold1_evaluate.csv", FOLD_HEADER, evaluate)
+    write_tsv(setup / "fold1_test.csv", TEST_HEADER, [row[:2] for row in evaluate])
     if not evaluate:
         logger.warning("clips_per_class=1: fold1_evaluate.csv is empty (one location per class)")
 

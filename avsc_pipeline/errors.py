@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class BadClipError(ValueError):
     """A clip that cannot be used: missing, empty, truncated or undecodable file, too short.
@@ -13,6 +15,19 @@ class BadClipError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+def check_media_file(path: str, kind: str) -> None:
+    """Raise :class:`BadClipError` unless `path` is an existing, non-empty file.
+
+    Args:
+        path: the file.
+        kind: what it should hold, named in the reason (`"audio"` or `"video"`).
+    """
+    if not os.path.isfile(path):
+        raise BadClipError(path, f"{kind} file not found")
+    if os.path.getsize(path) == 0:
+        raise BadClipError(path, f"{kind} file is empty")
 
 
 class ConfigMismatchError(ValueError):

@@ -1,6 +1,7 @@
 """Data set manifests: the TAU Urban Audio-Visual Scenes 2021 layout and a generic CSV.
 
 Both produce a list of :class:`Clip` records; extraction never guesses paths beyond these.
+:func:`write_tsv` writes lists in the TAU format (for the demo and test data sets).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ TAU_CLASSES: Tuple[str, ...] = (
     "tram",
 )
 TAU_SPLITS = ("train", "evaluate", "test", "all")
+# Headers of the TAU lists: meta.csv, fold1_train/evaluate.csv, fold1_test.csv.
+META_HEADER: Tuple[str, ...] = ("filename_audio", "filename_video", "scene_label", "identifier")
+FOLD_HEADER: Tuple[str, ...] = ("filename_audio", "filename_video", "scene_label")
+TEST_HEADER: Tuple[str, ...] = ("filename_audio", "filename_video")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,22 @@ def _read_tsv(path: Path, required: Sequence[str], delimiter: str = "\t") -> Lis
         return [(reader.line_num, row) for row in reader]
 
 
+def write_tsv(path: "str | os.PathLike[str]", header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
+    """Write a tab-separated list as the TAU set has them, atomically (through `.NAME.partial`).
+
+    The parent folder is created when missing; returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
 def _check_unique(clips: Iterable[Clip]) -> None:
     seen: Dict[str, str] = {}
     for clip in clips:
@@ -102,7 +123,7 @@ def load_tau(root: "str | os.PathLike[str]", split: str = "all") -> List[Clip]:
     if meta_path.is_file():
         meta = {row["filename_audio"]: row for _, row in _read_tsv(meta_path, ["filename_audio"])}
     if split == "all":
-        path, rows = meta_path, _read_tsv(meta_path, ["filename_audio", "filename_video", "scene_label"])
+        path, rows = meta_path, _read_tsv(meta_path, FOLD_HEADER)
     else:
         path = root / "evaluation_setup" / f"fold1_{split}.csv"
         rows = _read_tsv(path, ["filename_audio"])

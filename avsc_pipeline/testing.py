@@ -1,11 +1,11 @@
 """Small media and shard builders for tests and benchmarks (everything is made in a given folder).
 
 Kept in the library, as lhotse does, so every test and benchmark builds its own data.
+:data:`SMALL_FEATURES` is the stage-one config with 32x32 frames that keeps shard tests fast.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -13,7 +13,17 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from avsc_pipeline.config import FeatureConfig
-from avsc_pipeline.manifest import TAU_CLASSES
+from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
+
+# Real TAU clips beside a development checkout (`../shared/data/tau-av-street-mini`); a user's
+# clone has none, so tests skip and benchmarks fall back to generated clips (see `shared_mini`).
+SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
+SMALL_FEATURES = FeatureConfig(image_size=32)
+
+
+def shared_mini() -> Optional[Path]:
+    """:data:`SHARED_MINI` when it holds a data set (a `meta.csv`), else None."""
+    return SHARED_MINI if (SHARED_MINI / "meta.csv").is_file() else None
 
 
 def noisy_tone(seconds: float, sr: int = 48000, freq: float = 440.0, noise: float = 1e-3,
@@ -89,22 +99,12 @@ def make_tau_dataset(root: "str | os.PathLike[str]", n_clips: int = 4, seconds: 
         vid_s = seconds if video_seconds is None else video_seconds
         write_video(root / "video" / f"{stem}.mp4", int(round(vid_s * fps)), fps)
         rows.append([f"audio/{stem}.wav", f"video/{stem}.mp4", label, f"city{i % 3}-{100 + i}"])
-    _write_tsv(root / "meta.csv", ["filename_audio", "filename_video", "scene_label", "identifier"], rows)
+    write_tsv(root / "meta.csv", META_HEADER, rows)
     setup = root / "evaluation_setup"
-    _write_tsv(setup / "fold1_train.csv", ["filename_audio", "filename_video", "scene_label"],
-               [r[:3] for r in rows[0::2]])
-    _write_tsv(setup / "fold1_evaluate.csv", ["filename_audio", "filename_video", "scene_label"],
-               [r[:3] for r in rows[1::2]])
-    _write_tsv(setup / "fold1_test.csv", ["filename_audio", "filename_video"], [r[:2] for r in rows[1::2]])
+    write_tsv(setup / "fold1_train.csv", FOLD_HEADER, [r[:3] for r in rows[0::2]])
+    write_tsv(setup / "fold1_evaluate.csv", FOLD_HEADER, [r[:3] for r in rows[1::2]])
+    write_tsv(setup / "fold1_test.csv", TEST_HEADER, [r[:2] for r in rows[1::2]])
     return root
-
-
-def _write_tsv(path: Path, header: List[str], rows: List[List[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: FeatureConfig = FeatureConfig(),
@@ -114,7 +114,7 @@ def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: Feat
 
     Labels cycle over clips; identifiers cycle over `identifiers` locations per class.
     """
-    from avsc_pipeline.storage.shards import ShardWriter, shard_attrs, stage_one_columns
+    from avsc_pipeline.storage.shards import ORIGINAL_VARIANT, ShardWriter, shard_attrs, stage_one_columns
 
     rng = np.random.default_rng(seed)
     clip = np.arange(n_rows) // 10
@@ -125,7 +125,7 @@ def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: Feat
         clip_id=[f"s{seed}-clip{c}" for c in clip],
         segment=(np.arange(n_rows) % 10).astype(np.int16),
         identifier=[f"loc{seed}-{label[i]}-{clip[i] % identifiers}" for i in range(n_rows)],
-        variant=["orig"] * n_rows,
+        variant=[ORIGINAL_VARIANT] * n_rows,
     )
     if with_video:
         columns["video"] = rng.integers(0, 256, (n_rows,) + config.video_shape, dtype=np.uint8)
@@ -134,6 +134,61 @@ def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: Feat
     with ShardWriter(path, stage_one_columns(config, with_video), shard_attrs(classes, config, f"random{seed}")) as w:
         w.add(**columns)
     return path
+
+
+def write_random_folder(folder: "str | os.PathLike[str]", sizes: Sequence[int] = (20, 30),
+                        config: FeatureConfig = FeatureConfig(), **kwargs) -> Path:
+    """A stage-one folder with an index: shard `k` holds `sizes[k]` random rows made with seed `k`.
+
+    Other keyword arguments go to :func:`write_random_shard` (e.g. `classes`, `with_video`).
+    """
+    from avsc_pipeline.storage.index import build_index
+    from avsc_pipeline.storage.shards import shard_name
+
+    folder = Path(folder)
+    for number, rows in enumerate(sizes):
+        write_random_shard(folder / shard_name(number), rows, config, seed=number, **kwargs)
+    build_index(folder)
+    return folder
+
+
+def write_augmented_folder(folder: "str | os.PathLike[str]", source: "str | os.PathLike[str]",
+                           config: FeatureConfig = FeatureConfig(), rows: int = 12, seed: int = 7,
+                           bad_reference: bool = False) -> Path:
+    """A `train-aug` folder in the augmented schema whose rows refer to `source`'s frames.
+
+    Its `rows` rows take label, clip, identifier and video reference from random rows of
+    `source`'s first shard (`video_source` = `../train`); with `bad_reference` the 4th row
+    refers to a clip that does not exist.
+    """
+    from avsc_pipeline.storage.columns import read_columns
+    from avsc_pipeline.storage.index import build_index
+    from avsc_pipeline.storage.shards import (
+        AUGMENT_VARIANTS, ShardWriter, augment_columns, list_shards, shard_attrs, shard_name,
+    )
+
+    folder = Path(folder)
+    original = read_columns(list_shards(source)[0], ("label", "clip_id", "segment", "identifier"))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(original["clip_id"]), rows, replace=False)
+    clips = original["clip_id"][pick].tolist()
+    if bad_reference:
+        clips[3] = "no-such-clip"
+    nan = np.full(rows, np.nan, dtype=np.float32)
+    variants = [AUGMENT_VARIANTS[k % len(AUGMENT_VARIANTS)] for k in range(rows)]
+    columns = dict(
+        audio=rng.standard_normal((rows,) + config.audio_shape).astype(config.audio_dtype),
+        label=original["label"][pick], clip_id=original["clip_id"][pick], segment=np.arange(rows) % 10,
+        identifier=original["identifier"][pick], variant=variants,
+        video_ref_clip=clips, video_ref_segment=original["segment"][pick],
+        copy=np.zeros(rows, np.int16), semitones=nan, speed=nan, snr_db=nan, gain=nan, partner_clip=[""] * rows,
+    )
+    folder.mkdir(parents=True)
+    attrs = shard_attrs(TAU_CLASSES, config, "aug", video_source="../train")
+    with ShardWriter(folder / shard_name(0), augment_columns(config), attrs) as writer:
+        writer.add(**columns)
+    build_index(folder)
+    return folder
 
 
 def kill_when_shards(command: Sequence[str], folder: "str | os.PathLike[str]", count: int,

@@ -13,7 +13,6 @@ Run: .venv/bin/python bench/bench_batch_augment.py [--batch 32] [--repeat 20]
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from typing import Callable, Dict, Tuple
@@ -24,6 +23,7 @@ from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugm
 from avsc_pipeline.dataio.config import BatchAugmentConfig
 from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.stats import AudioStats
+from common import int_options
 
 
 def loop_spec_augment(audio: torch.Tensor) -> torch.Tensor:
@@ -90,10 +90,7 @@ def cases_for(device: torch.device, batch: int) -> Dict[str, Tuple[Callable[[], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args()
+    args = int_options(__doc__, batch=32, repeat=20)
     random.seed(0)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"batch {args.batch}, {torch.get_num_threads()} CPU threads; microseconds per batch, best of {args.repeat}")

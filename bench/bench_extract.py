@@ -9,7 +9,6 @@ Run: .venv/bin/python bench/bench_extract.py [--clips 20] [--big 200]
 
 from __future__ import annotations
 
-import argparse
 import resource
 import tempfile
 import time
@@ -20,7 +19,7 @@ import joblib
 from avsc_pipeline.config import FeatureConfig
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
-from common import real_or_generated_dataset
+from common import int_options, real_or_generated_dataset
 
 
 def peak_rss_mib() -> float:
@@ -45,10 +44,7 @@ def run(root: Path, out: Path, jobs: int, shard_size: int = 128) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--clips", type=int, default=20)
-    parser.add_argument("--big", type=int, default=200)
-    args = parser.parse_args()
+    args = int_options(__doc__, clips=20, big=200)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         small, what = real_or_generated_dataset(tmp / "small", args.clips)

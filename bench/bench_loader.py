@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/bench_loader.py [--rows 1600] [--epochs 4]
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +23,14 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-from avsc_pipeline.storage.index import build_index
-from avsc_pipeline.storage.shards import list_shards, load_rows
-from avsc_pipeline.testing import write_random_shard
 from avsc_pipeline.dataio import loader as loader_mod
 from avsc_pipeline.dataio.config import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.samplers import EpochSampler
+from avsc_pipeline.storage.columns import read_columns
+from avsc_pipeline.storage.shards import list_shards
+from avsc_pipeline.testing import write_random_folder
+from common import int_options
 
 BATCH = 32
 SHARD_ROWS = 200
@@ -38,10 +38,8 @@ SHARD_ROWS = 200
 
 def build(folder: Path, rows: int) -> None:
     """Shards of random rows plus .npy copies of the same audio and frames."""
-    for number in range(rows // SHARD_ROWS):
-        write_random_shard(folder / "train" / f"shard-{number:05d}.h5", SHARD_ROWS, seed=number)
-    build_index(folder / "train")
-    parts = [load_rows(p, ["audio", "video"]) for p in list_shards(folder / "train")]
+    write_random_folder(folder / "train", [SHARD_ROWS] * (rows // SHARD_ROWS))
+    parts = [read_columns(p, ["audio", "video"]) for p in list_shards(folder / "train")]
     np.save(folder / "audio.npy", np.concatenate([p["audio"] for p in parts]))
     np.save(folder / "video.npy", np.concatenate([p["video"] for p in parts]))
 
@@ -100,10 +98,7 @@ def best_rates(runs: Dict[str, Callable[[int], int]], epochs: int) -> Dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1600)
-    parser.add_argument("--epochs", type=int, default=4)
-    args = parser.parse_args()
+    args = int_options(__doc__, rows=1600, epochs=4)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         build(folder, args.rows)

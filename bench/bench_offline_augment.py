@@ -16,7 +16,6 @@ Uses the real clips in ../shared/data/tau-av-street-mini when present, else gene
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
+from common import int_options
 
 
 def best_of(fns: Sequence[Callable[[], object]], repeat: int) -> List[float]:
@@ -47,11 +46,12 @@ def best_of(fns: Sequence[Callable[[], object]], repeat: int) -> List[float]:
 
 def load_clips(tmp: Path, n: int) -> List:
     from avsc_pipeline.manifest import load_manifest
-    from avsc_pipeline.testing import make_tau_dataset
+    from avsc_pipeline.testing import make_tau_dataset, shared_mini
 
-    if (MINI / "meta.csv").is_file():
-        print(f"clips: {MINI} (real, 10 s, 48 kHz stereo)")
-        return load_manifest(MINI, "all")[:n]
+    mini = shared_mini()
+    if mini is not None:
+        print(f"clips: {mini} (real, 10 s, 48 kHz stereo)")
+        return load_manifest(mini, "all")[:n]
     print("clips: generated 10 s 48 kHz stereo (../shared/data/tau-av-street-mini not found)")
     root = make_tau_dataset(tmp / "ds", n_clips=2 * n, seconds=10.0, classes=["bus"])
     return load_manifest(root, "all")[:n]
@@ -64,10 +64,7 @@ def per_clip(items: Sequence, fns: Sequence[Callable], repeat: int) -> List[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = int_options(__doc__, clips=8, repeat=3)
 
     import torch
 

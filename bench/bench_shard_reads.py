@@ -20,7 +20,8 @@ from avsc_pipeline.config import FeatureConfig
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.shard_io import ShardReaders, open_shard_file
-from avsc_pipeline.storage.shards import list_shards, load_rows
+from avsc_pipeline.storage.columns import read_columns
+from avsc_pipeline.storage.shards import list_shards
 from common import real_or_generated_dataset
 
 N_READS = 400
@@ -82,7 +83,7 @@ def main() -> None:
         root, what = real_or_generated_dataset(tmp / "ds", 8)
         extract_split(load_tau(root, "all"), tmp / "f", FeatureConfig(), list(TAU_CLASSES), progress=False)
         first = list_shards(tmp / "f")[0]
-        rows = load_rows(first, ["audio", "video"])
+        rows = read_columns(first, ["audio", "video"])
         with h5py.File(first, "r") as handle:
             attrs = dict(handle.attrs)
         reps = max(1, 400 // len(rows["audio"]))

@@ -12,7 +12,6 @@ Run: .venv/bin/python bench/bench_video_augment.py [--batch 32] [--repeat 5]
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Callable, Dict
 
@@ -20,6 +19,7 @@ import torch
 from torchvision.transforms import v2
 
 from avsc_pipeline.dataio.video_augment import VideoRandAugment
+from common import int_options
 
 
 class RestrictedRandAugment(v2.RandAugment):
@@ -48,10 +48,7 @@ def run(cases: Dict[str, Callable[[], object]], syncs: Dict[str, Callable[[], No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = int_options(__doc__, batch=32, repeat=5)
     video = torch.randint(0, 256, (args.batch, 2, 3, 224, 224), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     n_images = args.batch * 2

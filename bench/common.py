@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import csv
+import argparse
 import os
 import time
 from pathlib import Path
 from typing import Callable, Tuple
 
-SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
+
+def int_options(doc: str, **defaults: int) -> argparse.Namespace:
+    """A benchmark's command line: `--name N` for each keyword (underscores become dashes), its
+    value the default; the help text is the first line of `doc` (the script's docstring)."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    return parser.parse_args()
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -27,11 +34,13 @@ def real_or_generated_dataset(folder: Path, n_clips: int) -> Tuple[Path, str]:
     Uses the real clips of ../shared/data/tau-av-street-mini (linked under new names, cycling)
     where present, else generated ones. Returns the root and a description.
     """
-    from avsc_pipeline.testing import make_tau_dataset
+    from avsc_pipeline.manifest import META_HEADER, write_tsv
+    from avsc_pipeline.testing import make_tau_dataset, shared_mini
 
-    if not (SHARED_MINI / "meta.csv").is_file():
+    mini = shared_mini()
+    if mini is None:
         return make_tau_dataset(folder, n_clips=n_clips, seconds=10.0), "generated 10 s clips (30 fps, 64x48)"
-    sources = sorted(p.stem for p in (SHARED_MINI / "audio").glob("*.wav"))
+    sources = sorted(p.stem for p in (mini / "audio").glob("*.wav"))
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     (folder / "video").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -42,12 +51,9 @@ def real_or_generated_dataset(folder: Path, n_clips: int) -> Tuple[Path, str]:
         for kind, ext in (("audio", "wav"), ("video", "mp4")):
             dst = folder / kind / f"{stem}.{ext}"
             if not dst.exists():
-                os.symlink(SHARED_MINI / kind / f"{src}.{ext}", dst)
+                os.symlink(mini / kind / f"{src}.{ext}", dst)
         rows.append([f"audio/{stem}.wav", f"video/{stem}.mp4", "street_traffic", f"{city}-{loc}"])
-    with open(folder / "meta.csv", "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["filename_audio", "filename_video", "scene_label", "identifier"])
-        writer.writerows(rows)
+    write_tsv(folder / "meta.csv", META_HEADER, rows)
     return folder, "real TAU clips (48 kHz stereo, 24 fps 400x225 H.264)"
 
 

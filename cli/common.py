@@ -8,9 +8,6 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import click
 
-SPLITS = ("train", "evaluate", "test", "all")
-
-
 def setup_logging(verbose: int, log_file: Optional[Path] = None) -> None:
     """Configure logging once, at the top of a command (group); optionally also into a file."""
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING

@@ -8,7 +8,9 @@ from typing import Optional
 
 import click
 
-from avsc_pipeline_cli.common import SPLITS, config_option, load_config, setup_logging
+from avsc_pipeline.features.shard_engine import BACKENDS, DEFAULT_SHARD_SIZE, RunSummary, parse_part
+from avsc_pipeline.manifest import TAU_SPLITS
+from avsc_pipeline_cli.common import config_option, load_config, setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,10 +22,10 @@ def main(verbose: int) -> None:
 
 RUN_OPTIONS = (
     click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."),
-    click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+    click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True,
                  help="joblib backend: local processes, or a dask.distributed cluster (needs the [dask] extra)."),
     click.option("--scheduler", help="Dask scheduler address (with --backend dask); a local cluster when absent."),
-    click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
+    click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
                  help="Most segments per shard."),
     click.option("--part", help="I/K: write only this job's share of the shards (for K batch jobs); "
                  "then run `avsc-features index OUT`."),
@@ -40,7 +42,7 @@ def run_options(command):
     return command
 
 
-def report(summary, rows: str, items: str) -> None:
+def report(summary: RunSummary, rows: str, items: str) -> None:
     """Print what a shard-writing run did, then each skipped clip with its file and reason."""
     click.echo(
         f"{summary.folder}: wrote {len(summary.shards_written)} shards ({summary.rows} {rows}), "
@@ -53,7 +55,7 @@ def report(summary, rows: str, items: str) -> None:
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(SPLITS), default="all",
+@click.option("--split", type=click.Choice(TAU_SPLITS), default="all",
               show_default=True, help="Which list of a TAU-layout data set (ignored for a CSV manifest).")
 @config_option("YAML file whose `features:` section overrides the defaults.")
 @click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels).")
@@ -65,7 +67,7 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 
     Example: avsc-features extract data/demo data/demo-features --split train --jobs 2
     """
-    from avsc_pipeline.features.extract import extract_split, parse_part
+    from avsc_pipeline.features.extract import extract_split
     from avsc_pipeline.manifest import load_manifest, resolve_classes
 
     config = load_config(config_path, only=["features"])["features"]
@@ -85,7 +87,7 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(SPLITS), default="train",
+@click.option("--split", type=click.Choice(TAU_SPLITS), default="train",
               show_default=True, help="The split to augment; its stage-one shards must be in OUT/<split>.")
 @config_option("YAML file: its `offline_augment:` section overrides the defaults; a `features:` "
                "section must match the stage-one settings.")
@@ -109,7 +111,6 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 
     from avsc_pipeline.config import load_yaml
     from avsc_pipeline.features.offline_augment_shards import AUGMENTED_SUFFIX, augment_split
-    from avsc_pipeline.features.extract import parse_part
     from avsc_pipeline.manifest import load_manifest
 
     try:

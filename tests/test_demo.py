@@ -13,16 +13,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from avsc_pipeline.demo import (
-    AUDIO_PAIRS,
-    FOLD_HEADER,
-    META_HEADER,
-    TAU_CLASSES,
-    TEST_HEADER,
-    VIDEO_PAIRS,
-    DemoConfig,
-    write_demo_dataset,
-)
+from avsc_pipeline.demo import AUDIO_PAIRS, VIDEO_PAIRS, DemoConfig, write_demo_dataset
+from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
 
 SMALL = DemoConfig(clips_per_class=2, duration=2.0)
 TEACHING = DemoConfig(clips_per_class=4, duration=2.0)

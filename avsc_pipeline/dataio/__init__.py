@@ -8,7 +8,8 @@ Modules:
         augmented rows, several processes).
     stats: per-channel audio mean and std, computed once and stored beside the shards.
     batch_augment: SpecAugment, channel swap, joint mixup and one-hot targets.
-    video_augment: RandAugment restricted to Identity/Sharpness/Contrast on uint8 frames.
+    video_augment: RandAugment on uint8 frames (the recipe: Identity/Sharpness/Contrast; the
+        full torchvision operation set for the ablations).
     rng: per-module generators whose state travels in the state dict.
     preparation: frame and audio normalization and :class:`BatchPreparer` (used by training,
         evaluation and prediction alike).

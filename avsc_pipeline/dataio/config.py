@@ -17,6 +17,12 @@ from avsc_pipeline.config import check_choice, check_int, check_unit
 
 MASK_FILLS = ("mean", "zero")
 VIDEO_KERNELS = ("auto", "batched", "per_image")
+# torchvision's RandAugment operations, in the order of its `_AUGMENTATION_SPACE`.
+RANDAUGMENT_OPS = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+    "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+)
+# The recipe's video perturbation.
 VIDEO_OPS = ("Identity", "Sharpness", "Contrast")
 
 
@@ -34,8 +40,9 @@ class BatchAugmentConfig:
             (after normalization, the training-set mean).
         channel_swap_p: per-sample probability of exchanging the left `[0:3]` and right `[3:6]`
             feature blocks; 0 turns it off.
-        video_ops: the RandAugment operations drawn from, a subset of
-            `("Identity", "Sharpness", "Contrast")`; empty turns video perturbation off.
+        video_ops: the RandAugment operations drawn from, a subset of `RANDAUGMENT_OPS`
+            (torchvision's); the recipe's are `VIDEO_OPS`, Identity, Sharpness and Contrast.
+            Empty turns video perturbation off.
         video_num_ops: RandAugment N, operations applied in turn to each frame.
         video_magnitude: RandAugment M, a bin of torchvision's magnitude scale.
         video_magnitude_bins: torchvision's `num_magnitude_bins`.
@@ -65,9 +72,9 @@ class BatchAugmentConfig:
         check_int(self, ("time_masks", "freq_masks", "video_num_ops"))
         check_unit(self, ("max_mask_fraction", "channel_swap_p", "mixup_fraction", "mixup_ratio"))
         check_choice(self, "mask_fill", MASK_FILLS)
-        unknown = [op for op in self.video_ops if op not in VIDEO_OPS]
+        unknown = [op for op in self.video_ops if op not in RANDAUGMENT_OPS]
         if unknown:
-            raise ValueError(f"expected video_ops within {VIDEO_OPS}, got {list(self.video_ops)}")
+            raise ValueError(f"expected video_ops within {RANDAUGMENT_OPS}, got {list(self.video_ops)}")
         check_choice(self, "video_kernels", VIDEO_KERNELS)
         if not isinstance(self.video_magnitude_bins, int) or self.video_magnitude_bins < 2:
             raise ValueError(f"expected video_magnitude_bins >= 2, got {self.video_magnitude_bins!r}")

@@ -2,7 +2,8 @@
 
 :class:`ShardDataset` maps every item to `(shard, row)` through each folder's `index.json`.
 Metadata columns (label, clip id, segment, identifier, variant) are read once, when the dataset
-is made, and kept as numpy arrays (fixed-width strings, so forked workers do not copy them).
+is made (:func:`~avsc_pipeline.storage.columns.read_columns`), and kept as numpy arrays
+(fixed-width strings, so forked workers do not copy them).
 Feature rows are read on demand:
 
 - Shards are opened lazily in the process that reads them (each DataLoader worker opens its own)
@@ -31,14 +32,15 @@ import torch
 
 from avsc_pipeline.config import FeatureConfig, config_diff, from_dict, to_dict
 from avsc_pipeline.errors import ConfigMismatchError
+from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import load_index
 from avsc_pipeline.storage.shard_io import ShardFile, ShardReaders, open_shard_file
+from avsc_pipeline.storage.shards import ORIGINAL_VARIANT
 
 logger = logging.getLogger(__name__)
 
 META_COLUMNS = ("label", "clip_id", "segment", "identifier", "variant")
 REF_COLUMNS = ("video_ref_clip", "video_ref_segment")
-ORIGINAL = "orig"
 
 
 @dataclass
@@ -112,7 +114,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self.clip_ids: np.ndarray = meta["clip_id"]
         self.identifiers: np.ndarray = meta["identifier"]
         self.variants: np.ndarray = meta["variant"]
-        self.is_augmented: np.ndarray = self.variants != ORIGINAL
+        self.is_augmented: np.ndarray = self.variants != ORIGINAL_VARIANT
 
     def _add_shards(self, folder: _Folder) -> int:
         base = len(self._shards)
@@ -265,8 +267,6 @@ class _Expectation:
 
 def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
     """Read a folder's index, each shard's attributes and metadata columns."""
-    import h5py
-
     index = load_index(folder)
     if not index["shards"]:
         raise ValueError(f"{folder}: expected shards in the index, got none")
@@ -279,11 +279,12 @@ def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
         _check_blocks(shard, from_dict(FeatureConfig, expected.config, str(path)))
         if shard.rows != entry["rows"]:
             raise ValueError(f"{path}: {shard.rows} rows, but the index lists {entry['rows']}; rebuild the index")
-        with h5py.File(path, "r") as handle:
-            metas.append(_read_columns(handle, META_COLUMNS, path))
-            if "video_ref_clip" in handle:
-                refs.append(_read_columns(handle, REF_COLUMNS, path))
-                video_source = _video_source(attrs, path, video_source)
+        has_refs = REF_COLUMNS[0] in attrs["datasets"]
+        columns = read_columns(path, META_COLUMNS + (REF_COLUMNS if has_refs else ()))
+        metas.append(columns)
+        if has_refs:
+            refs.append(columns)
+            video_source = _video_source(attrs, path, video_source)
         shards.append(shard)
         shard_of.append(np.full(shard.rows, number, dtype=np.int64))
         row_of.append(np.arange(shard.rows, dtype=np.int64))
@@ -303,21 +304,6 @@ def _check_blocks(shard: ShardFile, config: FeatureConfig) -> None:
     for name, block, shape, dtype in wanted:
         if block.shape != shape or block.dtype != dtype:
             raise ValueError(f"{shard.path}: expected {name} rows {shape} {dtype}, got {block.shape} {block.dtype}")
-
-
-def _read_columns(handle: Any, names: Sequence[str], path: Path) -> Dict[str, np.ndarray]:
-    import h5py
-
-    out = {}
-    for name in names:
-        if name not in handle:
-            raise ValueError(f"{path}: expected dataset {name!r}, got only {sorted(handle.keys())}")
-        ds = handle[name]
-        if h5py.check_string_dtype(ds.dtype):
-            out[name] = np.asarray(ds.asstr()[()], dtype=np.str_)
-        else:
-            out[name] = ds[()]
-    return out
 
 
 def _video_source(attrs: Dict[str, Any], path: Path, previous: Optional[str]) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from avsc_pipeline.storage.columns import column_blocks
 from avsc_pipeline.storage.index import load_index, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def compute_audio_stats(folder: "str | os.PathLike[str]", block_rows: int = 256,
     Raises:
         ValueError: the folder has no rows.
     """
-    import h5py
     from tqdm import tqdm
 
     if not isinstance(block_rows, int) or block_rows < 1:
@@ -112,14 +112,11 @@ def compute_audio_stats(folder: "str | os.PathLike[str]", block_rows: int = 256,
     rows = 0
     with tqdm(total=index["rows"], desc="audio stats", unit="row", disable=not progress) as bar:
         for entry in index["shards"]:
-            with h5py.File(folder / entry["file"], "r") as handle:
-                audio = handle["audio"]
-                moments = moments or _Moments(audio.shape[1])
-                for start in range(0, audio.shape[0], block_rows):
-                    block = audio[start:start + block_rows]
-                    moments.update(block)
-                    rows += len(block)
-                    bar.update(len(block))
+            for block in column_blocks(folder / entry["file"], "audio", block_rows):
+                moments = moments or _Moments(block.shape[1])
+                moments.update(block)
+                rows += len(block)
+                bar.update(len(block))
     std = np.sqrt(moments.m2 / moments.count)
     return AudioStats(tuple(moments.mean.tolist()), tuple(std.tolist()), rows,
                       index["config_hash"], _shard_list(index))

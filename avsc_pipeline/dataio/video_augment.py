@@ -1,11 +1,21 @@
-"""Video perturbation: RandAugment restricted to Identity, Sharpness and Contrast, whole batches.
+"""Video perturbation: torchvision's RandAugment on whole batches of uint8 frames.
 
-The operations, their magnitude scale and the random sign are exactly those of
-`torchvision.transforms.v2.RandAugment`: an operation is drawn uniformly from the list, its
-magnitude is bin `M` of `linspace(0, 0.9, num_magnitude_bins)` and is negated with probability
-0.5, and the image is passed to `adjust_sharpness` / `adjust_contrast` with factor
-`1 + magnitude`. `N` operations are applied in turn, with uint8 rounding after each, as
-torchvision does.
+The operations, the magnitude scale of each, the random sign and the way a magnitude becomes an
+operation's argument are exactly those of `torchvision.transforms.v2.RandAugment`
+(`_AUGMENTATION_SPACE` and `_apply_image_or_video_transform`). An operation is drawn uniformly
+from the list and its magnitude is bin `M` of that operation's scale (`OP_SPACE`): up to 0.3 for
+the shears (sheared by `atan(magnitude)`), `150/331` of the image's width or height for the
+translations (by `int(magnitude)` pixels), 30 degrees for Rotate, 0.9 for the four enhancements
+(Brightness, Color = saturation, Contrast, Sharpness, each with factor `1 + magnitude`), integer
+bits from 8 down to 4 for Posterize, and a threshold from 1 down to 0 (times 255) for Solarize;
+Identity, AutoContrast and Equalize take none. The geometric and enhancement magnitudes are
+negated with probability 0.5. Geometric operations use nearest interpolation and torchvision's
+`fill=None` (0 outside the image). `N` operations are applied in turn, with uint8 rounding after
+each, as torchvision does.
+
+The recipe draws from Identity, Sharpness and Contrast (`VIDEO_OPS`); the whole space
+(`RANDAUGMENT_OPS`) is there for the paper's Table 2, which tries each operation alone
+(`configs/ablations/randaug-*.yaml`).
 
 Every image is drawn independently: the two frames of a sample get their own operations and
 signs. They are one second apart and the model sees each through the same backbone, so
@@ -14,42 +24,124 @@ independent draws give more variety without breaking a correspondence the model 
 Two implementations share the drawn parameters:
 
 - `batched`: all images that draw the same operation at the same step are processed together.
-  Sharpness uses an exact integer 3x3 box sum instead of a float convolution (the blurred image
-  is rounded to integers in both, and `(box + 4 * centre) / 13` is never half-way between two
-  integers, so the rounded values are identical).
+  Sharpness and Contrast have their own kernels; Sharpness uses an exact integer 3x3 box sum
+  instead of a float convolution (the blurred image is rounded to integers in both, and
+  `(box + 4 * centre) / 13` is never half-way between two integers, so the rounded values are
+  identical). Every other operation calls torchvision's function once per distinct magnitude
+  (at most two at a step: +M and -M) on the stacked images that share it.
 - `per_image`: a loop of the torchvision functions themselves.
 
 `auto` picks `batched` on CUDA and `per_image` on CPU: there one image's intermediates stay in
 the cache while a batch's do not, and the loop was measured as fast or faster
-(`bench/bench_video_augment.py`).
+(`bench/bench_video_augment.py`, for the recipe's operations).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import math
+from functools import lru_cache
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from avsc_pipeline.dataio.config import VIDEO_KERNELS, VIDEO_OPS
+from avsc_pipeline.dataio.config import RANDAUGMENT_OPS, VIDEO_KERNELS, VIDEO_OPS
 from avsc_pipeline.dataio.rng import SeededModule
 
-# Upper end of torchvision's magnitude linspace per operation (None: no magnitude), and whether
-# the magnitude takes a random sign; as in torchvision.transforms.v2.RandAugment.
-OP_SPACE: Dict[str, Tuple[Optional[float], bool]] = {
+MagnitudeScale = Callable[[int, int, int], torch.Tensor]
+OpFunction = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _up_to(top: float) -> MagnitudeScale:
+    return lambda num_bins, height, width: torch.linspace(0.0, top, num_bins)
+
+
+# Per operation, its magnitude scale `(num_bins, height, width) -> (num_bins,)` (None: no
+# magnitude) and whether the magnitude takes a random sign; torchvision.transforms.v2.RandAugment's
+# `_AUGMENTATION_SPACE`, formula for formula and in its order.
+OP_SPACE: Dict[str, Tuple[Optional[MagnitudeScale], bool]] = {
     "Identity": (None, False),
-    "Sharpness": (0.9, True),
-    "Contrast": (0.9, True),
+    "ShearX": (_up_to(0.3), True),
+    "ShearY": (_up_to(0.3), True),
+    "TranslateX": (lambda num_bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * width, num_bins), True),
+    "TranslateY": (lambda num_bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * height, num_bins), True),
+    "Rotate": (_up_to(30.0), True),
+    "Brightness": (_up_to(0.9), True),
+    "Color": (_up_to(0.9), True),
+    "Contrast": (_up_to(0.9), True),
+    "Sharpness": (_up_to(0.9), True),
+    "Posterize": (
+        lambda num_bins, height, width: (8 - (torch.arange(num_bins) / ((num_bins - 1) / 4))).round().int(),
+        False,
+    ),
+    "Solarize": (lambda num_bins, height, width: torch.linspace(1.0, 0.0, num_bins), False),
+    "AutoContrast": (None, False),
+    "Equalize": (None, False),
 }
+# Operations whose scale depends on the image's size.
+SIZE_DEPENDENT = ("TranslateX", "TranslateY")
 
 
-def magnitude_of(op: str, magnitude: int, num_bins: int) -> float:
-    """The unsigned magnitude torchvision's RandAugment uses for `op` at bin `magnitude`."""
+def magnitude_of(op: str, magnitude: int, num_bins: int, size: Optional[Tuple[int, int]] = None) -> float:
+    """The unsigned magnitude torchvision's RandAugment passes to `op` at bin `magnitude`.
+
+    Args:
+        op: an operation of `OP_SPACE`.
+        magnitude: the bin, `0 <= magnitude < num_bins`.
+        num_bins: torchvision's `num_magnitude_bins`.
+        size: `(height, width)` of the images; needed by TranslateX and TranslateY only.
+
+    Returns:
+        The magnitude (Posterize's bits as a float, as torchvision; 0.0 for an operation
+        without magnitude).
+    """
     if op not in OP_SPACE:
         raise ValueError(f"expected an operation in {sorted(OP_SPACE)}, got {op!r}")
-    top, _ = OP_SPACE[op]
-    if top is None:
+    scale, _ = OP_SPACE[op]
+    if scale is None:
         return 0.0
-    return float(torch.linspace(0.0, top, num_bins)[magnitude])
+    if size is None:
+        if op in SIZE_DEPENDENT:
+            raise ValueError(f"expected the image size (height, width) for {op}, got None")
+        size = (0, 0)
+    height, width = size
+    return float(scale(num_bins, int(height), int(width))[magnitude])
+
+
+@lru_cache(maxsize=None)
+def torchvision_ops() -> Dict[str, OpFunction]:
+    """torchvision's function for each operation, taking a `(..., 3, H, W)` uint8 tensor and the
+    signed magnitude and called as `RandAugment._apply_image_or_video_transform` calls it."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    nearest = InterpolationMode.NEAREST
+
+    def shear(image: torch.Tensor, x: float, y: float) -> torch.Tensor:
+        # about the top-left corner, by atan(magnitude) degrees, as torchvision
+        return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=[x, y],
+                        interpolation=nearest, fill=None, center=[0, 0])
+
+    def translate(image: torch.Tensor, x: int, y: int) -> torch.Tensor:
+        return F.affine(image, angle=0.0, translate=[x, y], scale=1.0, shear=[0.0, 0.0],
+                        interpolation=nearest, fill=None)
+
+    return {
+        "Identity": lambda image, m: image,
+        "ShearX": lambda image, m: shear(image, math.degrees(math.atan(m)), 0.0),
+        "ShearY": lambda image, m: shear(image, 0.0, math.degrees(math.atan(m))),
+        "TranslateX": lambda image, m: translate(image, int(m), 0),
+        "TranslateY": lambda image, m: translate(image, 0, int(m)),
+        "Rotate": lambda image, m: F.rotate(image, angle=m, interpolation=nearest, fill=None),
+        "Brightness": lambda image, m: F.adjust_brightness(image, 1.0 + m),
+        "Color": lambda image, m: F.adjust_saturation(image, 1.0 + m),
+        "Contrast": lambda image, m: F.adjust_contrast(image, 1.0 + m),
+        "Sharpness": lambda image, m: F.adjust_sharpness(image, 1.0 + m),
+        "Posterize": lambda image, m: F.posterize(image, int(m)),
+        # torchvision's bound is the dtype's largest value: 255, as frames are checked to be uint8
+        "Solarize": lambda image, m: F.solarize(image, 255.0 * m),
+        "AutoContrast": lambda image, m: F.autocontrast(image),
+        "Equalize": lambda image, m: F.equalize(image),
+    }
 
 
 def adjust_sharpness_batch(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -102,13 +194,14 @@ _BATCH_KERNELS = {"Sharpness": adjust_sharpness_batch, "Contrast": adjust_contra
 
 
 class VideoRandAugment(SeededModule):
-    """RandAugment over {Identity, Sharpness, Contrast} for whole uint8 frame batches.
+    """RandAugment over a subset of torchvision's operations for whole uint8 frame batches.
 
     Identity in `eval()` mode. Each image (each frame of each sample) draws its own `num_ops`
     operations and signs from the module's generator on the batch's device.
 
     Args:
-        ops: operations drawn from (a subset of `("Identity", "Sharpness", "Contrast")`).
+        ops: operations drawn from, a subset of `RANDAUGMENT_OPS` (default: the recipe's
+            Identity, Sharpness and Contrast).
         num_ops: RandAugment N.
         magnitude: RandAugment M, a bin of the `num_magnitude_bins` scale.
         num_magnitude_bins: torchvision's `num_magnitude_bins`.
@@ -123,7 +216,7 @@ class VideoRandAugment(SeededModule):
         super().__init__(seed, generator)
         ops = tuple(ops)
         if not ops or any(op not in OP_SPACE for op in ops):
-            raise ValueError(f"expected a non-empty subset of {VIDEO_OPS}, got {list(ops)}")
+            raise ValueError(f"expected a non-empty subset of {RANDAUGMENT_OPS}, got {list(ops)}")
         if not isinstance(num_ops, int) or num_ops < 0:
             raise ValueError(f"expected num_ops to be an int >= 0, got {num_ops!r}")
         if not isinstance(magnitude, int) or not 0 <= magnitude < num_magnitude_bins:
@@ -132,8 +225,9 @@ class VideoRandAugment(SeededModule):
             raise ValueError(f"expected kernels in {VIDEO_KERNELS}, got {kernels!r}")
         self.ops, self.num_ops, self.magnitude = ops, num_ops, magnitude
         self.num_magnitude_bins, self.kernels = num_magnitude_bins, kernels
-        self._magnitudes = [magnitude_of(op, magnitude, num_magnitude_bins) for op in ops]
         self._signed = [OP_SPACE[op][1] for op in ops]
+        self._sized = any(op in SIZE_DEPENDENT for op in ops)
+        self._tables: Dict[Optional[Tuple[int, int]], Tuple[float, ...]] = {}
 
     def extra_repr(self) -> str:
         return (f"ops={list(self.ops)}, num_ops={self.num_ops}, magnitude={self.magnitude}/"
@@ -152,72 +246,99 @@ class VideoRandAugment(SeededModule):
         if not self.training or self.num_ops == 0 or video.numel() == 0:
             return video
         images = video.reshape(-1, *video.shape[-3:])
-        op_ids, factors = self.draw(images.shape[0], video.device)
-        return self.apply(images, op_ids, factors).view(video.shape)
+        op_ids, magnitudes = self.draw(images.shape[0], video.device, tuple(images.shape[-2:]))
+        return self.apply(images, op_ids, magnitudes).view(video.shape)
 
-    def draw(self, n: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Operations and factors for `n` images.
+    def unsigned_magnitudes(self, size: Optional[Tuple[int, int]] = None) -> Tuple[float, ...]:
+        """`magnitude_of` each of `self.ops` for images of `size` `(height, width)`."""
+        key = (int(size[0]), int(size[1])) if self._sized and size is not None else None
+        if key not in self._tables:
+            self._tables[key] = tuple(magnitude_of(op, self.magnitude, self.num_magnitude_bins, key)
+                                      for op in self.ops)
+        return self._tables[key]
+
+    def draw(self, n: int, device: torch.device,
+             size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Operations and signed magnitudes for `n` images.
+
+        Args:
+            n: number of images.
+            device: the device to draw on (with the module's generator for it).
+            size: `(height, width)` of the images; needed when TranslateX or TranslateY is
+                among the operations.
 
         Returns:
-            `(n, num_ops)` int64 indices into `self.ops` and `(n, num_ops)` float64 factors
-            (`1 + magnitude`, with the magnitude negated with probability 0.5 for signed ops).
+            `(n, num_ops)` int64 indices into `self.ops` and `(n, num_ops)` float64 magnitudes,
+            the values torchvision's RandAugment passes to the operations: `magnitude_of` the
+            drawn operation, negated with probability 0.5 for signed operations (0 for
+            operations without magnitude).
         """
+        table = torch.tensor(self.unsigned_magnitudes(size), dtype=torch.float64, device=device)
         gen = self.generator_for(device)
         op_ids = torch.randint(len(self.ops), (n, self.num_ops), generator=gen, device=device)
         negate = torch.rand((n, self.num_ops), generator=gen, device=device) <= 0.5
-        magnitudes = torch.tensor(self._magnitudes, dtype=torch.float64, device=device)[op_ids]
+        magnitudes = table[op_ids]
         signed = torch.tensor(self._signed, dtype=torch.bool, device=device)[op_ids]
-        magnitudes = torch.where(negate & signed, -magnitudes, magnitudes)
-        return op_ids, 1.0 + magnitudes
+        return op_ids, torch.where(negate & signed, -magnitudes, magnitudes)
 
-    def apply(self, images: torch.Tensor, op_ids: torch.Tensor, factors: torch.Tensor,
+    def apply(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor,
               kernels: Optional[str] = None) -> torch.Tensor:
         """Apply drawn operations (deterministic).
 
         Args:
             images: `(n, 3, H, W)` uint8.
             op_ids: `(n, num_ops)` int64 indices into `self.ops`.
-            factors: `(n, num_ops)` float64 factors.
+            magnitudes: `(n, num_ops)` float64 signed magnitudes, as from :meth:`draw`
+                (Sharpness and Contrast use the factor `1 + magnitude`).
             kernels: overrides the module's kernels.
 
         Returns:
             `(n, 3, H, W)` uint8.
         """
         _check_video(images)
-        if op_ids.shape != (images.shape[0], self.num_ops) or factors.shape != op_ids.shape:
+        if op_ids.shape != (images.shape[0], self.num_ops) or magnitudes.shape != op_ids.shape:
             raise ValueError(
-                f"expected op_ids and factors of shape {(images.shape[0], self.num_ops)}, "
-                f"got {tuple(op_ids.shape)} and {tuple(factors.shape)}"
+                f"expected op_ids and magnitudes of shape {(images.shape[0], self.num_ops)}, "
+                f"got {tuple(op_ids.shape)} and {tuple(magnitudes.shape)}"
             )
         kernels = choose_kernels(kernels or self.kernels, images.device)
         if kernels == "per_image":
-            return self._apply_per_image(images, op_ids.cpu().tolist(), factors.cpu().tolist())
-        return self._apply_batched(images, op_ids, factors)
+            return self._apply_per_image(images, op_ids.cpu().tolist(), magnitudes.cpu().tolist())
+        return self._apply_batched(images, op_ids, magnitudes)
 
-    def _apply_batched(self, images: torch.Tensor, op_ids: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    def _apply_batched(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
         out = images.clone()
         for step in range(self.num_ops):
             for code, op in enumerate(self.ops):
-                if op not in _BATCH_KERNELS:
+                if op == "Identity":
                     continue
                 idx = (op_ids[:, step] == code).nonzero().squeeze(1)
-                if idx.numel():
-                    out[idx] = _BATCH_KERNELS[op](out[idx], factors[idx, step])
+                if not idx.numel():
+                    continue
+                if op in _BATCH_KERNELS:
+                    out[idx] = _BATCH_KERNELS[op](out[idx], 1.0 + magnitudes[idx, step])
+                else:
+                    out[idx] = _apply_grouped(torchvision_ops()[op], out[idx], magnitudes[idx, step])
         return out
 
-    def _apply_per_image(self, images: torch.Tensor, op_ids: list, factors: list) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        functions = {"Sharpness": F.adjust_sharpness, "Contrast": F.adjust_contrast}
+    def _apply_per_image(self, images: torch.Tensor, op_ids: list, magnitudes: list) -> torch.Tensor:
+        functions = torchvision_ops()
         out = torch.empty_like(images)
         for i in range(images.shape[0]):
             image = images[i]
-            for code, factor in zip(op_ids[i], factors[i]):
-                op = self.ops[code]
-                if op in functions:
-                    image = functions[op](image, factor)
+            for code, magnitude in zip(op_ids[i], magnitudes[i]):
+                image = functions[self.ops[code]](image, magnitude)
             out[i] = image
         return out
+
+
+def _apply_grouped(function: OpFunction, images: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """`function(image, magnitude)` for `(n, 3, H, W)` images, one call per distinct magnitude."""
+    out = torch.empty_like(images)
+    for value in magnitudes.unique().tolist():
+        same = (magnitudes == value).nonzero().squeeze(1)
+        out[same] = function(images[same], value)
+    return out
 
 
 def choose_kernels(kernels: str, device: torch.device) -> str:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from avsc_pipeline.config import FeatureConfig
-from avsc_pipeline.errors import BadClipError
+from avsc_pipeline.errors import BadClipError, check_media_file
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,7 @@ def load_audio(path: "str | os.PathLike[str]", config: FeatureConfig) -> np.ndar
     import soundfile as sf
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BadClipError(path, "audio file not found")
-    if os.path.getsize(path) == 0:
-        raise BadClipError(path, "audio file is empty")
+    check_media_file(path, "audio")
     try:
         info = sf.info(path)
         data, rate = sf.read(path, dtype="float32", always_2d=True)

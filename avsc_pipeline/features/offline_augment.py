@@ -31,9 +31,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from avsc_pipeline.config import check_choice, check_int, check_range
 from avsc_pipeline.features.pvoc import STFTAnalysis, stretch
+from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
 
-OPS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
 RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
 
 
@@ -60,7 +61,7 @@ class OfflineAugmentConfig:
             librosa effects, for comparison).
     """
 
-    ops: Tuple[str, ...] = OPS
+    ops: Tuple[str, ...] = AUGMENT_VARIANTS
     copies: int = 1
     seed: int = 0
     pitch_semitones: Tuple[float, float] = (-2.0, 2.0)
@@ -73,35 +74,19 @@ class OfflineAugmentConfig:
     dsp: str = "fast"
 
     def __post_init__(self) -> None:
-        unknown = [op for op in self.ops if op not in OPS]
+        unknown = [op for op in self.ops if op not in AUGMENT_VARIANTS]
         if not self.ops or unknown or len(set(self.ops)) != len(self.ops):
-            raise ValueError(f"expected distinct ops from {list(OPS)}, got {list(self.ops)}")
-        for name in ("copies", "n_fft", "hop_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"expected seed to be a non-negative int, got {self.seed!r}")
-        _check_range(self, "pitch_semitones", -12.0, 12.0)
-        _check_range(self, "speed_factor", 0.25, 4.0)
-        _check_range(self, "noise_snr_db", -20.0, 120.0)
-        _check_range(self, "mix_gain", 0.0, 10.0)
+            raise ValueError(f"expected distinct ops from {list(AUGMENT_VARIANTS)}, got {list(self.ops)}")
+        check_int(self, ("copies", "n_fft", "hop_length"), minimum=1)
+        check_int(self, ("seed",), minimum=0)
+        check_range(self, "pitch_semitones", -12.0, 12.0)
+        check_range(self, "speed_factor", 0.25, 4.0)
+        check_range(self, "noise_snr_db", -20.0, 120.0)
+        check_range(self, "mix_gain", 0.0, 10.0)
         if self.n_fft % 2 or self.n_fft % self.hop_length:
             raise ValueError(f"expected an even n_fft that hop_length divides, got {self.n_fft} and {self.hop_length}")
-        if self.resample_quality not in RESAMPLE_QUALITIES:
-            raise ValueError(f"expected resample_quality in {RESAMPLE_QUALITIES}, got {self.resample_quality!r}")
-        if self.dsp not in DSP_IMPLEMENTATIONS:
-            raise ValueError(f"expected dsp in {sorted(DSP_IMPLEMENTATIONS)}, got {self.dsp!r}")
-
-
-def _check_range(config: Any, name: str, lowest: float, highest: float) -> None:
-    value = getattr(config, name)
-    if (not isinstance(value, tuple) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"expected {name} to be a pair (low, high), got {value!r}")
-    low, high = value
-    if not lowest <= low <= high <= highest:
-        raise ValueError(f"expected {name} with {lowest} <= low <= high <= {highest}, got {value!r}")
+        check_choice(self, "resample_quality", RESAMPLE_QUALITIES)
+        check_choice(self, "dsp", sorted(DSP_IMPLEMENTATIONS))
 
 
 @dataclass(frozen=True)
@@ -146,15 +131,15 @@ def draw_params(config: OfflineAugmentConfig, clip_id: str, op: str, copy: int,
     Args:
         config: ranges and seed.
         clip_id: the clip.
-        op: one of :data:`OPS`.
+        op: one of :data:`~avsc_pipeline.storage.shards.AUGMENT_VARIANTS`.
         copy: 0-based copy number.
         partners: for `mix`, the ids of the clips of the same class (the clip itself is ignored).
 
     Raises:
         AugmentError: `mix` without another clip of the same class.
     """
-    if op not in OPS:
-        raise ValueError(f"expected op in {list(OPS)}, got {op!r}")
+    if op not in AUGMENT_VARIANTS:
+        raise ValueError(f"expected op in {list(AUGMENT_VARIANTS)}, got {op!r}")
     rng, _ = variant_rngs(config.seed, clip_id, op, copy)
     if op == "pitch":
         return AugmentParams(op, copy, semitones=_uniform(rng, config.pitch_semitones))
@@ -330,4 +315,4 @@ class Augmenter:
             if partner is None:
                 raise ValueError(f"expected partner audio for mix with {params.partner!r}, got None")
             return mix(self.audio, partner, params.gain)
-        raise ValueError(f"expected op in {list(OPS)}, got {params.op!r}")
+        raise ValueError(f"expected op in {list(AUGMENT_VARIANTS)}, got {params.op!r}")

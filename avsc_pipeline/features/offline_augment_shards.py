@@ -10,10 +10,10 @@ augmented data costs audio bytes only. Rows whose reference has no stage-one row
 was shorter than the audio) are left out and reported.
 
 Everything is planned before work starts (parameters are drawn from generators keyed by
-`(seed, clip id, operation, copy)`), and the shards are written by the same machinery as stage
-one (:func:`avsc_pipeline.features.extract.write_shards`): atomic shards, resumable after a kill
-at any moment with identical arrays, `--part I/K`, the same order for any number of workers,
-and a settings file (`augmentation.json`) that refuses a rerun with other settings.
+`(seed, clip id, operation, copy)`), and the shards are written by the engine stage one uses
+(:mod:`~avsc_pipeline.features.shard_engine`): atomic shards, resumable after a kill at any
+moment with identical arrays, `--part I/K`, the same order for any number of workers, and a
+settings file (`augmentation.json`) that refuses a rerun with other settings.
 """
 
 from __future__ import annotations
@@ -32,17 +32,18 @@ from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.offline_augment import (
     AugmentError, Augmenter, AugmentParams, OfflineAugmentConfig, draw_params, output_samples,
 )
-from avsc_pipeline.features.extract import (
-    DEFAULT_SHARD_SIZE, ExtractSummary, ShardJob, ShardPlan, audio_extractor, check_run_args, check_state,
-    group_into_shards, hash_strings, planned_samples, set_worker_threads, write_shards,
+from avsc_pipeline.features.extract import audio_extractor, planned_samples
+from avsc_pipeline.features.shard_engine import (
+    DEFAULT_SHARD_SIZE, RunSummary, ShardJob, check_run_args, check_state, group_into_shards, hash_strings,
+    plan_attrs, set_worker_threads, write_shards,
 )
 from avsc_pipeline.manifest import Clip
 from avsc_pipeline.storage.index import folder_attrs, row_labels
-from avsc_pipeline.storage.shards import ShardWriter, augment_columns, feature_config_of, shard_attrs
+from avsc_pipeline.storage.shards import ShardWriter, augment_columns, feature_config_of
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "augmentation.json"
+AUGMENT_STATE = "augmentation.json"
 AUGMENTED_SUFFIX = "-aug"
 
 
@@ -296,7 +297,7 @@ def augment_split(
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
-) -> ExtractSummary:
+) -> RunSummary:
     """Augment a manifest's clips into `folder/shard-*.h5` that refer to `source`'s video rows.
 
     Args:
@@ -335,21 +336,16 @@ def augment_split(
              "classes": classes, "shard_size": shard_size, "shards": len(plans),
              "plan_hash": hash_strings(p.plan_hash for p in plans), "video_source": video_source,
              "source_rows": hash_strings(f"{c}\0{s}" for c, s in sorted(rows))}
-    check_state(folder, state, overwrite, STATE_NAME)
+    check_state(folder, state, overwrite, AUGMENT_STATE)
     job = ShardJob(
         folder=folder,
         plans=plans,
         columns=augment_columns(feature_config),
-        attrs=partial(_plan_attrs, classes=classes, feature_config=feature_config, config=config,
-                      video_source=video_source),
+        attrs=partial(plan_attrs, classes=classes, config=feature_config, video_source=video_source,
+                      augment_config=to_dict(config), augment_hash=config_hash(config)),
         work=partial(augment_clip, feature_config=feature_config, config=config),
         add=partial(_add_rows, strict=strict, video_source=video_source),
         done_keys=("plan_hash", "config_hash", "augment_hash"),
     )
     return write_shards(job, jobs=jobs, backend=backend, scheduler=scheduler, part=part, progress=progress)
 
-
-def _plan_attrs(plan: ShardPlan, classes: List[str], feature_config: FeatureConfig,
-                config: OfflineAugmentConfig, video_source: str) -> Dict[str, Any]:
-    return shard_attrs(classes, feature_config, plan.plan_hash, video_source=video_source,
-                       augment_config=to_dict(config), augment_hash=config_hash(config))

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avsc_pipeline.errors import BadClipError
+from avsc_pipeline.errors import BadClipError, check_media_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def target_times(n_segments: int, frame_times: Sequence[float]) -> np.ndarray:
 def _open_video(path: str):
     import av
 
-    if not os.path.isfile(path):
-        raise BadClipError(path, "video file not found")
-    if os.path.getsize(path) == 0:
-        raise BadClipError(path, "video file is empty")
+    check_media_file(path, "video")
     try:
         container = av.open(path)
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:

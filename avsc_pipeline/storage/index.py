@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from avsc_pipeline.config import config_diff
+from avsc_pipeline.storage.columns import column_blocks, read_columns
 from avsc_pipeline.storage.shards import (
     AUGMENT_VARIANTS, SCHEMA_VERSION, augment_columns, list_shards, read_attrs, stage_one_columns,
 )
@@ -35,15 +36,10 @@ INDEX_NAME = "index.json"
 def _rows(folder: "str | os.PathLike[str]") -> Iterator[Tuple[Tuple[str, int], str, int, int]]:
     """`((clip_id, segment), shard file name, row, label)` of every row of a folder's shards,
     reading only those columns."""
-    import h5py
-
     for path in list_shards(folder):
-        with h5py.File(path, "r") as handle:
-            ids = handle["clip_id"].asstr()[()]
-            segments = handle["segment"][()]
-            labels = handle["label"][()]
-        for row, (clip_id, segment, label) in enumerate(zip(ids, segments, labels)):
-            yield (clip_id, int(segment)), path.name, row, int(label)
+        columns = read_columns(path, ("clip_id", "segment", "label"))
+        for row, (clip_id, segment, label) in enumerate(zip(columns["clip_id"], columns["segment"], columns["label"])):
+            yield (str(clip_id), int(segment)), path.name, row, int(label)
 
 
 def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
@@ -54,7 +50,10 @@ def row_labels(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], int]:
 def row_locations(folder: "str | os.PathLike[str]") -> Dict[Tuple[str, int], Tuple[str, int]]:
     """`(clip_id, segment) -> (shard file name, row)` for every row of a folder's shards.
 
-    This is how a reader resolves an augmented row's video reference to stage-one frames.
+    For tools and tests that follow an augmented row's video reference
+    (`video_ref_clip`, `video_ref_segment`) to its stage-one row. Training resolves the same key
+    from the metadata columns it has already read (:class:`~avsc_pipeline.dataio.dataset.ShardDataset`),
+    and :func:`verify_references` checks it through :func:`row_labels`.
     """
     return {key: (name, row) for key, name, row, _ in _rows(folder)}
 
@@ -84,10 +83,7 @@ def write_json_atomic(data: Any, path: "str | os.PathLike[str]") -> None:
 
 
 def _class_counts(path: Path, classes: List[str]) -> Dict[str, int]:
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        labels = handle["label"][()]
+    labels = read_columns(path, ["label"])["label"]
     counts = Counter(int(v) for v in labels)
     out = {name: counts.get(i, 0) for i, name in enumerate(classes)}
     if counts.get(-1):
@@ -222,19 +218,15 @@ def verify_references(folder: "str | os.PathLike[str]", attrs: Optional[Dict[str
     for path in list_shards(folder):
         try:
             problems.extend(_verify_shard_references(path, keys, source))
-        except (OSError, KeyError) as err:
+        except (OSError, ValueError) as err:
             problems.append(f"{path}: cannot read references ({err})")
     return problems
 
 
 def _verify_shard_references(path: Path, keys: Dict[Tuple[str, int], int], source: Path) -> List[str]:
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        clips = handle["video_ref_clip"].asstr()[()]
-        segments = handle["video_ref_segment"][()]
-        labels = handle["label"][()]
-        variants = handle["variant"].asstr()[()]
+    columns = read_columns(path, ("video_ref_clip", "video_ref_segment", "label", "variant"))
+    clips, segments = columns["video_ref_clip"].tolist(), columns["video_ref_segment"]
+    labels, variants = columns["label"], columns["variant"].tolist()
     problems = []
     missing = [(c, int(s)) for c, s in zip(clips, segments) if (c, int(s)) not in keys]
     if missing:
@@ -249,8 +241,6 @@ def _verify_shard_references(path: Path, keys: Dict[Tuple[str, int], int], sourc
 
 
 def _verify_shard(path: Path, attrs: Dict[str, Any], columns: Dict[str, Any]) -> List[str]:
-    import h5py
-
     problems = []
     rows = attrs.get("rows")
     for name, column in columns.items():
@@ -266,18 +256,17 @@ def _verify_shard(path: Path, attrs: Dict[str, Any], columns: Dict[str, Any]) ->
             problems.append(f"{path}: dataset {name!r}: expected dtype {column.dtype}, got {dtype}")
     n_classes = len(attrs["classes"])
     try:
-        with h5py.File(path, "r") as handle:
-            labels = handle["label"][()]
-            bad = labels[(labels < -1) | (labels >= n_classes)]
-            if bad.size:
-                problems.append(f"{path}: {bad.size} labels outside [-1, {n_classes - 1}], e.g. {int(bad[0])}")
-            audio = handle["audio"]
-            for start in range(0, audio.shape[0], 256):
-                block = audio[start : start + 256]
-                if not np.all(np.isfinite(block)):
-                    problems.append(f"{path}: non-finite audio values in rows {start}..{start + len(block) - 1}")
-                    break
-    except (OSError, KeyError) as err:
+        labels = read_columns(path, ["label"])["label"]
+        bad = labels[(labels < -1) | (labels >= n_classes)]
+        if bad.size:
+            problems.append(f"{path}: {bad.size} labels outside [-1, {n_classes - 1}], e.g. {int(bad[0])}")
+        start = 0
+        for block in column_blocks(path, "audio", 256):
+            if not np.all(np.isfinite(block)):
+                problems.append(f"{path}: non-finite audio values in rows {start}..{start + len(block) - 1}")
+                break
+            start += len(block)
+    except (OSError, ValueError) as err:
         problems.append(f"{path}: cannot read ({err})")
     return problems
 

@@ -22,7 +22,7 @@ File attributes: `schema_version`, `classes` (JSON list), `feature_config` (JSON
 `skipped` (JSON list of clips left out, each with file and reason).
 
 Writers write `NAME.tmp` and rename it to `NAME` when complete, so a file named `shard-*.h5` is
-always whole.
+always whole. Columns are read back through :mod:`~avsc_pipeline.storage.columns`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -71,7 +71,9 @@ def stage_one_columns(config: FeatureConfig, with_video: bool = True) -> Dict[st
     return columns
 
 
-AUGMENT_VARIANTS = ("pitch", "speed", "noise", "mix")
+ORIGINAL_VARIANT = "orig"  # the `variant` of a stage-one row
+# The offline augmentation operations, each the `variant` of the rows it writes.
+AUGMENT_VARIANTS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
 
 
 def augment_columns(config: FeatureConfig) -> Dict[str, Column]:
@@ -239,15 +241,3 @@ def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureCo
 
     return from_dict(FeatureConfig, attrs["feature_config"], source=source)
 
-
-def load_rows(path: "str | os.PathLike[str]", names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
-    """Every row of the named datasets of a shard (strings decoded); for tests and tools."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        names = list(names or handle.keys())
-        out = {}
-        for name in names:
-            ds = handle[name]
-            out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    return out

@@ -53,10 +53,12 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *, gi
         ValueError: bad input (named): features, weights, init_from, run folder, config.
     """
     context = setup(device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(context, Path(features_dir), Path(run_dir), sections, given_features, resume, overwrite,
                       progress)
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # a process-wide switch: leave it as found
         teardown()
 
 

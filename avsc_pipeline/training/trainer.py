@@ -187,7 +187,9 @@ class Trainer:
             waited += time.perf_counter() - fetch
             if raw is None:
                 break
-            loss, correct, count = self._step(raw, boundary=(self.epoch_batches + 1) % accum == 0)
+            done = self.epoch_batches + 1
+            # The epoch's last batch closes a partial accumulation (its gradients synchronized).
+            loss, correct, count = self._step(raw, boundary=done % accum == 0 or done >= total)
             sums += torch.stack([loss.detach().double() * count, correct.double(), torch.tensor(float(count),
                                  device=self.device, dtype=torch.float64)])
             self.epoch_batches += 1
@@ -196,8 +198,6 @@ class Trainer:
                 bar.set_postfix(samples_s=f"{sums[2].item() / (time.perf_counter() - started):.1f}")
             if self.epoch_batches % accum == 0 and self._should_stop():
                 break
-        if self.epoch_batches % accum:  # a last, partial accumulation
-            self._optimizer_step()
         bar.close()
         loader.release_unreferenced()
         elapsed = max(time.perf_counter() - started, 1e-9)

@@ -10,11 +10,12 @@ import pytest
 from avsc_pipeline.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
-from avsc_pipeline.features.extract import extract_split, parse_part, plan_shards
+from avsc_pipeline.features.extract import extract_split, plan_shards
 from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
+from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import build_index, load_index, verify_folder
-from avsc_pipeline.storage.shards import list_shards, load_rows, read_attrs
+from avsc_pipeline.storage.shards import list_shards, read_attrs
 from avsc_pipeline.testing import kill_when_shards, make_tau_dataset, noisy_tone, write_video, write_wav
 
 CFG = FeatureConfig()
@@ -27,7 +28,7 @@ def extract(root, out, split="train", **kwargs):
 
 
 def all_rows(folder):
-    rows = [load_rows(p) for p in list_shards(folder)]
+    rows = [read_columns(p) for p in list_shards(folder)]
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -68,7 +69,7 @@ def test_jobs_do_not_change_the_result(tau_root, tmp_path):
     a, b = tmp_path / "a" / "all", tmp_path / "b" / "all"
     assert [p.name for p in list_shards(a)] == [p.name for p in list_shards(b)]
     for pa, pb in zip(list_shards(a), list_shards(b)):
-        ra, rb = load_rows(pa), load_rows(pb)
+        ra, rb = read_columns(pa), read_columns(pb)
         for key in ra:
             np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{pa.name}:{key}")
 
@@ -149,9 +150,7 @@ def test_parts_then_index_equal_a_single_run(tau_root, tmp_path):
     whole = load_index(tmp_path / "whole" / "all")
     assert load_index(parts) == whole
     for pa, pb in zip(list_shards(parts), list_shards(tmp_path / "whole" / "all")):
-        np.testing.assert_array_equal(load_rows(pa, ["audio"])["audio"], load_rows(pb, ["audio"])["audio"])
-    with pytest.raises(ValueError, match="1 <= I <= K"):
-        parse_part("4/3")
+        np.testing.assert_array_equal(read_columns(pa, ["audio"])["audio"], read_columns(pb, ["audio"])["audio"])
 
 
 def test_crash_at_any_moment_then_resume_gives_identical_arrays(tmp_path):
@@ -172,7 +171,7 @@ def test_crash_at_any_moment_then_resume_gives_identical_arrays(tmp_path):
     clean = tmp_path / "clean" / "all"
     assert [p.name for p in list_shards(crashed / "all")] == [p.name for p in list_shards(clean)]
     for pa, pb in zip(list_shards(crashed / "all"), list_shards(clean)):
-        ra, rb = load_rows(pa), load_rows(pb)
+        ra, rb = read_columns(pa), read_columns(pb)
         for key in ra:
             np.testing.assert_array_equal(ra[key], rb[key])
     assert load_index(crashed / "all") == load_index(clean)
@@ -185,7 +184,7 @@ def test_dask_backend_against_a_local_cluster(tau_root, tmp_path):
         extract(tau_root, tmp_path / "dask", shard_size=4, jobs=2, backend="dask", scheduler=cluster.scheduler_address)
     extract(tau_root, tmp_path / "loky", shard_size=4)
     for pa, pb in zip(list_shards(tmp_path / "dask" / "train"), list_shards(tmp_path / "loky" / "train")):
-        np.testing.assert_array_equal(load_rows(pa)["audio"], load_rows(pb)["audio"])
+        np.testing.assert_array_equal(read_columns(pa)["audio"], read_columns(pb)["audio"])
 
 
 def test_verify_catches_corrupted_shards(tau_root, tmp_path):

@@ -18,7 +18,8 @@ from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import load_tau
 from avsc_pipeline.storage.index import build_index, load_index, row_locations, verify_folder
-from avsc_pipeline.storage.shards import list_shards, load_rows, read_attrs
+from avsc_pipeline.storage.columns import read_columns
+from avsc_pipeline.storage.shards import list_shards, read_attrs
 from avsc_pipeline.testing import kill_when_shards, make_tau_dataset
 from cli.features import main
 
@@ -39,14 +40,14 @@ def augment(root, out, config=OfflineAugmentConfig(), split="train", **kwargs):
 
 
 def all_rows(folder):
-    rows = [load_rows(p) for p in list_shards(folder)]
+    rows = [read_columns(p) for p in list_shards(folder)]
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
 def assert_same_folders(a, b):
     assert [p.name for p in list_shards(a)] == [p.name for p in list_shards(b)]
     for pa, pb in zip(list_shards(a), list_shards(b)):
-        ra, rb = load_rows(pa), load_rows(pb)
+        ra, rb = read_columns(pa), read_columns(pb)
         assert ra.keys() == rb.keys()
         for key in ra:
             np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{pa.name}:{key}")
@@ -142,7 +143,7 @@ def test_jobs_order_and_parts_do_not_change_the_bytes(augmented, tmp_path):
     augment_split(clips[1:] + clips[:1], reordered / "train", reordered / "train-aug", config,
                   shard_size=10, progress=False)
     first = [p for p in list_shards(reordered / "train-aug")]
-    ids = np.concatenate([load_rows(p, ["clip_id"])["clip_id"] for p in first])
+    ids = np.concatenate([read_columns(p, ["clip_id"])["clip_id"] for p in first])
     rows = all_rows(reordered / "train-aug")
     ref = all_rows(features / "train-aug")
     for cid in set(ids):  # the same clip gets the same bytes whatever its place in the manifest

@@ -1,0 +1,23 @@
+"""Stage-two input settings: YAML round trip and refused values."""
+
+from __future__ import annotations
+
+import pytest
+
+from avsc_pipeline.config import dump_yaml
+from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.recipe import load_section
+
+
+def test_configs_round_trip_through_yaml(tmp_path):
+    augment = BatchAugmentConfig(mixup_alpha=0.3, video_kernels="batched")
+    loader = LoaderConfig(num_workers=4, aug_fraction=0.5)
+    dump_yaml({"batch_augment": augment, "loader": loader}, tmp_path / "c.yaml")
+    assert load_section(tmp_path / "c.yaml", "batch_augment", BatchAugmentConfig) == augment
+    assert load_section(tmp_path / "c.yaml", "loader", LoaderConfig) == loader
+    with pytest.raises(ValueError, match="expected video_ops within"):
+        BatchAugmentConfig(video_ops=("Invert",))
+    with pytest.raises(ValueError, match="expected 0 <= video_magnitude < 31"):
+        BatchAugmentConfig(video_magnitude=31)
+    with pytest.raises(ValueError, match="expected aug_fraction within"):
+        LoaderConfig(aug_fraction=1.5)

@@ -1,0 +1,136 @@
+"""torchvision's whole RandAugment space in VideoRandAugment: every operation against torchvision,
+each operation alone at p=0.5 (the Table 2 ablations), and the configs that select them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from avsc_pipeline.config import dump_yaml
+from avsc_pipeline.dataio.config import RANDAUGMENT_OPS, VIDEO_OPS, BatchAugmentConfig
+from avsc_pipeline.dataio.video_augment import OP_SPACE, VideoRandAugment, magnitude_of
+from avsc_pipeline.recipe import load_section, load_sections
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+HEIGHT, WIDTH = 36, 44  # not square, so a translation along the wrong axis shows
+NEAREST = v2.InterpolationMode.NEAREST
+
+# What torchvision's RandAugment calls for each operation with the signed magnitude `m`
+# (`_AutoAugmentBase._apply_image_or_video_transform`, default interpolation and fill).
+REFERENCE = {
+    "Identity": lambda x, m: x,
+    "ShearX": lambda x, m: TF.affine(x, angle=0.0, translate=[0, 0], scale=1.0, interpolation=NEAREST, fill=None,
+                                     shear=[math.degrees(math.atan(m)), 0.0], center=[0, 0]),
+    "ShearY": lambda x, m: TF.affine(x, angle=0.0, translate=[0, 0], scale=1.0, interpolation=NEAREST, fill=None,
+                                     shear=[0.0, math.degrees(math.atan(m))], center=[0, 0]),
+    "TranslateX": lambda x, m: TF.affine(x, angle=0.0, translate=[int(m), 0], scale=1.0, shear=[0.0, 0.0],
+                                         interpolation=NEAREST, fill=None),
+    "TranslateY": lambda x, m: TF.affine(x, angle=0.0, translate=[0, int(m)], scale=1.0, shear=[0.0, 0.0],
+                                         interpolation=NEAREST, fill=None),
+    "Rotate": lambda x, m: TF.rotate(x, angle=m, interpolation=NEAREST, fill=None),
+    "Brightness": lambda x, m: TF.adjust_brightness(x, brightness_factor=1.0 + m),
+    "Color": lambda x, m: TF.adjust_saturation(x, saturation_factor=1.0 + m),
+    "Contrast": lambda x, m: TF.adjust_contrast(x, contrast_factor=1.0 + m),
+    "Sharpness": lambda x, m: TF.adjust_sharpness(x, sharpness_factor=1.0 + m),
+    "Posterize": lambda x, m: TF.posterize(x, bits=int(m)),
+    "Solarize": lambda x, m: TF.solarize(x, threshold=255 * m),
+    "AutoContrast": lambda x, m: TF.autocontrast(x),
+    "Equalize": lambda x, m: TF.equalize(x),
+}
+ALONE = [op for op in RANDAUGMENT_OPS if op != "Identity"]
+
+
+def torchvision_magnitude(op: str, magnitude: int, num_bins: int, height: int, width: int) -> float:
+    """The unsigned magnitude as `v2.RandAugment.forward` computes it."""
+    scale, _ = v2.RandAugment._AUGMENTATION_SPACE[op]
+    values = scale(num_bins, height, width)
+    return 0.0 if values is None else float(values[magnitude])
+
+
+def images(n: int, seed: int, low: int = 0, high: int = 256) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (n, 3, HEIGHT, WIDTH), dtype=torch.uint8, generator=gen)
+
+
+def test_op_space_is_torchvision_randaugment():
+    assert tuple(OP_SPACE) == RANDAUGMENT_OPS == tuple(v2.RandAugment._AUGMENTATION_SPACE)
+    for op in RANDAUGMENT_OPS:
+        assert OP_SPACE[op][1] == v2.RandAugment._AUGMENTATION_SPACE[op][1], op
+        for num_bins, magnitude in ((31, 0), (31, 14), (31, 30), (11, 7)):
+            for height, width in ((HEIGHT, WIDTH), (224, 224)):
+                expected = torchvision_magnitude(op, magnitude, num_bins, height, width)
+                assert magnitude_of(op, magnitude, num_bins, (height, width)) == expected, (op, magnitude)
+    assert magnitude_of("Posterize", 14, 31) == 6.0 and magnitude_of("Solarize", 30, 31) == 0.0
+    with pytest.raises(ValueError, match=r"expected the image size \(height, width\) for TranslateY"):
+        magnitude_of("TranslateY", 14, 31)
+    with pytest.raises(ValueError, match="expected the image size"):
+        VideoRandAugment(ops=("Identity", "TranslateX"), seed=0).draw(4, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kernels", ["batched", "per_image"])
+@pytest.mark.parametrize("magnitude", [14, 30])
+@pytest.mark.parametrize("op", RANDAUGMENT_OPS)
+def test_each_drawn_op_equals_torchvision(op, magnitude, kernels):
+    module = VideoRandAugment(ops=(op,), num_ops=1, magnitude=magnitude, kernels=kernels, seed=7)
+    x = images(16, seed=magnitude)
+    op_ids, drawn = module.draw(16, torch.device("cpu"), (HEIGHT, WIDTH))
+    expected_magnitude = torchvision_magnitude(op, magnitude, 31, HEIGHT, WIDTH)
+    if v2.RandAugment._AUGMENTATION_SPACE[op][1]:
+        assert set(drawn.flatten().tolist()) == {-expected_magnitude, expected_magnitude}
+    else:
+        assert (drawn == expected_magnitude).all()
+    out = module.apply(x, op_ids, drawn)
+    augment = v2.RandAugment()
+    for i in range(16):
+        m = float(drawn[i, 0])
+        expected = REFERENCE[op](x[i], m)
+        assert torch.equal(expected, augment._apply_image_or_video_transform(
+            x[i], op, m, interpolation=augment.interpolation, fill=augment._fill))
+        assert torch.equal(out[i], expected), f"{op} image {i}, magnitude {m}"
+
+
+@pytest.mark.parametrize("kernels", ["batched", "per_image"])
+def test_every_op_in_sequence_equals_torchvision(kernels):
+    module = VideoRandAugment(ops=RANDAUGMENT_OPS, num_ops=3, kernels=kernels, seed=11)
+    video = images(64, seed=3).view(32, 2, 3, HEIGHT, WIDTH)
+    out = module(video).view(64, 3, HEIGHT, WIDTH)
+    op_ids, drawn = VideoRandAugment(ops=RANDAUGMENT_OPS, num_ops=3, seed=11).draw(
+        64, torch.device("cpu"), (HEIGHT, WIDTH))
+    assert len(set(op_ids.flatten().tolist())) == len(RANDAUGMENT_OPS)
+    for i, image in enumerate(video.view(64, 3, HEIGHT, WIDTH)):
+        for code, m in zip(op_ids[i].tolist(), drawn[i].tolist()):
+            image = REFERENCE[RANDAUGMENT_OPS[code]](image, m)
+        assert torch.equal(out[i], image), f"image {i}"
+
+
+@pytest.mark.parametrize("op", ALONE)
+def test_each_ablation_applies_its_op_alone_to_about_half_the_frames(op):
+    path = CONFIGS / "ablations" / f"randaug-{op.lower()}.yaml"
+    augment = load_sections([CONFIGS / "paper.yaml", CONFIGS / "stages" / "joint.yaml", path])["batch_augment"]
+    assert (augment.video_ops, augment.video_num_ops, augment.video_magnitude) == (("Identity", op), 1, 14)
+    module = VideoRandAugment(augment.video_ops, augment.video_num_ops, augment.video_magnitude,
+                              augment.video_magnitude_bins, augment.video_kernels, seed=5)
+    # grey levels 30..219 so that AutoContrast and Equalize change every frame they touch
+    video = images(256, seed=9, low=30, high=220).view(128, 2, 3, HEIGHT, WIDTH)
+    changed = (module(video) != video).flatten(2).any(dim=2).flatten()
+    op_ids, _ = VideoRandAugment(augment.video_ops, 1, 14, seed=5).draw(256, torch.device("cpu"), (HEIGHT, WIDTH))
+    assert torch.equal(changed, op_ids[:, 0] == 1)  # X changes every frame it is drawn for
+    assert abs(float(changed.double().mean()) - 0.5) < 0.09
+
+
+def test_config_accepts_every_randaugment_op_and_refuses_unknown_ones(tmp_path):
+    assert BatchAugmentConfig().video_ops == VIDEO_OPS == ("Identity", "Sharpness", "Contrast")
+    assert BatchAugmentConfig(video_ops=RANDAUGMENT_OPS).video_ops == RANDAUGMENT_OPS
+    augment = BatchAugmentConfig(video_ops=("Identity", "TranslateY"), video_num_ops=1)
+    dump_yaml({"batch_augment": augment}, tmp_path / "c.yaml")
+    assert load_section(tmp_path / "c.yaml", "batch_augment", BatchAugmentConfig) == augment
+    for unknown in ("Invert", "rotate", "Blur"):
+        with pytest.raises(ValueError, match=rf"expected video_ops within .* got \['Identity', '{unknown}'\]"):
+            BatchAugmentConfig(video_ops=("Identity", unknown))
+    with pytest.raises(ValueError, match="expected a non-empty subset"):
+        VideoRandAugment(ops=("Identity", "Invert"))
