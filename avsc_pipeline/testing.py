@@ -211,3 +211,75 @@ def kill_when_shards(command: Sequence[str], folder: "str | os.PathLike[str]", c
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return len(list_shards(folder))
+
+
+def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.PathLike[str]",
+                          model_config: "Optional[ModelConfig]" = None,
+                          stage: str = "joint", seed: int = 0, embedding_means: bool = True,
+                          loader: "Optional[LoaderConfig]" = None, logit_scale: float = 8.0) -> Path:
+    """Save a randomly initialized model for the shards of `folder` as a checkpoint.
+
+    Args:
+        path: the checkpoint file to write (its folder is created).
+        folder: an indexed shard folder; its class list, feature config and audio statistics
+            go into the checkpoint.
+        model_config: the architecture (default: a tiny FCNN (8, 8, 8) and the small CNN).
+        stage: `audio`, `video` or `joint`.
+        seed: seeds the weights, the BatchNorm statistics and the mean embeddings.
+        embedding_means: store random training-set mean embeddings (joint stage only).
+        loader: the `loader:` section (default: batch 8, no workers).
+        logit_scale: multiplies the logits, so that a random model's probabilities are far from
+            uniform (scores then differ between classes and rows).
+
+    Returns:
+        `path` as a Path.
+    """
+    import torch
+
+    from avsc_pipeline.config import to_dict
+    from avsc_pipeline.dataio.config import LoaderConfig
+    from avsc_pipeline.dataio.stats import compute_audio_stats
+    from avsc_pipeline.models.checkpoint import save_checkpoint
+    from avsc_pipeline.models.classifier import build_model
+    from avsc_pipeline.models.config import ModelConfig
+    from avsc_pipeline.storage.index import load_index
+
+    model_config = model_config or ModelConfig(audio_widths=(8, 8, 8), video="small_cnn", fusion_hidden=(16,))
+    index = load_index(folder)
+    classes = list(index["classes"])
+    torch.manual_seed(seed)
+    model = build_model(model_config, stage, len(classes), load_weights=False)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            # Statistics other than (0, 1), so that eval-mode normalization matters.
+            module.running_mean.normal_(0.0, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+    _spread_logits(model, logit_scale)
+    means = None
+    if stage == "joint" and embedding_means:
+        means = {"audio": torch.randn(model.audio.embed_dim, generator=generator),
+                 "video": torch.randn(model.video.embed_dim, generator=generator)}
+    loader = loader or LoaderConfig(batch_size=8, num_workers=0)
+    state = {
+        "model": model.state_dict(),
+        "config": {"model": to_dict(model_config), "loader": to_dict(loader)},
+        "stage": stage, "classes": classes, "feature_config": index["feature_config"],
+        "audio_stats": compute_audio_stats(folder).to_json(), "embedding_means": means,
+        "epoch": 0, "step": 0,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, path)
+    return path
+
+
+def _spread_logits(model: "torch.nn.Module", scale: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        if model.head is not None:
+            model.head[-1].weight.mul_(scale)
+            model.head[-1].bias.mul_(scale)
+        else:  # the FCNN's logits are its last BatchNorm's output, attended and pooled
+            model.audio.head_bn2.running_var.div_(scale ** 2)

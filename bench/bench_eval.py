@@ -35,7 +35,7 @@ from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, loader_config_of, open_split
 from avsc_pipeline.evaluation.runtime import load_scorer
-from avsc_pipeline.evaluation.testing import write_test_checkpoint
+from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.models.config import ModelConfig
 from avsc_pipeline.testing import write_random_folder
 from common import int_options

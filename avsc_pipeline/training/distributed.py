@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from avsc_pipeline.devices import pick_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,22 +38,6 @@ class Context:
     def distributed(self) -> bool:
         """Whether several processes train together."""
         return self.world_size > 1
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` -> CUDA (this process's local GPU) when available, else CPU; or the named device."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"expected --device auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def setup(device_name: str = "auto") -> Context:

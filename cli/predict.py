@@ -1,0 +1,105 @@
+"""`avsc-predict`: classify raw recordings with a checkpoint (stage one runs inside)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import click
+
+from avsc_pipeline.manifest import TAU_SPLITS
+from avsc_pipeline_cli.common import device_option, setup_logging
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
+MODALITIES = ("both", "audio", "video")
+
+
+def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
+    """`AUDIO [VIDEO] [AUDIO [VIDEO] ...]` -> `(audio, video or None)` pairs: a file with a video
+    suffix (.mp4, ...) belongs to the audio file before it.
+
+    Raises:
+        click.BadParameter: a video that follows no audio file, or two videos in a row.
+    """
+    pairs: List[Tuple[Path, Optional[Path]]] = []
+    for path in paths:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            pairs.append((path, None))
+            continue
+        if not pairs or pairs[-1][1] is not None:
+            raise click.BadParameter(f"expected an audio file before the video {path}, got "
+                                     f"{'none' if not pairs else 'another video ' + str(pairs[-1][1])}",
+                                     param_hint="INPUTS")
+        pairs[-1] = (pairs[-1][0], path)
+    return pairs
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint (RUN_DIR/best.pt).")
+@click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--manifest", type=click.Path(exists=True, path_type=Path),
+              help="A TAU-layout data set folder or a CSV manifest, instead of INPUTS.")
+@click.option("--split", type=click.Choice(TAU_SPLITS), default="all", show_default=True,
+              help="Which list of a TAU-layout --manifest.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write per-segment rows here (predictions.tsv format) and per-clip rows beside it (NAME.clips.tsv).")
+@device_option
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes extracting features.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Segments per batch.")
+@click.option("--modality", type=click.Choice(MODALITIES), default="both", show_default=True,
+              help="audio or video: one modality of a joint model (the other's embedding replaced by its mean).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], split: str, out_file: Optional[Path],
+         device: str, jobs: int, batch_size: int, modality: str, verbose: int) -> None:
+    """Predict the scene of each recording: INPUTS are AUDIO [VIDEO] [AUDIO [VIDEO] ...].
+
+    Each WAV goes through stage one's feature code under the checkpoint's feature config
+    (with the MP4 that follows it, for a model that uses video); prints each clip's predicted
+    scene and its probability. Exits with status 1 when any recording could not be read.
+
+    Example: avsc-predict --checkpoint runs/demo/joint/best.pt rec.wav rec.mp4 --out preds.tsv
+    """
+    setup_logging(verbose)
+    from avsc_pipeline.evaluation.predict import predict_files, write_prediction_files
+    from avsc_pipeline.manifest import load_manifest
+
+    if bool(inputs) == bool(manifest):
+        raise click.UsageError("expected recordings (AUDIO [VIDEO] ...) or --manifest, got "
+                               f"{'both' if inputs else 'neither'}")
+    try:
+        recordings = load_manifest(manifest, split) if manifest else pair_inputs(inputs)
+        result = predict_files(checkpoint, recordings, device=device, jobs=jobs, batch_size=batch_size,
+                               modality=modality)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    _print_clips(result)
+    if out_file is not None:
+        segments_file, clips_file = write_prediction_files(result, out_file)
+        click.echo(f"wrote {segments_file} and {clips_file}")
+    if result.failed:
+        for outcome in result.failed:
+            click.echo(f"Error: {outcome.error}", err=True)
+        click.echo(f"{len(result.failed)} of {len(result.clips)} recordings failed", err=True)
+        sys.exit(1)
+
+
+def _print_clips(result) -> None:
+    rows = [("clip", "predicted", "probability", "segments")]
+    for outcome in result.clips:
+        if outcome.ok:
+            probs = outcome.clip_probs
+            best = int(probs.argmax())
+            rows.append((outcome.clip.clip_id, result.classes[best], f"{probs[best]:.3f}", str(len(outcome.probs))))
+        else:
+            rows.append((outcome.clip.clip_id, "FAILED", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("   ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+                              + [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]).rstrip())
+
+
+if __name__ == "__main__":
+    main()

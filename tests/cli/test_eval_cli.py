@@ -1,0 +1,159 @@
+"""avsc-eval, avsc-predict and avsc-report through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.testing import write_test_checkpoint
+from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.storage.index import build_index
+from avsc_pipeline.testing import write_random_shard
+from avsc_pipeline_cli.eval import main as eval_main
+from avsc_pipeline_cli.predict import main as predict_main
+from avsc_pipeline_cli.predict import pair_inputs
+from avsc_pipeline_cli.report import main as report_main
+
+FEATURES = FeatureConfig(image_size=32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Random shards (a labeled and an unlabeled split) and a joint checkpoint in a run folder."""
+    root = tmp_path_factory.mktemp("cli-eval")
+    for split, seed in (("evaluate", 0), ("test", 1)):
+        path = write_random_shard(root / "features" / split / "shard-00000.h5", 30, FEATURES, seed=seed)
+        if split == "test":
+            with h5py.File(path, "r+") as handle:
+                handle["label"][...] = -1
+        build_index(root / "features" / split)
+    ckpt = write_test_checkpoint(root / "runs" / "joint" / "best.pt", root / "features" / "evaluate")
+    return root, ckpt
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("command", [eval_main, predict_main, report_main])
+def test_help(runner, command):
+    result = runner.invoke(command, ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_eval_prints_both_tables_and_writes_the_files(runner, setup):
+    root, ckpt = setup
+    result = runner.invoke(eval_main, ["--checkpoint", str(ckpt), str(root / "features" / "evaluate"), "--no-progress",
+                                       "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    out = ckpt.parent / "eval" / "evaluate"
+    metrics = json.loads((out / "metrics.json").read_text())
+    lines = result.output.splitlines()
+    segment_row = next(line for line in lines if line.startswith("segments "))
+    clip_row = next(line for line in lines if line.startswith("clips "))
+    assert f"{100 * metrics['accuracy']:.1f} %" in segment_row and f"{metrics['log_loss']:.3f}" in segment_row
+    assert f"{metrics['clip_log_loss']:.3f}" in clip_row and " 3 " in clip_row  # 30 rows = 3 clips
+    assert "segments/s" in result.output
+    assert len(read_predictions(out / "predictions.tsv")[0]) == 30 and (out / "confusion_matrix.png").is_file()
+
+
+def test_eval_of_an_unlabeled_split_says_no_metrics(runner, setup, tmp_path):
+    root, ckpt = setup
+    result = runner.invoke(eval_main, ["--checkpoint", str(ckpt), str(root / "features" / "test"), "--no-progress",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "no metrics were computed" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.tsv"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "foreign", "missing"])
+def test_eval_of_a_damaged_checkpoint_is_one_line(runner, setup, tmp_path, damage):
+    root, ckpt = setup
+    broken = tmp_path / "broken.pt"
+    data = ckpt.read_bytes()
+    if damage == "truncate":
+        broken.write_bytes(data[: len(data) * 2 // 3])
+    elif damage == "empty":
+        broken.write_bytes(b"")
+    elif damage == "foreign":
+        broken.write_text("model weights, honestly\n")
+    result = runner.invoke(eval_main, ["--checkpoint", str(broken), str(root / "features" / "evaluate")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {broken}: ")
+
+
+def test_eval_refuses_one_modality_of_a_non_joint_checkpoint(runner, setup, tmp_path):
+    root, _ = setup
+    audio = write_test_checkpoint(tmp_path / "audio" / "best.pt", root / "features" / "evaluate", stage="audio")
+    result = runner.invoke(eval_main, ["--checkpoint", str(audio), str(root / "features" / "evaluate"),
+                                       "--modality", "audio", "--no-progress"])
+    assert result.exit_code == 1 and "needs a joint checkpoint" in result.output
+
+
+def test_report_on_two_evaluations(runner, setup, tmp_path):
+    root, ckpt = setup
+    evaluate = str(root / "features" / "evaluate")
+    for extra in ([], ["--modality", "audio"]):
+        result = runner.invoke(eval_main, ["--checkpoint", str(ckpt), evaluate, "--no-progress"] + extra)
+        assert result.exit_code == 0, result.output
+    both, audio = ckpt.parent / "eval" / "evaluate", ckpt.parent / "eval" / "evaluate-audio"
+    result = runner.invoke(report_main, [str(both), str(audio), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "report" / "report.csv", encoding="utf-8")))
+    assert [r["run"] for r in rows] == ["joint", "joint (evaluate-audio)"]
+    for row, folder in zip(rows, (both, audio)):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert float(row["log_loss"]) == pytest.approx(metrics["log_loss"])
+        assert f"{metrics['log_loss']:.3f}" in result.output
+    assert (tmp_path / "report" / "per_class_accuracy.png").is_file() and (tmp_path / "report" / "report.md").is_file()
+    result = runner.invoke(report_main, [str(tmp_path)])
+    assert result.exit_code == 1 and "found none of these" in result.output
+
+
+def test_predict_pairs_a_failure_and_the_output_files(runner, setup, tau_root, tmp_path):
+    _, ckpt = setup
+    clips = load_tau(tau_root, "evaluate")
+    args = [str(clips[0].audio), str(clips[0].video), str(tmp_path / "missing.wav"), str(clips[1].video),
+            str(clips[2].audio), str(clips[2].video)]
+    out = tmp_path / "preds.tsv"
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), "--device", "cpu", "--out", str(out)] + args)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'missing.wav'}: audio file not found" in result.output
+    assert "1 of 3 recordings failed" in result.output
+    names, _, probs, _ = read_predictions(out)
+    assert names == [f"audio/{c.clip_id}-{k}.wav" for c in (clips[0], clips[2]) for k in range(3)]
+    clip_names, clip_labels, clip_probs, _ = read_predictions(tmp_path / "preds.clips.tsv")
+    for name, label, row in zip(clip_names, clip_labels, clip_probs):
+        line = next(line for line in result.output.splitlines() if line.startswith(name[6:-4] + " "))
+        assert line.split()[1:3] == [label, f"{row.max():.3f}"]
+
+
+def test_predict_a_manifest(runner, setup, tau_root):
+    _, ckpt = setup
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), "--manifest", str(tau_root), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert all(clip.clip_id in result.output for clip in load_tau(tau_root, "test"))
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt)])
+    assert result.exit_code == 2 and "or --manifest" in result.output
+
+
+def test_pair_inputs(tmp_path):
+    from pathlib import Path
+
+    import click
+
+    assert pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.wav"), Path("c.wav"), Path("c.MP4")]) == [
+        (Path("a.wav"), Path("a.mp4")), (Path("b.wav"), None), (Path("c.wav"), Path("c.MP4"))]
+    with pytest.raises(click.BadParameter, match="expected an audio file before the video"):
+        pair_inputs([Path("a.mp4")])
+    with pytest.raises(click.BadParameter, match="another video"):
+        pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.mp4")])

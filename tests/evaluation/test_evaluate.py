@@ -1,0 +1,194 @@
+"""evaluate_checkpoint on stage-one features of the tiny set: scores against scikit-learn,
+probabilities against a forward pass written out here, refusals, modalities, unlabeled splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, segment_filenames
+from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from avsc_pipeline.storage.shards import list_shards
+
+C = 10
+
+
+def shard_rows(folder):
+    """Every row of a folder's shards, read with h5py (not the loader under test)."""
+    parts = {k: [] for k in ("audio", "video", "label", "clip_id", "segment")}
+    for path in list_shards(folder):
+        with h5py.File(path, "r") as handle:
+            for key in parts:
+                data = handle[key].asstr()[()] if key == "clip_id" else handle[key][()]
+                parts[key].append(np.asarray(data))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def reference_probs(ckpt_path, rows, modality="both"):
+    """Softmax of the model on rows normalized by hand, in float64."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    stats = ckpt["audio_stats"]
+    mean, std = (torch.tensor(stats[k], dtype=torch.float32).view(1, -1, 1, 1) for k in ("mean", "std"))
+    audio = (torch.from_numpy(rows["audio"]).float() - mean) / std
+    frame_mean, frame_std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in (model.frame_mean, model.frame_std))
+    video = (torch.from_numpy(rows["video"]).float() / 255.0 - frame_mean) / frame_std
+    with torch.no_grad():
+        e_audio, e_video = model.embed_audio(audio), model.embed_video(video)
+        if modality == "audio":
+            e_video = ckpt["embedding_means"]["video"].expand(len(audio), -1)
+        if modality == "video":
+            e_audio = ckpt["embedding_means"]["audio"].expand(len(audio), -1)
+        return torch.softmax(model.classify(e_audio, e_video).double(), dim=1).numpy()
+
+
+def expected_names(rows):
+    counts = {c: int((rows["clip_id"] == c).sum()) for c in set(rows["clip_id"])}
+    return [f"audio/{c}-{s}.wav" if counts[c] > 1 else f"audio/{c}.wav"
+            for c, s in zip(rows["clip_id"], rows["segment"])]
+
+
+@pytest.fixture(scope="module")
+def joint_eval(features, checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return out, evaluate_checkpoint(checkpoints["joint"], features["evaluate"], out_dir=out, progress=False)
+
+
+def test_predictions_are_the_models_probabilities_one_row_per_segment(joint_eval, features, checkpoints):
+    out, _ = joint_eval
+    rows = shard_rows(features["evaluate"])
+    names, labels, probs, classes = read_predictions(out / "predictions.tsv")
+    assert len(names) == len(rows["label"]) == 9
+    assert names == expected_names(rows)
+    np.testing.assert_allclose(probs, reference_probs(checkpoints["joint"], rows), rtol=0, atol=1e-6)
+    assert labels == [classes[k] for k in probs.argmax(axis=1)]
+    assert probs.max(axis=1).min() < 0.9 and probs.max() > 0.3  # far from uniform, not one-hot
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_metrics_equal_scikit_learn(joint_eval, features):
+    out, result = joint_eval
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["log_loss"] == result["log_loss"] and saved["classes"] == result["classes"]
+    _, _, probs, classes = read_predictions(out / "predictions.tsv")
+    rows = shard_rows(features["evaluate"])
+    y = rows["label"].astype(np.int64)
+    predicted = probs.argmax(axis=1)
+    assert saved["n_segments"] == 9 and saved["n_unlabeled"] == 0
+    assert saved["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted), abs=1e-12)
+    assert saved["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(C)), rel=1e-12)
+    assert saved["confusion_matrix"] == skm.confusion_matrix(y, predicted, labels=range(C)).tolist()
+    recall = skm.recall_score(y, predicted, labels=range(C), average=None, zero_division=0)
+    for k, name in enumerate(classes):
+        entry = saved["per_class"][name]
+        if (y == k).any():
+            assert entry["accuracy"] == pytest.approx(recall[k], abs=1e-12)
+            reference = skm.log_loss(y[y == k], probs[y == k], labels=range(C))
+            assert entry["log_loss"] == pytest.approx(reference, rel=1e-12)
+        else:
+            assert entry == {"accuracy": None, "log_loss": None, "n": 0}
+    assert saved["class_mean_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, predicted), abs=1e-12)
+    ids = sorted(set(rows["clip_id"]))
+    clip_probs = np.stack([probs[rows["clip_id"] == c].mean(axis=0) for c in ids])
+    clip_y = np.array([y[rows["clip_id"] == c][0] for c in ids])
+    assert saved["n_clips"] == 3
+    assert saved["clip_log_loss"] == pytest.approx(skm.log_loss(clip_y, clip_probs, labels=range(C)), rel=1e-12)
+    assert saved["clip_accuracy"] == pytest.approx(skm.accuracy_score(clip_y, clip_probs.argmax(axis=1)), abs=1e-12)
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_say_where_they_came_from(joint_eval, features, checkpoints):
+    out, _ = joint_eval
+    saved = json.loads((out / "metrics.json").read_text())
+    ckpt = load_checkpoint(checkpoints["joint"])
+    blob = json.dumps(ckpt["config"], sort_keys=True, separators=(",", ":")).encode()
+    assert saved["checkpoint_config_hash"] == hashlib.sha256(blob).hexdigest()[:16]
+    index = json.loads((features["evaluate"] / "index.json").read_text())
+    assert saved["features_config_hash"] == index["config_hash"]
+    assert saved["checkpoint"] == str(checkpoints["joint"].resolve())
+    assert (saved["split"], saved["modality"], saved["stage"]) == ("evaluate", "both", "joint")
+    assert saved["segments_per_s"] > 0
+
+
+def test_default_out_dir_is_in_the_run_folder(features, checkpoints):
+    result = evaluate_checkpoint(checkpoints["audio"], features["evaluate"], batch_size=4, progress=False)
+    out = checkpoints["audio"].parent / "eval" / "evaluate"
+    assert result["files"]["metrics.json"] == out / "metrics.json" and (out / "predictions.tsv").is_file()
+    assert result["stage"] == "audio" and 0 <= result["accuracy"] <= 1
+
+
+def test_unlabeled_split_gets_predictions_and_no_metrics(features, checkpoints, tmp_path):
+    result = evaluate_checkpoint(checkpoints["joint"], features["test"], out_dir=tmp_path, progress=False)
+    assert result["labeled"] is False and result["n_segments"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.tsv"]
+    names, _, probs, _ = read_predictions(tmp_path / "predictions.tsv")
+    assert len(names) == 9 and np.allclose(probs.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("modality", ["audio", "video"])
+def test_one_modality_replaces_the_other_by_its_stored_mean(joint_eval, features, checkpoints, modality):
+    result = evaluate_checkpoint(checkpoints["joint"], features["evaluate"], modality=modality, progress=False)
+    out = checkpoints["joint"].parent / "eval" / f"evaluate-{modality}"
+    assert result["modality"] == modality and (out / "metrics.json").is_file()
+    _, _, probs, _ = read_predictions(out / "predictions.tsv")
+    rows = shard_rows(features["evaluate"])
+    np.testing.assert_allclose(probs, reference_probs(checkpoints["joint"], rows, modality), rtol=0, atol=1e-6)
+    _, _, both, _ = read_predictions(joint_eval[0] / "predictions.tsv")
+    assert np.abs(probs - both).max() > 1e-3
+
+
+def test_one_modality_needs_a_joint_checkpoint_with_means(features, checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="needs a joint checkpoint, got stage 'audio'"):
+        evaluate_checkpoint(checkpoints["audio"], features["evaluate"], out_dir=tmp_path, modality="audio")
+    with pytest.raises(ValueError, match="mean video embedding"):
+        evaluate_checkpoint(checkpoints["no_means"], features["evaluate"], out_dir=tmp_path, modality="audio")
+    with pytest.raises(ValueError, match="expected modality in"):
+        evaluate_checkpoint(checkpoints["joint"], features["evaluate"], out_dir=tmp_path, modality="both-ish")
+    assert not list(tmp_path.iterdir())
+
+
+def _altered(ckpt_path, tmp_path, **changes):
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    for key, value in changes.items():
+        ckpt[key] = value
+    path = tmp_path / "altered.pt"
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def test_other_feature_config_or_class_list_is_refused(features, checkpoints, tmp_path):
+    ckpt = load_checkpoint(checkpoints["joint"])
+    other = _altered(checkpoints["joint"], tmp_path, feature_config={**ckpt["feature_config"], "fmin": 20.0})
+    with pytest.raises(ValueError, match=r"fmin: 20\.0 != 0\.0") as info:
+        evaluate_checkpoint(other, features["evaluate"], out_dir=tmp_path / "out")
+    assert str(features["evaluate"]) in str(info.value) and str(other) in str(info.value)
+    renamed = list(ckpt["classes"])
+    renamed[3] = "underground"
+    other = _altered(checkpoints["joint"], tmp_path, classes=renamed)
+    with pytest.raises(ValueError, match="class list") as info:
+        evaluate_checkpoint(other, features["evaluate"], out_dir=tmp_path / "out")
+    assert "underground" in str(info.value) and str(features["evaluate"]) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoint_is_a_one_line_error(features, checkpoints, tmp_path):
+    data = checkpoints["joint"].read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        evaluate_checkpoint(broken, features["evaluate"], out_dir=tmp_path / "out")
+    assert str(info.value).startswith(f"{broken}: ") and "\n" not in str(info.value)
+
+
+def test_segment_filenames():
+    names = segment_filenames(["a", "a", "b", "c", "c", "c"], [0, 1, 0, 2, 0, 1])
+    assert names == ["audio/a-0.wav", "audio/a-1.wav", "audio/b.wav", "audio/c-2.wav", "audio/c-0.wav", "audio/c-1.wav"]
+    with pytest.raises(ValueError, match="as many segments"):
+        segment_filenames(["a"], [0, 1])
