@@ -10,8 +10,9 @@
     frames + MLP, random weights) per batch of 32, after one warm-up; also the audio FCNN and
     the video-only DenseNet-161 model. Baseline: the forward pass alone (no grad, train mode, so
     that only backward and the step differ) of the same batch. A batch runs as micro-batches
-    (`--micro-batch`, default 8) with gradients accumulated: a whole batch of 32 needs about
-    4x the ~5 GB that 8 take in float32 on the CPU, more than this shared machine has free.
+    (`--micro-batch`, default 8) with gradients accumulated: 8 segments peak at about 6 GB in
+    float32 on the CPU, so a whole batch of 32 would need roughly 4x that (not measured), more
+    than a shared 23 GB machine has free.
 (c) Caching frozen DenseNet-161 embeddings (`compute_embeddings`, batches of 32) of `--rows`
     generated rows, scaled to 1,000 segments. Baseline: the bare VideoExtractor forward on random
     frames of the same count and batch size (no grad, eval mode). The ratio is the overhead of
@@ -23,9 +24,10 @@ Baselines and candidates run alternately and the best repetition of each counts,
 other processes on a shared machine affects both alike; every repetition is printed too.
 
 Run: .venv/bin/python bench/bench_train.py [--repeat 2] [--rows 128] [--micro-batch 8] [--skip-paper]
-         [--features data/demo-features]
-On an idle 2-core CPU one repetition takes about 5 minutes for (a) and 2 for (b) + (c); on a
-loaded machine torch's OpenMP threads lose their cores and everything takes several times longer.
+         [--features data/demo-features] [--threads N]
+On an idle 2-core CPU one repetition takes a few minutes; when other processes hold a core,
+torch's two OpenMP threads wait on each other and single figures swing by 10x or more, so read
+the per-repetition figures printed beside the best (or compare with `--threads 1`).
 """
 
 from __future__ import annotations
@@ -348,9 +350,13 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch of (b) on the CPU (memory)")
     parser.add_argument("--skip-paper", action="store_true", help="skip (b) and (c), DenseNet-161 on the CPU")
     parser.add_argument("--features", type=Path, default=None, help="demo features folder (train/, train-aug/)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 suits a 2-core machine that others are using")
     args = parser.parse_args()
-    if args.repeat < 1 or args.rows < 1 or not 1 <= args.micro_batch <= BATCH:
-        parser.error(f"expected --repeat >= 1, --rows >= 1 and 1 <= --micro-batch <= {BATCH}")
+    if args.repeat < 1 or args.rows < 1 or args.threads < 0 or not 1 <= args.micro_batch <= BATCH:
+        parser.error(f"expected --repeat >= 1, --rows >= 1, --threads >= 0 and 1 <= --micro-batch <= {BATCH}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # The demo's small CNN has no pre-trained weights by design: its warning would repeat every run.
     logging.getLogger("avsc_pipeline.models.classifier").setLevel(logging.ERROR)
     features = find_features(args.features)
