@@ -174,7 +174,8 @@ class Trainer:
         self.model.train()
         self.preparer.train()
         accum = self.train_cfg.grad_accum
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, count
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        seen = 0
         waited = 0.0
         started = time.perf_counter()
         total = self._batches_per_epoch()
@@ -190,17 +191,19 @@ class Trainer:
             done = self.epoch_batches + 1
             # The epoch's last batch closes a partial accumulation (its gradients synchronized).
             loss, correct, count = self._step(raw, boundary=done % accum == 0 or done >= total)
-            sums += torch.stack([loss.detach().double() * count, correct.double(), torch.tensor(float(count),
-                                 device=self.device, dtype=torch.float64)])
+            sums[0] += loss.detach().double() * count
+            sums[1] += correct
+            seen += count
             self.epoch_batches += 1
             bar.update(1)
             if self.progress and self.epoch_batches % 10 == 0:
-                bar.set_postfix(samples_s=f"{sums[2].item() / (time.perf_counter() - started):.1f}")
+                bar.set_postfix(samples_s=f"{seen / (time.perf_counter() - started):.1f}")
             if self.epoch_batches % accum == 0 and self._should_stop():
                 break
         bar.close()
         loader.release_unreferenced()
         elapsed = max(time.perf_counter() - started, 1e-9)
+        sums[2] = seen
         sums = all_sum(sums, self.context).cpu()
         count = max(float(sums[2]), 1.0)
         return {"train_loss": float(sums[0]) / count, "train_accuracy": float(sums[1]) / count,
