@@ -20,10 +20,10 @@ DEMO ?= data/demo
 DEMO_FEATURES ?= data/demo-features
 DEMO_CLIPS ?= 8
 DEMO_RUNS ?= runs/demo
-# Training: the recipe, the stages run in order into RUN/<stage>, the device, and a launcher for
+# Training: the recipe, its steps (models) run in order into RUN/<step>, the device, and a launcher for
 # several GPUs or nodes, e.g. LAUNCH="torchrun --standalone --nproc_per_node 8 --no-python".
 CONFIG ?= configs/paper.yaml
-STAGES ?= audio joint
+STEPS ?= audio joint
 RUN ?= runs/paper
 DEVICE ?= auto
 LAUNCH ?=
@@ -38,8 +38,8 @@ help:
 	@echo "make test      run the test suite"
 	@echo "make features  extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
 	@echo "               then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
-	@echo "make train     train STAGES=\"$(STAGES)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<stage>"
-	@echo "               (a rerun resumes each stage from its last.pt), then score them (make eval)"
+	@echo "make train     train STEPS=\"$(STEPS)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<step>"
+	@echo "               (a rerun resumes each step from its last.pt), then score them (make eval)"
 	@echo "make eval      score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
 	@echo "make bench     run the benchmarks in bench/"
 
@@ -70,11 +70,11 @@ demo-features: install $(DEMO)/meta.csv
 # five pairs of classes; only the joint model separates all ten (see avsc_pipeline/demo.py).
 demo-train: install
 	for run in audio-only video-only joint; do \
-	  stage=$$(case $$run in audio-only) echo audio;; video-only) echo video;; *) echo joint;; esac); \
+	  step=$$(case $$run in audio-only) echo audio;; video-only) echo video;; *) echo joint;; esac); \
 	  $(BIN)/avsc-train $(DEMO_FEATURES) $(DEMO_RUNS)/$$run --overwrite --no-progress --device cpu \
-	    --config configs/paper.yaml --config configs/stages/$$stage.yaml \
-	    --config configs/demo.yaml --config configs/demo/$$stage.yaml \
-	    --set train.init_from=$$( [ $$stage = joint ] && echo $(DEMO_RUNS)/audio-only/best.pt || echo null ) \
+	    --config configs/paper.yaml --config configs/steps/$$step.yaml \
+	    --config configs/demo.yaml --config configs/demo/$$step.yaml \
+	    --set train.init_from=$$( [ $$step = joint ] && echo $(DEMO_RUNS)/audio-only/best.pt || echo null ) \
 	    || exit 1; \
 	done
 
@@ -102,20 +102,20 @@ features: install
 	fi
 	$(BIN)/avsc-features verify $(FEATURES)
 
-# Each stage resumes from RUN/<stage>/last.pt when it is there, so a pre-empted job just reruns
-# `make train`; the joint stage starts from the audio stage's best.pt.
+# Each step resumes from RUN/<step>/last.pt when it is there, so a pre-empted job just reruns
+# `make train`; the joint step starts from the audio step's best.pt.
 train: install
 	@if [ ! -f "$(FEATURES)/train/index.json" ]; then \
 	  echo "No training features at $(FEATURES)/train: run make features first (FEATURES=$(FEATURES))."; exit 1; \
 	fi
-	for stage in $(STAGES); do \
-	  resume=$$( [ -f $(RUN)/$$stage/last.pt ] && echo --resume ); \
-	  init=$$( [ $$stage = joint ] && echo "--set train.init_from=$(RUN)/audio/best.pt" ); \
-	  $(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN)/$$stage --config $(CONFIG) --config configs/stages/$$stage.yaml \
+	for step in $(STEPS); do \
+	  resume=$$( [ -f $(RUN)/$$step/last.pt ] && echo --resume ); \
+	  init=$$( [ $$step = joint ] && echo "--set train.init_from=$(RUN)/audio/best.pt" ); \
+	  $(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN)/$$step --config $(CONFIG) --config configs/steps/$$step.yaml \
 	    --device $(DEVICE) $$resume $$init $(TRAIN_ARGS) || exit 1; \
 	done
-	for stage in $(STAGES); do $(MAKE) --no-print-directory eval RUN=$(RUN)/$$stage FEATURES=$(FEATURES) || exit 1; done
-	$(BIN)/avsc-report $(foreach stage,$(STAGES),$(RUN)/$(stage)) --out $(RUN)/report
+	for step in $(STEPS); do $(MAKE) --no-print-directory eval RUN=$(RUN)/$$step FEATURES=$(FEATURES) || exit 1; done
+	$(BIN)/avsc-report $(foreach step,$(STEPS),$(RUN)/$(step)) --out $(RUN)/report
 
 # Score one run folder's best.pt on the evaluate split; write the test split's predictions.
 eval: install

@@ -15,6 +15,13 @@ A YAML config file holds one mapping per section, e.g.::
 
 :mod:`avsc_pipeline.recipe` knows every section and reads files; this module holds the
 conversions (:func:`from_dict` rejects unknown keys) and the shared field validators.
+
+A config class may name fields added after artifacts were written with it in a class attribute
+`EARLIER_VALUES` (field -> the value that reproduces the behaviour before the field existed).
+:func:`to_dict` leaves those fields out when all of them hold these values, so such a config is
+written exactly as before the fields existed; :func:`from_dict` reads a mapping that holds every
+other field and none of them (one written before they existed) with these values. A partial
+mapping (a config file's section) still takes the class defaults.
 """
 
 from __future__ import annotations
@@ -30,70 +37,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """How stage one turns a clip into per-second audio features and video frame pairs.
-
-    The defaults are the recipe's contract with stage two: a `(6, 128, 39)` float32 tensor per
-    1-second segment (log-mel, delta, delta-delta of the left channel, then of the right) and the
-    1st and 15th frame (at 30 fps) of each second resized to 224x224.
-    """
-
-    sample_rate: int = 48000
-    segment_samples: int = 48000
-    n_fft: int = 2048
-    hop_length: int = 1200
-    window: str = "hann"
-    center: bool = False
-    power: float = 2.0
-    n_mels: int = 128
-    fmin: float = 0.0
-    fmax: float = 24000.0
-    htk: bool = False
-    mel_norm: Optional[str] = "slaney"
-    db_ref: float = 1.0
-    db_amin: float = 1e-10
-    db_top: Optional[float] = None
-    delta_width: int = 9
-    frame_times: Tuple[float, ...] = (0.0, 14.0 / 30.0)
-    image_size: int = 224
-    audio_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        check_int(self, ("sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels"), minimum=1)
-        if self.segment_samples < self.n_fft:
-            raise ValueError(
-                f"expected segment_samples >= n_fft, got {self.segment_samples} < {self.n_fft}"
-            )
-        if self.audio_dtype not in ("float32", "float16"):
-            raise ValueError(f"expected audio_dtype 'float32' or 'float16', got {self.audio_dtype!r}")
-        if self.delta_width < 3 or self.delta_width % 2 == 0:
-            raise ValueError(f"expected an odd delta_width >= 3, got {self.delta_width}")
-        if not self.frame_times or any(t < 0 or t >= 1.0 for t in self.frame_times):
-            raise ValueError(f"expected frame_times within [0, 1) s, got {self.frame_times}")
-        if self.image_size < 1:
-            raise ValueError(f"expected image_size >= 1, got {self.image_size}")
-        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
-            raise ValueError(
-                f"expected 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}"
-            )
-
-    @property
-    def n_frames(self) -> int:
-        """Number of STFT frames per segment (39 for the defaults, no padding)."""
-        return 1 + (self.segment_samples - self.n_fft) // self.hop_length
-
-    @property
-    def audio_shape(self) -> Tuple[int, int, int]:
-        """Shape of one segment's audio features, `(6, n_mels, n_frames)`."""
-        return (6, self.n_mels, self.n_frames)
-
-    @property
-    def video_shape(self) -> Tuple[int, int, int, int]:
-        """Shape of one segment's frames, `(len(frame_times), 3, image_size, image_size)`."""
-        return (len(self.frame_times), 3, self.image_size, self.image_size)
 
 
 def check_int(obj: Any, names: Sequence[str], minimum: int = 0) -> None:
@@ -135,29 +78,91 @@ def to_dict(config: Any) -> Dict[str, Any]:
     """Plain, JSON-safe dict of a config dataclass (tuples become lists)."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"expected a config dataclass instance, got {type(config).__name__}")
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    earlier = _earlier_values(type(config))
+    if earlier and all(data.get(name) == value for name, value in earlier.items()):
+        data = {name: value for name, value in data.items() if name not in earlier}
+    return data
 
 
-def from_dict(cls: Type[T], data: Dict[str, Any], source: str = "config") -> T:
-    """Build `cls` from a mapping, coercing lists to tuples; unknown keys are an error.
+def from_dict(cls: Type[T], data: Dict[str, Any], source: str = "config", section: str = "") -> T:
+    """Build `cls` from a mapping: lists become tuples, every value is checked against the
+    field's type hint (bool, int, float, str, tuples, Optional), unknown keys are an error.
 
     Args:
         cls: a config dataclass type.
         data: field values; missing fields take their defaults.
         source: where the mapping came from, named in error messages.
+        section: the section's name, so that a message names `section.key`.
+
+    Raises:
+        ValueError: "<source>: <section.key>: expected <type>, got <value>" and the like.
     """
     if not isinstance(data, dict):
         raise TypeError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    earlier = _earlier_values(cls)
+    if earlier and not set(data) & set(earlier) and set(data) >= set(fields) - set(earlier):
+        data = {**data, **earlier}  # written before those fields existed
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        value = _coerce(hints[name], value)
+        problem = type_problem(hints[name], value)
+        if problem:
+            key = f"{section}.{name}" if section else name
+            raise ValueError(f"{source}: {key}: {problem}")
+        kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from err
+
+
+def type_problem(hint: Any, value: Any) -> Optional[str]:
+    """Why `value` does not fit the type hint `hint` ("expected X, got Y"), or None when it does.
+
+    Understands bool, int, float, str, `Optional[...]`, `Tuple[X, ...]` and `Tuple[X, Y]`;
+    other hints are not checked.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [type_problem(a, value) for a in options]
+        if all(problems):
+            return problems[0] if len(problems) == 1 else f"expected one of {_names(options)}, got {value!r}"
+        return None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return f"expected a list, got {value!r}"
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return f"expected a list of {len(items)} values, got {list(value)!r}"
+        for item_hint, item in zip(items, value):
+            problem = type_problem(item_hint, item)
+            if problem:
+                return f"{problem} (in {list(value)!r})"
+        return None
+    if hint is bool and not isinstance(value, bool):
+        return f"expected true or false, got {value!r}"
+    if hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        return f"expected an integer, got {value!r}"
+    if hint is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        return f"expected a number, got {value!r}"
+    if hint is str and not isinstance(value, str):
+        return f"expected a string, got {value!r}"
+    return None
+
+
+def _earlier_values(cls: type) -> Dict[str, Any]:
+    """A config class's `EARLIER_VALUES`, JSON-normalized (empty when it has none)."""
+    earlier = getattr(cls, "EARLIER_VALUES", None)
+    return json.loads(json.dumps(earlier)) if earlier else {}
 
 
 def _coerce(hint: Any, value: Any) -> Any:
@@ -174,6 +179,10 @@ def _coerce(hint: Any, value: Any) -> Any:
         # YAML 1.1 reads `1e-5` (no dot) as a string; it is a number to every user.
         return float(value)
     return value
+
+
+def _names(hints: Sequence[Any]) -> str:
+    return ", ".join(getattr(h, "__name__", str(h)) for h in hints)
 
 
 def config_hash(config: Any) -> str:

@@ -31,3 +31,30 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+#: `train.amp` values: `auto` (bf16 where the GPU supports it, else fp16), `off`, `bf16`, `fp16`.
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def amp_dtype(mode: str, device: torch.device) -> "torch.dtype | None":
+    """The autocast dtype of `train.amp` on `device`: the one precision policy of training,
+    validation, evaluation and prediction (None: float32, as on the CPU)."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"expected amp in {AMP_MODES}, got {mode!r}")
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: "torch.dtype | None"):
+    """`torch.autocast` for `dtype` on `device`, or a no-op context for None."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
-from avsc_pipeline.config import dump_yaml, from_dict, load_yaml
+from avsc_pipeline.config import from_dict, load_yaml
 
 T = TypeVar("T")
 PathLike = "str | os.PathLike[str]"
@@ -29,7 +29,7 @@ def section_classes() -> Dict[str, type]:
     """Every known section name and its dataclass, in the order a resolved config lists them."""
     # Imported here: the sections live with the code they configure, and some of those modules
     # are heavy; a caller that only reads `features:` should not import the trainer.
-    from avsc_pipeline.config import FeatureConfig
+    from avsc_pipeline.features.config import FeatureConfig
     from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
     from avsc_pipeline.features.offline_augment import OfflineAugmentConfig
 
@@ -82,22 +82,15 @@ def parse_override(text: str) -> Tuple[str, str, Any]:
     return section, key, value
 
 
-def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overrides: Sequence[str] = (),
-                  only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Read config files and overrides into one dataclass per section.
-
-    Args:
-        path: a YAML file of sections, several (each later file overrides the keys it gives,
-            e.g. the recipe, then a stage, then an ablation), or None for the defaults.
-        overrides: `section.key=value` strings applied on top of the file.
-        only: the sections to build (default: all); the file is still checked in full.
+def merge_files(path: "Optional[PathLike] | Sequence[PathLike]" = None,
+                overrides: Sequence[str] = ()) -> Tuple[Dict[str, Any], str]:
+    """The raw sections that config files and `--set` overrides give, merged in order.
 
     Returns:
-        `{section name: dataclass instance}` in the recipe's order.
+        `({section: {key: value}}, source)`, where `source` names the files for messages.
 
     Raises:
-        ValueError: an unreadable file, an unknown section or key (file, section and key named),
-            or an invalid value.
+        ValueError: an unreadable file, an unknown section, or a malformed override.
     """
     paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
     source = " + ".join(str(p) for p in paths) or "config"
@@ -116,6 +109,27 @@ def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overri
         if not isinstance(merged.get(section) or {}, dict):
             raise ValueError(f"{source} [{section}]: expected a mapping, got {type(merged[section]).__name__}")
         merged[section] = dict(merged.get(section) or {}, **{key: value})
+    return merged, source
+
+
+def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overrides: Sequence[str] = (),
+                  only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Read config files and overrides into one dataclass per section.
+
+    Args:
+        path: a YAML file of sections, several (each later file overrides the keys it gives,
+            e.g. the recipe, then a stage, then an ablation), or None for the defaults.
+        overrides: `section.key=value` strings applied on top of the file.
+        only: the sections to build (default: all); the file is still checked in full.
+
+    Returns:
+        `{section name: dataclass instance}` in the recipe's order.
+
+    Raises:
+        ValueError: an unreadable file, an unknown section or key (file, section and key named),
+            or an invalid value.
+    """
+    merged, source = merge_files(path, overrides)
     classes = section_classes()
     wanted = list(classes) if only is None else list(only)
     out = {}
@@ -124,7 +138,7 @@ def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overri
             raise ValueError(f"expected a section in {list(classes)}, got {name!r}")
         label = f"{source} [{name}]" + (" with --set" if any(o.startswith(f"{name}.") for o in overrides) else "")
         values = merged.get(name)
-        out[name] = from_dict(classes[name], {} if values is None else values, source=label)
+        out[name] = from_dict(classes[name], {} if values is None else values, source=label, section=name)
     return out
 
 
@@ -139,6 +153,4 @@ def load_section(path: Optional[PathLike], section: str, cls: Optional[Type[T]] 
     return value
 
 
-def write_sections(sections: Dict[str, Any], path: PathLike) -> None:
-    """Write resolved sections as a YAML config file that :func:`load_sections` reads back."""
-    dump_yaml(sections, path)
+

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
 
 # Real TAU clips beside a development checkout (`../shared/data/tau-av-street-mini`); a user's
@@ -214,19 +214,21 @@ def kill_when_shards(command: Sequence[str], folder: "str | os.PathLike[str]", c
 
 
 def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.PathLike[str]",
-                          model_config: "Optional[ModelConfig]" = None,
-                          stage: str = "joint", seed: int = 0, embedding_means: bool = True,
-                          loader: "Optional[LoaderConfig]" = None, logit_scale: float = 8.0) -> Path:
-    """Save a randomly initialized model for the shards of `folder` as a checkpoint.
+                          model_config: "Optional[ModelConfig]" = None, modality: str = "joint", seed: int = 0,
+                          embedding_means: bool = True, loader: "Optional[LoaderConfig]" = None,
+                          logit_scale: float = 8.0) -> Path:
+    """Save a randomly initialized model for the shards of `folder` as a checkpoint, through the
+    trainer's own writer (:func:`avsc_pipeline.models.checkpoint.save_checkpoint`).
 
     Args:
         path: the checkpoint file to write (its folder is created).
         folder: an indexed shard folder; its class list, feature config and audio statistics
             go into the checkpoint.
-        model_config: the architecture (default: a tiny FCNN (8, 8, 8) and the small CNN).
-        stage: `audio`, `video` or `joint`.
+        model_config: the architecture (default: a tiny FCNN (8, 8, 8) and the small CNN);
+            its `modality` is replaced by `modality`.
+        modality: `audio`, `video` or `joint`.
         seed: seeds the weights, the BatchNorm statistics and the mean embeddings.
-        embedding_means: store random training-set mean embeddings (joint stage only).
+        embedding_means: store random training-set mean embeddings (joint models only).
         loader: the `loader:` section (default: batch 8, no workers).
         logit_scale: multiplies the logits, so that a random model's probabilities are far from
             uniform (scores then differ between classes and rows).
@@ -234,21 +236,24 @@ def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.Path
     Returns:
         `path` as a Path.
     """
+    import dataclasses
+
     import torch
 
     from avsc_pipeline.config import to_dict
     from avsc_pipeline.dataio.config import LoaderConfig
     from avsc_pipeline.dataio.stats import compute_audio_stats
-    from avsc_pipeline.models.checkpoint import save_checkpoint
+    from avsc_pipeline.models.checkpoint import ModelArtifact, save_checkpoint
     from avsc_pipeline.models.classifier import build_model
     from avsc_pipeline.models.config import ModelConfig
     from avsc_pipeline.storage.index import load_index
 
     model_config = model_config or ModelConfig(audio_widths=(8, 8, 8), video="small_cnn", fusion_hidden=(16,))
+    model_config = dataclasses.replace(model_config, modality=modality)
     index = load_index(folder)
     classes = list(index["classes"])
     torch.manual_seed(seed)
-    model = build_model(model_config, stage, len(classes), load_weights=False)
+    model = build_model(model_config, len(classes), load_weights=False)
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -257,20 +262,18 @@ def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.Path
             module.running_var.uniform_(0.5, 1.5, generator=generator)
     _spread_logits(model, logit_scale)
     means = None
-    if stage == "joint" and embedding_means:
+    if modality == "joint" and embedding_means:
         means = {"audio": torch.randn(model.audio.embed_dim, generator=generator),
                  "video": torch.randn(model.video.embed_dim, generator=generator)}
     loader = loader or LoaderConfig(batch_size=8, num_workers=0)
-    state = {
-        "model": model.state_dict(),
-        "config": {"model": to_dict(model_config), "loader": to_dict(loader)},
-        "stage": stage, "classes": classes, "feature_config": index["feature_config"],
-        "audio_stats": compute_audio_stats(folder).to_json(), "embedding_means": means,
-        "epoch": 0, "step": 0,
-    }
+    artifact = ModelArtifact(
+        weights=model.state_dict(), classes=classes,
+        config={"model": to_dict(model_config), "loader": to_dict(loader), "features": index["feature_config"]},
+        audio_stats=compute_audio_stats(folder).to_json(), embedding_means=means,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(state, path)
+    save_checkpoint(path, artifact)
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.features.audio import FastLogMel, load_audio, reference_features, split_segments
 from common import best_of, real_or_generated_dataset
 

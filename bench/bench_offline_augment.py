@@ -68,7 +68,7 @@ def main() -> None:
 
     import torch
 
-    from avsc_pipeline.config import FeatureConfig
+    from avsc_pipeline.features.config import FeatureConfig
     from avsc_pipeline.features.audio import load_audio
     from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, OfflineAugmentConfig, add_noise, draw_params, mix
     from avsc_pipeline.features.offline_augment_shards import augment_clip, plan_items

@@ -1,11 +1,11 @@
 """Training speed: the demo config on the CPU, the paper model per batch, embedding caching, CUDA.
 
-(a) Samples/s of one epoch of each demo stage (audio, video, joint) through the real trainer
+(a) Samples/s of one epoch of each demo step (audio, video, joint) through the real trainer
     (`train_run` on the demo features, `train.epochs=1`), read from the run's metrics.csv with
     its `data_wait_fraction` (share of the epoch spent in `next(loader)`; target: under 10%).
-    Baseline: the loader alone, i.e. the same loader and BatchPreparer (train mode, the stage's
-    batch augmentation) iterated over the same epoch without a model. Printed: training /
-    loader-alone.
+    Baseline: the loader alone, i.e. the same training input (`build_training_input`, as
+    `avsc-train` builds it: loader and BatchPreparer in train mode, the step's batch augmentation)
+    iterated over the same epoch without a model. Printed: training / loader-alone.
 (b) Forward+backward+Adam step of the full paper model (FCNN + DenseNet-161 on two 224x224
     frames + MLP, random weights) per batch of 32, after one warm-up; also the audio FCNN and
     the video-only DenseNet-161 model. Baseline: the forward pass alone (no grad, train mode, so
@@ -46,22 +46,19 @@ import numpy as np
 import torch
 
 from avsc_pipeline.dataio.config import LoaderConfig
-from avsc_pipeline.dataio.loader import make_loader
-from avsc_pipeline.dataio.preparation import BatchPreparer
-from avsc_pipeline.dataio.samplers import EpochSampler
-from avsc_pipeline.models.classifier import build_model, build_video_extractor
+from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
+from avsc_pipeline.models.classifier import build_model
 from avsc_pipeline.models.config import ModelConfig
 from avsc_pipeline.recipe import load_sections
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import shard_name
 from avsc_pipeline.testing import write_random_shard
-from avsc_pipeline.training.distributed import Context
+from avsc_pipeline.training.embedding_cache import cacheable, compute_embeddings
 from avsc_pipeline.training.losses import soft_target_cross_entropy
 from avsc_pipeline.training.run import train_run
 from avsc_pipeline.training.run_dir import METRICS_NAME
-from avsc_pipeline.training.setup import RunData, build_run_model, cacheable, compute_embeddings, load_data
 
-STAGES = ("audio", "video", "joint")
+STEPS = ("audio", "video", "joint")
 FEATURE_CANDIDATES = (Path("data/demo-features"), Path("/tmp/demofeat_before"))
 BATCH = 32
 NUM_CLASSES = 10
@@ -88,11 +85,13 @@ def find_features(given: Optional[Path]) -> Path:
     raise SystemExit(f"expected demo features (train/index.json) in {where}; run `make demo` first")
 
 
-def demo_sections(stage: str) -> Dict[str, object]:
-    """The demo config of one stage for one epoch (the joint stage without an audio run to start from)."""
-    files = ["configs/paper.yaml", f"configs/stages/{stage}.yaml", "configs/demo.yaml", f"configs/demo/{stage}.yaml"]
-    overrides = ["train.epochs=1"] + (["train.init_from=null"] if stage == "joint" else [])
-    return load_sections(files, overrides)
+def demo_sections(step: str) -> Dict[str, object]:
+    """The demo config of one step for one epoch (the joint step without an audio run to start from)."""
+    files = ["configs/paper.yaml", f"configs/steps/{step}.yaml", "configs/demo.yaml", f"configs/demo/{step}.yaml"]
+    overrides = ["train.epochs=1"] + (["train.init_from=null"] if step == "joint" else [])
+    sections = load_sections(files, overrides)
+    sections.pop("features")  # the demo shards' own feature config is what a run records
+    return sections
 
 
 def train_epoch(features: Path, sections: Dict[str, object], run_dir: Path) -> Dict[str, float]:
@@ -105,19 +104,16 @@ def train_epoch(features: Path, sections: Dict[str, object], run_dir: Path) -> D
 
 def loader_epoch(features: Path, sections: Dict[str, object]) -> Dict[str, float]:
     """The trainer's epoch without the model: same rows, sampler, loader and BatchPreparer (train
-    mode, the stage's batch augmentation). Worker start-up counts, as in the trainer's epoch."""
-    train, loader_cfg = sections["train"], sections["loader"]
-    context = Context(torch.device("cpu"))
-    cached = cacheable(train.freeze_audio, train.freeze_video, train, sections["batch_augment"])
-    data = load_data(features, loader_cfg, train.uses_video and not cached["video"], context)
+    mode, the step's batch augmentation). Worker start-up counts, as in the trainer's epoch."""
+    train, model_config = sections["train"], sections["model"]
+    video_cached = cacheable(False, train.freeze_video and model_config.uses_video, train,
+                             sections["batch_augment"])["video"]
+    inputs = build_training_input(features, sections["loader"], sections["batch_augment"], "cpu", train.seed,
+                                  with_video=model_config.uses_video and not video_cached)
     try:
-        model = build_run_model(sections["model"], train, data)  # only for the frame mean and std
-        preparer = BatchPreparer(len(data.classes), data.audio_stats, (model.frame_mean, model.frame_std),
-                                 sections["batch_augment"], train.seed).train()
-        sampler = EpochSampler(data.split.train, data.split.augmented, loader_cfg.aug_fraction,
-                               shuffle=True, seed=train.seed)
-        sampler.set_epoch(0)
-        loader = make_loader(data.dataset, sampler, loader_cfg, "cpu", train.seed)
+        preparer = inputs.preparer.train()
+        inputs.train_sampler.set_epoch(0)
+        loader = inputs.loader(inputs.train_sampler)
         count, first, read = 0, None, 0.0
         started = time.perf_counter()
         iterator = iter(loader)
@@ -133,26 +129,27 @@ def loader_epoch(features: Path, sections: Dict[str, object]) -> Dict[str, float
         elapsed = time.perf_counter() - started
         loader.release_unreferenced()
     finally:
-        data.dataset.close()
-    return {"samples_per_s": count / elapsed, "first_batch_s": first or 0.0, "batches": count // loader_cfg.batch_size,
+        inputs.close()
+    return {"samples_per_s": count / elapsed, "first_batch_s": first or 0.0,
+            "batches": count // inputs.loader_config.batch_size,
             "seconds": elapsed, "read_s": read, "prepare_s": elapsed - read}
 
 
 def bench_demo_training(features: Path, repeat: int, tmp: Path) -> None:
-    print(f"(a) demo config, 1 epoch per stage on the CPU ({features}), torch threads {torch.get_num_threads()}, "
+    print(f"(a) demo config, 1 epoch per step on the CPU ({features}), torch threads {torch.get_num_threads()}, "
           f"best of {repeat}")
-    for stage in STAGES:
-        sections = demo_sections(stage)
+    for step in STEPS:
+        sections = demo_sections(step)
         runs: List[Dict[str, float]] = []
         alone: List[Dict[str, float]] = []
         for rep in range(repeat):
             alone.append(loader_epoch(features, sections))
-            runs.append(train_epoch(features, sections, tmp / f"{stage}-{rep}"))
+            runs.append(train_epoch(features, sections, tmp / f"{step}-{rep}"))
         best = max(runs, key=lambda r: r["samples_per_s"])
         base = max(alone, key=lambda r: r["samples_per_s"])
         waits = [r["data_wait_fraction"] for r in runs]
         verdict = "met" if min(waits) < WAIT_TARGET else "NOT met"
-        print(f"  {stage:5s} training        {best['samples_per_s']:8.1f} samples/s "
+        print(f"  {step:5s} training        {best['samples_per_s']:8.1f} samples/s "
               f"(each: {fmt_all([r['samples_per_s'] for r in runs])}), {base['batches']} batches, "
               f"epoch {best['seconds']:.1f} s")
         print(f"        data wait       {100 * best['data_wait_fraction']:8.1f} % of the step time in the best run "
@@ -170,12 +167,12 @@ def bench_demo_training(features: Path, repeat: int, tmp: Path) -> None:
 # -- (b) the paper model per batch on the CPU -------------------------------------------------
 
 
-def paper_inputs(stage: str, batch: int, seed: int = 0) -> Dict[str, torch.Tensor]:
+def paper_inputs(step: str, batch: int, seed: int = 0) -> Dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     inputs = {}
-    if stage in ("audio", "joint"):
+    if step in ("audio", "joint"):
         inputs["audio"] = torch.randn(batch, 6, 128, 39, generator=gen)
-    if stage in ("video", "joint"):
+    if step in ("video", "joint"):
         inputs["video"] = torch.randn(batch, 2, 3, 224, 224, generator=gen)
     return inputs
 
@@ -206,11 +203,11 @@ def bench_paper_model(repeat: int, micro_batch: int) -> None:
     target = torch.eye(NUM_CLASSES)[torch.arange(BATCH) % NUM_CLASSES]
     names = {"joint": "joint (FCNN + DenseNet-161 x2 frames + MLP)", "audio": "audio FCNN alone",
              "video": "video only (DenseNet-161 x2 frames + MLP)"}
-    for stage in ("joint", "audio", "video"):
+    for step in ("joint", "audio", "video"):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(), stage, NUM_CLASSES, load_weights=False).train()
+        model = build_model(ModelConfig(modality=step), NUM_CLASSES, load_weights=False).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-5)
-        micro = [paper_inputs(stage, min(micro_batch, BATCH - s), seed=s) for s in range(0, BATCH, micro_batch)]
+        micro = [paper_inputs(step, min(micro_batch, BATCH - s), seed=s) for s in range(0, BATCH, micro_batch)]
         paper_step(model, optimizer, micro[:1], target[:micro_batch])  # warm-up: oneDNN primitives, allocator
         paper_forward(model, micro[:1])
         train_times, forward_times = [], []
@@ -222,7 +219,7 @@ def bench_paper_model(repeat: int, micro_batch: int) -> None:
             paper_step(model, optimizer, micro, target)
             train_times.append(time.perf_counter() - start)
         step, forward = min(train_times), min(forward_times)
-        print(f"  {names[stage]}")
+        print(f"  {names[step]}")
         print(f"    forward+backward+Adam {step:7.2f} s/batch ({BATCH / step:6.1f} samples/s; each: "
               f"{fmt_all(train_times, '.2f')} s)")
         print(f"    forward only          {forward:7.2f} s/batch (baseline; each: {fmt_all(forward_times, '.2f')} s)")
@@ -233,31 +230,30 @@ def bench_paper_model(repeat: int, micro_batch: int) -> None:
 # -- (c) caching frozen DenseNet-161 embeddings -----------------------------------------------
 
 
-def generated_run_data(folder: Path, rows: int) -> RunData:
+def generated_run_data(folder: Path, rows: int) -> TrainingInput:
     """A train folder of `rows` random rows with frames, as a run sees it."""
     per_shard = 200
     for number, start in enumerate(range(0, rows, per_shard)):
         write_random_shard(folder / "train" / shard_name(number), min(per_shard, rows - start), seed=number)
     build_index(folder / "train")
-    loader = LoaderConfig(val_fraction=0.0, num_workers=0)
-    return load_data(folder, loader, with_video=True, context=Context(torch.device("cpu")))
+    loader = LoaderConfig(val_fraction=0.0, num_workers=2, persistent_workers=False, batch_size=BATCH)
+    return build_training_input(folder, loader, None, "cpu", with_video=True)
 
 
 def bench_embeddings(rows: int, repeat: int, tmp: Path) -> None:
-    loader_cfg = LoaderConfig(batch_size=BATCH, num_workers=2, persistent_workers=False)
     print(f"(c) frozen DenseNet-161 embeddings of {rows} generated rows (batches of {BATCH}, 2 frames each, "
-          f"{loader_cfg.num_workers} loader workers), scaled to 1,000 segments, best of {repeat}")
+          f"2 loader workers), scaled to 1,000 segments, best of {repeat}")
     data = generated_run_data(tmp / "embed", rows)
     try:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(), "video", len(data.classes), load_weights=False)
+        model = build_model(ModelConfig(modality="video"), len(data.classes), load_weights=False)
         model.set_frozen(video=True)
         extractor = model.video
         frames = torch.randn(BATCH, 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         row_ids = np.arange(rows)
 
         def cached() -> None:
-            compute_embeddings(model, "video", data, row_ids, loader_cfg, torch.device("cpu"))
+            compute_embeddings(model, "video", data, row_ids)
 
         @torch.no_grad()
         def bare() -> None:
@@ -274,7 +270,7 @@ def bench_embeddings(rows: int, repeat: int, tmp: Path) -> None:
                 fn()
                 times.append(time.perf_counter() - start)
     finally:
-        data.dataset.close()
+        data.close()
     scale = 1000 / rows
     best_cached, best_bare = min(cached_times) * scale, min(bare_times) * scale
     print(f"  compute_embeddings       {best_cached:7.1f} s per 1,000 segments (each: "
@@ -292,7 +288,7 @@ def cuda_train_rate(channels_last: bool, amp: Optional[torch.dtype], steps: int)
     """Samples/s and peak GPU memory (GB) of paper-model training steps on whole batches of 32."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = build_model(ModelConfig(), "joint", NUM_CLASSES, load_weights=False).to(device).train()
+    model = build_model(ModelConfig(), NUM_CLASSES, load_weights=False).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-5)

@@ -9,7 +9,7 @@ import click
 
 from avsc_pipeline_cli.common import device_option, setup_logging
 
-MODALITIES = ("both", "audio", "video")
+MODALITIES = ("audio", "video", "joint")  # avsc_pipeline.models.config.MODALITIES, without importing torch
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,13 +21,13 @@ MODALITIES = ("both", "audio", "video")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Segments per batch  [default: the run's]")
 @click.option("--workers", type=click.IntRange(min=0), help="Loader worker processes  [default: the run's]")
 @device_option
-@click.option("--modality", type=click.Choice(MODALITIES), default="both", show_default=True,
+@click.option("--modality", type=click.Choice(MODALITIES), default=None,
               help="audio or video: score one modality of a joint model, the other's embedding replaced by "
-                   "its training-set mean.")
+                   "its training-set mean  [default: the model's own]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(checkpoint: Path, split_dir: Path, out_dir: Optional[Path], batch_size: Optional[int],
-         workers: Optional[int], device: str, modality: str, progress: bool, verbose: int) -> None:
+         workers: Optional[int], device: str, modality: Optional[str], progress: bool, verbose: int) -> None:
     """Score CHECKPOINT on every one-second segment of FEATURES_SPLIT_DIR.
 
     Writes predictions.tsv (the task's output format) and, for a split with labels,
@@ -50,7 +50,8 @@ def main(checkpoint: Path, split_dir: Path, out_dir: Optional[Path], batch_size:
         click.echo(f"{split_dir}: no labels, so no metrics were computed; {speed}")
         click.echo(f"wrote {result['files']['predictions.tsv']}")
         return
-    click.echo(f"{result['split']} ({result['stage']} model, modality {modality}): {speed}")
+    click.echo(f"{result['run']}, {result['split']} ({result['model_modality']} model, scored on "
+               f"{result['modality']}): {speed}")
     click.echo(headline_tables(result))
     click.echo(f"wrote {', '.join(p.name for p in result['files'].values())} in {folder}")
 

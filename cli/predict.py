@@ -12,7 +12,7 @@ from avsc_pipeline.manifest import TAU_SPLITS
 from avsc_pipeline_cli.common import device_option, setup_logging
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-MODALITIES = ("both", "audio", "video")
+MODALITIES = ("audio", "video", "joint")  # avsc_pipeline.models.config.MODALITIES, without importing torch
 
 
 def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
@@ -49,11 +49,12 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes extracting features.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Segments per batch.")
-@click.option("--modality", type=click.Choice(MODALITIES), default="both", show_default=True,
-              help="audio or video: one modality of a joint model (the other's embedding replaced by its mean).")
+@click.option("--modality", type=click.Choice(MODALITIES), default=None,
+              help="audio or video: one modality of a joint model (the other's embedding replaced by its mean)  "
+                   "[default: the model's own]")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], split: str, out_file: Optional[Path],
-         device: str, jobs: int, batch_size: int, modality: str, verbose: int) -> None:
+         device: str, jobs: int, batch_size: int, modality: Optional[str], verbose: int) -> None:
     """Predict the scene of each recording: INPUTS are AUDIO [VIDEO] [AUDIO [VIDEO] ...].
 
     Each WAV goes through stage one's feature code under the checkpoint's feature config

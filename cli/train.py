@@ -4,52 +4,72 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from avsc_pipeline_cli.common import config_option, device_option, load_config, set_option, setup_logging
+from avsc_pipeline_cli.common import config_option, device_option, set_option, setup_logging
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("features_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@config_option("YAML recipe (sections model, train, batch_augment, loader); defaults otherwise.", multiple=True)
+@config_option("YAML recipe (sections model, train, batch_augment, loader); defaults otherwise. With --resume "
+               "and no --config, RUN_DIR/config.yaml.", multiple=True)
 @set_option
-@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last.pt (--set train.epochs=N "
+                                              "extends a finished run).")
 @click.option("--overwrite", is_flag=True, help="Replace a run that RUN_DIR holds.")
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...], resume: bool,
          overwrite: bool, device: str, progress: bool, verbose: int) -> None:
-    """Train one stage of the recipe on FEATURES_DIR/train (+ train-aug) into RUN_DIR.
+    """Train one model of the recipe on FEATURES_DIR/train (+ train-aug) into RUN_DIR.
 
     Holds out 10% of each class's recording locations for validation, writes config.yaml,
     metrics.csv, curves.png, train.log, last.pt (every epoch, and on SIGINT/SIGTERM) and best.pt.
+    The model's modality (audio, video or joint) is the config's model.modality.
 
-    Example: avsc-train data/features runs/paper/audio --config configs/paper.yaml --config configs/stages/audio.yaml
+    Example: avsc-train data/features runs/paper/audio --config configs/paper.yaml --config configs/steps/audio.yaml
     """
     setup_logging(max(verbose, 1))
-    from avsc_pipeline.config import load_yaml
-    from avsc_pipeline.models.checkpoint import CheckpointError
-    from avsc_pipeline.training.run import train_run
-
-    sections = load_config(config_path, overrides)
-    given = {}
-    for path in config_path:
-        given.update(load_yaml(path).get("features") or {})
     try:
-        row = train_run(features_dir, run_dir, sections, given_features=given, resume=resume, overwrite=overwrite,
-                        device=device, progress=progress)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        raise click.ClickException(str(err)) from None
+        row = _train(features_dir, run_dir, config_path, overrides, resume, overwrite, device, progress)
+    except KeyboardInterrupt:
+        click.echo(f"{run_dir}: interrupted before training started; nothing to resume", err=True)
+        sys.exit(130)
     if "stopped_by" in row:
-        click.echo(f"{run_dir}: stopped by signal {row['stopped_by']}; resume with --resume", err=True)
+        click.echo(f"{run_dir}: stopped by signal {row['stopped_by']}; continue with --resume", err=True)
         sys.exit(128 + int(row["stopped_by"]))
     if row:
-        click.echo(f"{run_dir}: epoch {row['epoch']}: validation accuracy {_pct(row.get('val_accuracy'))}, "
-                   f"log loss {_num(row.get('val_log_loss'))}")
+        best = row.get("best") or {}
+        click.echo(f"{run_dir}: last epoch {row['epoch']}: validation accuracy {_pct(row.get('val_accuracy'))}, "
+                   f"log loss {_num(row.get('val_log_loss'))}; best.pt (epoch {best.get('epoch', 'n/a')}): "
+                   f"accuracy {_pct(best.get('val_accuracy'))}, log loss {_num(best.get('val_log_loss'))}")
+
+
+def _train(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...],
+           resume: bool, overwrite: bool, device: str, progress: bool) -> Dict[str, Any]:
+    from avsc_pipeline.models.checkpoint import CheckpointError
+    from avsc_pipeline.recipe import load_sections, merge_files
+    from avsc_pipeline.training.run import train_run
+    from avsc_pipeline.training.run_dir import CONFIG_NAME
+
+    try:
+        paths = list(config_path)
+        if resume and not paths and (run_dir / CONFIG_NAME).is_file():
+            paths = [run_dir / CONFIG_NAME]
+        bad = [o for o in overrides if o.strip().startswith("features.")]
+        if bad:
+            raise ValueError(f"--set {bad[0]}: features come from the shards, not from training; re-extract them "
+                             "with `avsc-features extract --config` to change the features")
+        raw, _ = merge_files(paths, overrides)
+        sections = load_sections(paths, overrides)
+        return train_run(features_dir, run_dir, sections, given_features=raw.get("features") or None,
+                         resume=resume, overwrite=overwrite, device=device, progress=progress)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _pct(value: Optional[float]) -> str:

@@ -1,8 +1,7 @@
 import pytest
 
-from avsc_pipeline.config import (
-    FeatureConfig, config_diff, config_hash, dump_yaml, from_dict, to_dict,
-)
+from avsc_pipeline.config import config_diff, config_hash, dump_yaml, from_dict, to_dict
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.recipe import load_section, load_sections, parse_override
 
 

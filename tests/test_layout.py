@@ -15,6 +15,11 @@ FORBIDDEN = {
 }
 
 
+# The shard schema is written in terms of the `features:` section, a leaf module with no imports
+# of its own besides the shared validators: storage may read it, and nothing else of stage one.
+ALLOWED = {"storage": ("avsc_pipeline.features.config",)}
+
+
 def imported_modules(path: Path):
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -26,5 +31,6 @@ def imported_modules(path: Path):
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_run_one_way(package):
     offending = [f"{path.name}: {name}" for path in sorted((PACKAGE / package).glob("*.py"))
-                 for name in imported_modules(path) if name.startswith(FORBIDDEN[package])]
+                 for name in imported_modules(path)
+                 if name.startswith(FORBIDDEN[package]) and name not in ALLOWED.get(package, ())]
     assert not offending, f"avsc_pipeline.{package} imports {offending}"

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from avsc_pipeline.config import FeatureConfig, config_diff, from_dict, to_dict
+from avsc_pipeline.config import config_diff, from_dict, to_dict
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import load_index
@@ -180,6 +181,20 @@ class ShardDataset(torch.utils.data.Dataset):
         batch["clip_id"] = self.clip_ids[idx].tolist()
         batch["variant"] = self.variants[idx].tolist()
         return batch
+
+    def frame_sources(self, rows: Sequence[int]) -> np.ndarray:
+        """For each row, the first dataset row that reads the same frames (an offline-augmented
+        row shares its source row's), so frames can be embedded once per distinct pair.
+
+        Returns:
+            `(len(rows),)` int64 dataset rows.
+        """
+        if not self.with_video:
+            raise ValueError("expected a dataset read with_video=True, got with_video=False")
+        idx = self._check_indices(rows)
+        keys = self._video_loc[:, 0] * (int(self._video_loc[:, 1].max()) + 1) + self._video_loc[:, 1]
+        unique, first = np.unique(keys, return_index=True)
+        return first[np.searchsorted(unique, keys[idx])].astype(np.int64)
 
     def buffer_specs(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
         """Per-row shape and stored dtype of the feature columns :meth:`read_batch` fills."""

@@ -10,18 +10,14 @@ then prepares them on the device.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from avsc_pipeline.dataio.slot_pool import NO_SLOT, PendingSlots, SlotPool
-from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.dataio.config import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.samplers import EpochSampler, Split, split_items
-from avsc_pipeline.dataio.preparation import BatchPreparer
-from avsc_pipeline.dataio.stats import AudioStats, ensure_audio_stats
 
 SMALL_KEYS = ("label", "segment", "index")
 
@@ -160,53 +156,4 @@ def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config
         reads, batch_size=None, sampler=batches, num_workers=config.num_workers, collate_fn=keep_batch,
         pin_memory=pin, pin_slots=pin, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed), **kwargs,
-    )
-
-
-@dataclass
-class TrainingInput:
-    """Everything stage two reads: the dataset, its split, samplers, loaders and statistics."""
-
-    dataset: ShardDataset
-    split: Split
-    train_sampler: EpochSampler
-    train: ShardLoader
-    validation: ShardLoader
-    audio_stats: AudioStats
-    preparer: BatchPreparer
-
-
-def build_training_input(folders: Sequence[Any], config: LoaderConfig, device: "torch.device | str",
-                         seed: int = 0, with_video: bool = True,
-                         augment: Optional[BatchAugmentConfig] = BatchAugmentConfig(),
-                         frame_norm: Any = "imagenet") -> TrainingInput:
-    """Everything stage two reads, from the loader and augmentation settings.
-
-    Args:
-        folders: shard folders, originals first (e.g. `[OUT/train, OUT/train-aug]`).
-        config: the loader settings.
-        device: the training device (the preparer is moved there).
-        seed: the run seed (epoch order, workers, augmentation streams).
-        with_video: read frames.
-        augment: augmentation settings of the preparer (None for none).
-        frame_norm: the frames' (mean, std) as the video backbone needs them, or a name in
-            `preparation.FRAME_NORMS`.
-
-    Returns:
-        The dataset, its location-disjoint split, the training sampler (call `set_epoch`), the
-        training and validation loaders, the audio statistics of the first folder (computed and
-        stored there on first use, over all its rows) and the batch preparer on `device`.
-    """
-    dataset = ShardDataset(folders, with_video=with_video)
-    split = split_items(dataset.identifiers, dataset.labels, dataset.is_augmented,
-                        config.val_fraction, config.split_seed)
-    sampler = EpochSampler(split.train, split.augmented, config.aug_fraction, shuffle=True, seed=seed)
-    val_sampler = EpochSampler(split.validation, shuffle=False, seed=seed)
-    stats = ensure_audio_stats(folders[0], config.audio_stats)
-    preparer = BatchPreparer(len(dataset.classes), stats, frame_norm, augment, seed).to(device)
-    return TrainingInput(
-        dataset, split, sampler,
-        make_loader(dataset, sampler, config, device, seed),
-        make_loader(dataset, val_sampler, config, device, seed, drop_last=False),
-        stats, preparer,
     )

@@ -52,8 +52,9 @@ class FrameNormalize(nn.Module):
         self.register_buffer("shift", (-mean_t / std_t).view(3, 1, 1))
 
     def extra_repr(self) -> str:
-        std = (1.0 / (255.0 * self.scale.flatten())).tolist()
-        mean = (-self.shift.flatten() * torch.tensor(std)).tolist()
+        # On the host: the buffers may live on a GPU.
+        std_t = 1.0 / (255.0 * self.scale.detach().cpu().flatten())
+        std, mean = std_t.tolist(), (-self.shift.detach().cpu().flatten() * std_t).tolist()
         return f"mean={[round(v, 4) for v in mean]}, std={[round(v, 4) for v in std]}"
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,11 @@ class BatchPreparer(nn.Module):
         self.audio_norm = AudioNormalize(audio_stats.mean, audio_stats.std)
         self.frame_norm = FrameNormalize(*frame_norm)
         self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
+
+    def set_frame_norm(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalize frames with the video backbone's own mean and std from now on."""
+        device = self.frame_norm.scale.device
+        self.frame_norm = FrameNormalize(mean, std).to(device)
 
     def forward(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         """Prepare one batch.

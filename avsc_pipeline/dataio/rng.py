@@ -45,7 +45,9 @@ class SeededModule(nn.Module):
                     f"expected a batch on the generator's device {self._passed.device}, got {device}"
                 )
             return self._passed
-        key = str(torch.device(device))
+        # Keyed by device type: a process draws on one GPU, and a resumed process may be given
+        # another index (fewer GPUs, another rank layout) yet continues the same stream.
+        key = torch.device(device).type
         if key not in self._generators:
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
@@ -66,7 +68,7 @@ class SeededModule(nn.Module):
             raise ValueError(f"expected a dict with 'seed' and 'states', got {type(state).__name__}")
         self.seed = int(state["seed"])
         self._generators = {}
-        self._pending = dict(state.get("states", {}))
+        self._pending = {torch.device(key).type: value for key, value in state.get("states", {}).items()}
 
 
 def randint_inclusive(high: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 :func:`evaluate_checkpoint` backs `avsc-eval`. It reads every segment of one split folder
 (`FEATURES/evaluate`, `FEATURES/test`, ...) in row order through the shard loader, scores it
-with the checkpoint's model (:class:`~avsc_pipeline.evaluation.runtime.Scorer`) and writes into
-the output folder (default `RUN_DIR/eval/<split>/`, `RUN_DIR/eval/<split>-<modality>/` with
-`--modality audio|video`, where `RUN_DIR` is the checkpoint's folder):
+with the checkpoint's model (:class:`~avsc_pipeline.evaluation.runtime.Scorer`, the path that
+training's validation takes too, through :func:`score_rows`) and writes into the output folder
+(default `RUN_DIR/eval/<split>/`, `RUN_DIR/eval/<split>-<modality>/` with `--modality
+audio|video` on a joint model, where `RUN_DIR` is the checkpoint's folder):
 
 * `predictions.tsv`: one row per segment in the task's format (:mod:`.predictions`);
 * for a split with labels, `metrics.json` (segment scores from :func:`.metrics.score`, clip
@@ -39,6 +40,7 @@ from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
 from avsc_pipeline.evaluation.predictions import atomic_output, segment_filename, write_predictions
 from avsc_pipeline.evaluation.runtime import Scorer, checkpoint_config_hash, load_scorer
+from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import load_index
 
 logger = logging.getLogger(__name__)
@@ -74,10 +76,10 @@ def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int]) -> List[
 
 
 def default_out_dir(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
-                    modality: str = "both") -> Path:
+                    modality: Optional[str] = None) -> Path:
     """`RUN_DIR/eval/<split>` (`<split>-<modality>` for one modality of a joint model)."""
     split = Path(split_dir).resolve().name
-    name = split if modality == "both" else f"{split}-{modality}"
+    name = split if modality is None else f"{split}-{modality}"
     return Path(ckpt_path).resolve().parent / "eval" / name
 
 
@@ -95,37 +97,43 @@ def open_split(split_dir: "str | os.PathLike[str]", scorer: Scorer, ckpt_path: A
         raise ValueError(f"{split_dir}: features do not match checkpoint {ckpt_path}: {err}") from None
 
 
-def score_dataset(dataset: ShardDataset, scorer: Scorer, loader_config: LoaderConfig,
-                  progress: bool = False) -> np.ndarray:
-    """Probabilities of every dataset row, in row order.
+def score_rows(dataset: ShardDataset, scorer: Scorer, loader_config: LoaderConfig,
+               rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
+    """Probabilities of dataset rows, in the order given: how `avsc-eval` scores a split and
+    how training scores its validation rows.
 
     Args:
         dataset: the rows, read with the scorer's `with_video`.
-        scorer: the checkpoint's model.
+        scorer: the model (put in eval mode for the pass, restored afterwards).
         loader_config: batch size and workers (`drop_last` is ignored: every row is scored).
+        rows: `(M,)` dataset positions; default every row in row order.
         progress: show a progress bar.
 
     Returns:
-        `(N, C)` float64 probabilities, row i for dataset item i.
+        `(M, C)` float64 probabilities, row i for `rows[i]`.
     """
     from tqdm import tqdm
 
-    sampler = EpochSampler(np.arange(len(dataset)), shuffle=False, num_replicas=1, rank=0)
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    position = np.full(len(dataset), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    sampler = EpochSampler(rows, shuffle=False, num_replicas=1, rank=0)
     loader = make_loader(dataset, sampler, loader_config, scorer.device, drop_last=False)
-    probs = np.full((len(dataset), len(scorer.classes)), np.nan)
-    for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress):
-        probs[raw["index"].numpy()] = scorer.probabilities(raw).numpy()
+    probs = np.full((len(rows), len(scorer.classes)), np.nan)
+    with scorer.eval_mode():
+        for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress, leave=False):
+            probs[position[raw["index"].numpy()]] = scorer.probabilities(raw).numpy()
     loader.release_unreferenced()
     if np.isnan(probs).any():
         raise RuntimeError(f"expected every row scored, got {int(np.isnan(probs).any(axis=1).sum())} unscored")
     return probs
 
 
-def loader_config_of(ckpt: Dict[str, Any], batch_size: Optional[int], workers: Optional[int],
+def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers: Optional[int],
                      source: str) -> LoaderConfig:
     """The checkpoint's `loader:` section (the training machine's settings) with this run's
     batch size and workers; every row is read once, in order."""
-    section = ckpt["config"].get("loader") or {}
+    section = artifact.config.get("loader") or {}
     config = from_dict(LoaderConfig, dict(section), source=f"{source}: config.loader")
     changes: Dict[str, Any] = {"drop_last": False, "persistent_workers": False}
     if batch_size is not None:
@@ -166,7 +174,7 @@ def labeled_metrics(probs: np.ndarray, labels: np.ndarray, clip_ids: np.ndarray,
 
 def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
                         out_dir: "str | os.PathLike[str] | None" = None, batch_size: Optional[int] = None,
-                        device: "str | torch.device" = "auto", modality: str = "both", progress: bool = True,
+                        device: "str | torch.device" = "auto", modality: Optional[str] = None, progress: bool = True,
                         workers: Optional[int] = None) -> Dict[str, Any]:
     """Score a checkpoint on one split folder and write predictions (and metrics) files.
 
@@ -177,8 +185,8 @@ def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | o
         out_dir: where to write; default :func:`default_out_dir`.
         batch_size: segments per batch; default the checkpoint's `loader.batch_size`.
         device: `auto`, `cpu`, `cuda`, `cuda:N`.
-        modality: `both`, or `audio`/`video` for one modality of a joint checkpoint (the other
-            embedding replaced by its training-set mean).
+        modality: None (the model's own), or `audio`/`video` for one modality of a joint
+            checkpoint (the other embedding replaced by its training-set mean).
         progress: show a progress bar.
         workers: loader worker processes; default the checkpoint's `loader.num_workers`.
 
@@ -193,24 +201,27 @@ def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | o
             modality the checkpoint cannot give.
         FileNotFoundError: a split folder without an index.
     """
-    scorer, ckpt = load_scorer(ckpt_path, device, modality)
+    scorer, artifact = load_scorer(ckpt_path, device, modality)
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such features folder")
-    loader_config = loader_config_of(ckpt, batch_size, workers, str(ckpt_path))
+    loader_config = loader_config_of(artifact, batch_size, workers, str(ckpt_path))
     with open_split(split_dir, scorer, ckpt_path) as dataset:
         started = time.perf_counter()
-        probs = score_dataset(dataset, scorer, loader_config, progress)
+        probs = score_rows(dataset, scorer, loader_config, progress=progress)
         seconds = time.perf_counter() - started
         labels, clip_ids, segments = dataset.labels, dataset.clip_ids, dataset.segments
-    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt_path, split_dir, modality)
+    own = scorer.modality == scorer.model.modality
+    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt_path, split_dir, None if own else modality)
     out.mkdir(parents=True, exist_ok=True)
     files = {PREDICTIONS_NAME: write_predictions(out / PREDICTIONS_NAME, segment_filenames(clip_ids, segments),
                                                  probs, scorer.classes)}
     info = {
-        "checkpoint": str(Path(ckpt_path).resolve()), "checkpoint_config_hash": checkpoint_config_hash(ckpt),
+        "checkpoint": str(Path(ckpt_path).resolve()), "checkpoint_config_hash": checkpoint_config_hash(artifact),
         "features_config_hash": load_index(split_dir)["config_hash"], "split": split_dir.resolve().name,
-        "modality": modality, "stage": scorer.stage, "epoch": ckpt.get("epoch"), "n_segments": len(probs),
+        "run": Path(ckpt_path).resolve().parent.name, "modality": scorer.modality,
+        "model_modality": scorer.model.modality, "epoch": artifact.epoch, "n_segments": len(probs),
+        "temperature": scorer.temperature,
         "seconds": seconds, "segments_per_s": len(probs) / seconds if seconds > 0 else None,
     }
     logger.info("%s: %d segments scored in %.1f s (%.0f segments/s)", split_dir, len(probs), seconds,
@@ -229,5 +240,6 @@ def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | o
 def _confusion_figure(result: Dict[str, Any], path: Path) -> Path:
     from avsc_pipeline.evaluation.plots import plot_confusion_matrix
 
-    title = f"{result['split']} ({result['modality']}): accuracy {100 * result['accuracy']:.1f} %"
+    title = (f"{result['run']}, {result['split']} ({result['modality']}): "
+             f"accuracy {100 * result['accuracy']:.1f} %")
     return plot_confusion_matrix(np.asarray(result["confusion_matrix"]), result["classes"], path, title=title)

@@ -24,10 +24,11 @@ CURVE_COLUMNS = (
     "epoch",
     "train_loss",
     "train_accuracy",
-    "val_loss",
     "val_accuracy",
     "val_log_loss",
+    "best",
     "lr",
+    "lr_last",
     "samples_per_s",
     "data_wait_fraction",
 )
@@ -179,8 +180,9 @@ def plot_curves(metrics_csv_path: "str | os.PathLike[str]", out_png: "str | os.P
     """Plot a training run's curves from its per-epoch metrics.csv.
 
     The CSV has a header naming some of :data:`CURVE_COLUMNS` (`epoch` is required; empty cells,
-    e.g. epochs without validation, are gaps). Three panels: losses (train_loss, val_loss,
-    val_log_loss), accuracies (train_accuracy, val_accuracy) and the learning rate (log scale).
+    e.g. epochs without validation, are gaps). Three panels: losses (train_loss, val_log_loss),
+    accuracies (train_accuracy, val_accuracy) and the learning rate of each epoch's first and last
+    step (log scale); a dotted line marks best.pt's epoch (`best` = 1).
 
     Args:
         metrics_csv_path: the training metrics.csv.
@@ -198,9 +200,15 @@ def plot_curves(metrics_csv_path: "str | os.PathLike[str]", out_png: "str | os.P
         raise ValueError(f"{path}: expected at least one epoch row, got none")
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    _plot_series(axes[0], data, ("train_loss", "val_loss", "val_log_loss"), "loss")
+    _plot_series(axes[0], data, ("train_loss", "val_log_loss"), "loss")
     _plot_series(axes[1], data, ("train_accuracy", "val_accuracy"), "accuracy")
-    _plot_series(axes[2], data, ("lr",), "learning rate")
+    _plot_series(axes[2], data, ("lr", "lr_last"), "learning rate")
+    best = data.get("best")
+    if best is not None and np.any(best == 1):
+        epoch = float(data["epoch"][np.flatnonzero(best == 1)[0]])
+        for ax in axes[:2]:
+            ax.axvline(epoch, linestyle=":", color="gray", label=f"best.pt (epoch {epoch:.0f})")
+            ax.legend(fontsize=8)
     lr = data.get("lr")
     if lr is not None and np.any(lr[np.isfinite(lr)] > 0):
         axes[2].set_yscale("log")

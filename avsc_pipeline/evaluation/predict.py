@@ -109,7 +109,7 @@ def as_clips(inputs: Iterable[Recording]) -> List[Clip]:
 
 
 def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str | torch.device" = "auto",
-                  jobs: int = 1, batch_size: int = 64, modality: str = "both",
+                  jobs: int = 1, batch_size: int = 64, modality: Optional[str] = None,
                   progress: bool = False) -> PredictionResult:
     """Predict the scene of raw recordings.
 
@@ -120,7 +120,7 @@ def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str
         device: `auto`, `cpu`, `cuda`, `cuda:N`.
         jobs: processes extracting features (joblib's loky backend, as stage one).
         batch_size: segments per model batch.
-        modality: `both`, or `audio`/`video` for one modality of a joint checkpoint.
+        modality: None (the model's own), or `audio`/`video` for one modality of a joint checkpoint.
         progress: show a progress bar while scoring.
 
     Returns:
@@ -141,7 +141,7 @@ def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str
     if scorer.with_video:
         for outcome in outcomes:
             if outcome.clip.video is None:
-                outcome.error = (f"{outcome.clip.audio}: no video given, but the {scorer.stage!r} checkpoint "
+                outcome.error = (f"{outcome.clip.audio}: no video given, but the {scorer.model.modality!r} checkpoint "
                                  f"uses video (give AUDIO VIDEO, or --modality audio for a joint checkpoint)")
     todo = [o for o in outcomes if o.ok]
     segments = _extract(scorer, todo, jobs)

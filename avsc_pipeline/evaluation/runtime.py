@@ -1,59 +1,64 @@
-"""Running a checkpoint: the device, the model and the batch preparation that scoring needs.
+"""Running a model: the one path from raw batches to class probabilities.
 
 :class:`Scorer` turns raw batches (audio features in their stored dtype, uint8 frames), as the
 shard loader yields them and as stage one computes them from raw files, into class
-probabilities with exactly the model path of training's validation: a
-:class:`~avsc_pipeline.dataio.preparation.BatchPreparer` in eval mode with the checkpoint's
-audio statistics and the video backbone's frame mean and std, the model in eval mode, and a
-softmax in float64. `avsc-eval` (:mod:`.evaluate`) and `avsc-predict` (:mod:`.predict`) share
-it, so their probabilities agree.
+probabilities: a :class:`~avsc_pipeline.dataio.preparation.BatchPreparer` in eval mode, the
+model's one forward in eval mode under the run's precision policy
+(:func:`avsc_pipeline.devices.amp_dtype` of `train.amp`: bf16 autocast on a GPU that has it,
+float32 on the CPU), and a softmax in float64. Training's validation, `avsc-eval`
+(:mod:`.evaluate`) and `avsc-predict` (:mod:`.predict`) all score through it, so their figures
+agree.
 
-With `modality="audio"` (or `"video"`) a joint checkpoint's other embedding is replaced by its
+With `modality="audio"` (or `"video"`) a joint model's other embedding is replaced by its
 mean over the training set, stored in the checkpoint (`embedding_means`), which shows what
 each modality contributes on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
-from avsc_pipeline.config import FeatureConfig, from_dict
+from avsc_pipeline.config import from_dict
 from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.stats import AudioStats
-from avsc_pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
+from avsc_pipeline.devices import amp_dtype, autocast, pick_device
+from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.models.checkpoint import ModelArtifact, load_checkpoint, model_from_artifact
 from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.devices import pick_device
-
-#: `both` uses what the checkpoint's stage uses; `audio`/`video` keep one modality of a joint model.
-MODALITIES = ("both", "audio", "video")
+from avsc_pipeline.models.config import MODALITIES
 
 
-def checkpoint_config_hash(ckpt: Mapping[str, Any]) -> str:
+def checkpoint_config_hash(artifact: ModelArtifact) -> str:
     """16 hex digits identifying a checkpoint's resolved config sections (as `config_hash` does
     for one section: SHA-256 of the key-sorted, compact JSON)."""
-    blob = json.dumps(ckpt["config"], sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(artifact.config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
 class Scorer:
-    """A checkpoint's model ready to score raw batches on one device.
+    """A model ready to score raw batches on one device.
 
     Attributes:
-        model: the classifier, in eval mode on `device`.
-        preparer: normalization only (eval mode), on `device`.
+        model: the classifier on `device`.
+        preparer: the batch preparation on `device` (used in eval mode: normalization only).
         classes: the C class names, in the logits' order.
         feature_config: the stage-one config the model's features were made with.
-        modality: one of :data:`MODALITIES`.
-        replaced: the stored mean embedding standing in for each dropped modality,
-            `{"audio": (D_A,)}` or `{"video": (D_V,)}` float32 on `device`; empty for `both`.
+        modality: what is scored: the model's own modality, or `audio`/`video` of a joint model.
         device: where scoring runs.
+        precision: the autocast dtype (None: float32).
+        stand_ins: the stored mean embedding standing in for each dropped modality,
+            `{"audio": (D_A,)}` or `{"video": (D_V,)}` float32 on `device`.
+        cached: embedding tables `(N, D)` float32 on `device` of frozen extractors, indexed by
+            the batch's `index` (training's cache); the inputs they replace are not read.
+        temperature: the logits are divided by it before the softmax (1.0: uncalibrated).
     """
 
     model: SceneClassifier
@@ -61,102 +66,120 @@ class Scorer:
     classes: List[str]
     feature_config: FeatureConfig
     modality: str
-    replaced: Dict[str, torch.Tensor]
     device: torch.device
+    precision: Optional[torch.dtype] = None
+    stand_ins: Dict[str, torch.Tensor] = field(default_factory=dict)
+    cached: Dict[str, torch.Tensor] = field(default_factory=dict)
+    temperature: float = 1.0
 
     @property
     def with_video(self) -> bool:
-        """Whether scoring reads frames (the model uses video and it is not replaced)."""
-        return self.model.uses_video and "video" not in self.replaced
+        """Whether scoring reads frames (the model uses video, neither replaced nor cached)."""
+        return self.model.uses_video and "video" not in self.stand_ins and "video" not in self.cached
 
-    @property
-    def stage(self) -> str:
-        """The checkpoint's stage: `audio`, `video` or `joint`."""
-        return self.model.stage
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator["Scorer"]:
+        """Model and preparer in eval mode for the block, as they were afterwards."""
+        was = self.model.training, self.preparer.training
+        self.model.eval()
+        self.preparer.eval()
+        try:
+            yield self
+        finally:
+            self.model.train(was[0])
+            self.preparer.train(was[1])
 
     @torch.no_grad()
-    def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Class probabilities of one raw batch.
+    def logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Logits of one raw batch, `(B, C)` float32 on the device (call within :meth:`eval_mode`).
 
         Args:
             batch: `audio (B, 6, F, T)` float16/float32 as stored, `video (B, K, 3, H, W)` uint8
-                when :attr:`with_video`, and optionally `label (B,)` int64 (-1 where unknown).
-
-        Returns:
-            `(B, C)` float64 on the CPU: the softmax of the logits, computed in float64.
+                when :attr:`with_video`, optionally `label (B,)` int64 (-1 where unknown) and,
+                with :attr:`cached` tables, `index (B,)` int64 rows.
         """
         audio = batch["audio"]
+        size = audio.shape[0]
         label = batch.get("label")
-        if label is None:
-            label = torch.full((audio.shape[0],), -1, dtype=torch.int64)
-        raw = {"audio": audio, "label": label}
+        raw = {"audio": audio, "label": torch.full((size,), -1, dtype=torch.int64) if label is None else label}
+        if "index" in batch:
+            raw["index"] = batch["index"]
         if self.with_video:
             if batch.get("video") is None:
-                raise ValueError(f"expected frames for a {self.stage!r} checkpoint, got a batch without video")
+                raise ValueError(f"expected frames for a {self.model.modality!r} model, got a batch without video")
             raw["video"] = batch["video"]
         prepared = self.preparer(raw)
-        model, size = self.model, audio.shape[0]
-        e_audio = e_video = None
-        if model.uses_audio:
-            e_audio = self._stand_in("audio", size) if "audio" in self.replaced else model.embed_audio(
-                prepared["audio"])
-        if model.uses_video:
-            e_video = self._stand_in("video", size) if "video" in self.replaced else model.embed_video(
-                prepared["video"])
-        logits = model.classify(e_audio, e_video)
-        return torch.softmax(logits.double(), dim=1).cpu()
+        given: Dict[str, torch.Tensor] = {}
+        for part in ("audio", "video"):
+            if part in self.stand_ins:
+                given[part] = self.stand_ins[part].unsqueeze(0).expand(size, -1)
+            elif part in self.cached:
+                given[part] = self.cached[part][batch["index"].to(self.device)]
+        with autocast(self.device, self.precision):
+            logits = self.model(prepared["audio"] if "audio" not in given else None, prepared.get("video"),
+                                e_audio=given.get("audio"), e_video=given.get("video"))
+        return logits.float()
 
-    def _stand_in(self, part: str, size: int) -> torch.Tensor:
-        return self.replaced[part].unsqueeze(0).expand(size, -1)
+    def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Class probabilities of one raw batch: `(B, C)` float64 on the CPU, the softmax of the
+        logits divided by :attr:`temperature`, computed in float64."""
+        return torch.softmax(self.logits(batch).double() / self.temperature, dim=1).cpu()
 
 
 def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device" = "auto",
-                modality: str = "both") -> Tuple[Scorer, Dict[str, Any]]:
+                modality: Optional[str] = None) -> Tuple[Scorer, ModelArtifact]:
     """Read a checkpoint and build its :class:`Scorer`.
 
     Args:
         ckpt_path: a checkpoint written by the trainer (`best.pt`, `last.pt`).
         device: `auto`, `cpu`, `cuda`, `cuda:N` or a torch.device.
-        modality: one of :data:`MODALITIES`; `audio` or `video` needs a joint checkpoint with
-            stored `embedding_means`.
+        modality: None (the model's own), or `audio`/`video` for one modality of a joint
+            checkpoint with stored `embedding_means`.
 
     Returns:
-        The scorer and the checkpoint dict.
+        The scorer (in eval mode) and the checkpoint's artifact.
 
     Raises:
         CheckpointError: a missing, truncated, corrupt or foreign file (one line naming it).
         ValueError: a modality the checkpoint cannot give, or a device that is not there.
     """
-    if modality not in MODALITIES:
+    if modality is not None and modality not in MODALITIES:
         raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
     device = device if isinstance(device, torch.device) else pick_device(device)
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    model = model_from_checkpoint(ckpt, device)
-    replaced = _stand_ins(ckpt, model, modality, str(ckpt_path))
-    stats = _audio_stats(ckpt, model, str(ckpt_path))
-    preparer = BatchPreparer(len(ckpt["classes"]), stats, (model.frame_mean, model.frame_std)).to(device).eval()
-    features = from_dict(FeatureConfig, ckpt["feature_config"], source=f"{ckpt_path}: feature_config")
-    scorer = Scorer(model, preparer, list(ckpt["classes"]), features, modality,
-                    {k: v.to(device) for k, v in replaced.items()}, device)
-    return scorer, ckpt
+    artifact = load_checkpoint(ckpt_path, map_location="cpu").artifact
+    model = model_from_artifact(artifact, device)
+    source = str(ckpt_path)
+    scored = modality or model.modality
+    stand_ins = _stand_ins(artifact, model, scored, source)
+    stats = _audio_stats(artifact, model, source)
+    preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std)).to(device).eval()
+    features = from_dict(FeatureConfig, artifact.feature_config, source=f"{source}: config.features")
+    train = artifact.config.get("train") or {}
+    scorer = Scorer(model, preparer, list(artifact.classes), features, scored, device,
+                    precision=amp_dtype(train.get("amp", "auto"), device),
+                    stand_ins={k: v.to(device) for k, v in stand_ins.items()}, temperature=artifact.temperature)
+    return scorer, artifact
 
 
-def _stand_ins(ckpt: Dict[str, Any], model: SceneClassifier, modality: str, source: str) -> Dict[str, torch.Tensor]:
-    """The stored mean embedding of the modality that `modality` drops (none for `both`)."""
-    if modality == "both":
+def _stand_ins(artifact: ModelArtifact, model: SceneClassifier, modality: str,
+               source: str) -> Dict[str, torch.Tensor]:
+    """The stored mean embedding of the modality that `modality` drops (none for the model's own)."""
+    if modality == model.modality:
         return {}
-    if model.stage != "joint":
+    if model.modality != "joint":
         raise ValueError(
-            f"{source}: --modality {modality} needs a joint checkpoint, got stage {model.stage!r} "
-            f"(it uses {model.stage} only; score it with --modality both)"
+            f"{source}: --modality {modality} needs a joint checkpoint, got an {model.modality} model "
+            f"(score it with --modality {model.modality})"
         )
+    if modality == "joint":
+        return {}
     dropped = "video" if modality == "audio" else "audio"
-    means = ckpt.get("embedding_means") or {}
+    means = artifact.embedding_means or {}
     mean = means.get(dropped) if isinstance(means, dict) else None
     if mean is None:
         raise ValueError(
             f"{source}: --modality {modality} needs the training-set mean {dropped} embedding, "
-            f"got none in the checkpoint (embedding_means is stored when training finishes)"
+            f"got none in the checkpoint (embedding_means is stored with every checkpoint of a joint run)"
         )
     width = (model.video if dropped == "video" else model.audio).embed_dim
     if not isinstance(mean, torch.Tensor) or tuple(mean.shape) != (width,):
@@ -167,12 +190,11 @@ def _stand_ins(ckpt: Dict[str, Any], model: SceneClassifier, modality: str, sour
     return {dropped: mean.detach().to(torch.float32)}
 
 
-def _audio_stats(ckpt: Dict[str, Any], model: SceneClassifier, source: str) -> AudioStats:
+def _audio_stats(artifact: ModelArtifact, model: SceneClassifier, source: str) -> AudioStats:
     """The checkpoint's audio statistics; a video-only model without them normalizes nothing it uses."""
-    data = ckpt.get("audio_stats")
-    if data is not None:
-        return AudioStats.from_json(data, f"{source}: audio_stats")
+    if artifact.audio_stats is not None:
+        return AudioStats.from_json(artifact.audio_stats, f"{source}: audio_stats")
     if model.uses_audio:
-        raise ValueError(f"{source}: expected audio_stats for a {model.stage!r} checkpoint, got None")
-    channels = from_dict(FeatureConfig, ckpt["feature_config"], source=f"{source}: feature_config").audio_shape[0]
+        raise ValueError(f"{source}: expected audio_stats for a {model.modality!r} checkpoint, got None")
+    channels = from_dict(FeatureConfig, artifact.feature_config, source=f"{source}: config.features").audio_shape[0]
     return AudioStats((0.0,) * channels, (1.0,) * channels, 0, "", ())

@@ -1,9 +1,14 @@
 """Audio features: per-second log-mel filter banks with deltas, both channels.
 
-The definition (the contract with stage two) is :func:`reference_features`, written with
-librosa exactly as the recipe states. :class:`FastLogMel` is the default implementation: the
-same arithmetic batched in PyTorch (framed real FFT, librosa's mel filter bank, deltas as a fixed
-matrix), matching the reference to within 1e-3 in every element.
+The definition (the contract with stage two) is :class:`~avsc_pipeline.features.config.FeatureConfig`;
+:func:`reference_features` computes it with librosa and numpy one segment and channel at a time,
+as its fields state. :class:`FastLogMel` is the default implementation: the same arithmetic
+batched in PyTorch (framed real FFT in float64, librosa's mel filter bank, min-max scaling,
+deltas as fixed matrices), within 1e-4 of the reference on the [0, 1] scale of the default
+definition (`tests/features/test_audio.py`, on generated audio and the real clips).
+
+Under every definition the six channels are `[L, dL, ddL, R, dR, ddR]`: the left channel's
+log-mel, delta and delta-delta, then the right's.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, check_media_file
 
 logger = logging.getLogger(__name__)
@@ -78,28 +83,73 @@ def split_segments(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
 
 
 def reference_features(segments: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """Features of `(K, 2, S)` segments with librosa, one segment and channel at a time.
+    """Features of `(K, 2, S)` segments with librosa and numpy, one segment and channel at a time.
+
+    The independent reference of :class:`FastLogMel`: librosa's mel spectrogram and `power_to_db`
+    or `log(mel + log_offset)`, min-max scaling as numpy expressions, and the deltas either by
+    `librosa.feature.delta` or by the authors' regression formula written out over slices
+    (:func:`regression_delta`). With `scaling: clip` the K segments are one clip, scaled together.
 
     Returns:
-        `(K, 6, n_mels, n_frames)` float32: `[L, dL, ddL]` of the left channel, then the right.
+        `(K, 6, n_mels, n_frames)` float32: `[L, dL, ddL, R, dR, ddR]`.
     """
     import librosa
 
     _check_segments(segments, config)
+    log_mel = np.stack([[_reference_log_mel(segment[ch], config) for ch in range(2)] for segment in segments])
+    log_mel = _reference_scaling(log_mel, config)  # (K, 2, n_mels, stft_frames)
     out = np.empty((segments.shape[0],) + config.audio_shape, dtype=np.float32)
-    for k, segment in enumerate(segments):
+    half = config.delta_width // 2
+    for k in range(segments.shape[0]):
         for ch in range(2):
-            mel = librosa.feature.melspectrogram(
-                y=segment[ch], sr=config.sample_rate, n_fft=config.n_fft,
-                hop_length=config.hop_length, window=config.window, center=config.center,
-                power=config.power, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax,
-                htk=config.htk, norm=config.mel_norm,
-            )
-            log_mel = librosa.power_to_db(mel, ref=config.db_ref, amin=config.db_amin, top_db=config.db_top)
-            out[k, 3 * ch] = log_mel
-            out[k, 3 * ch + 1] = librosa.feature.delta(log_mel, width=config.delta_width, order=1)
-            out[k, 3 * ch + 2] = librosa.feature.delta(log_mel, width=config.delta_width, order=2)
+            x = log_mel[k, ch]
+            if config.delta == "librosa":
+                kinds = (x, librosa.feature.delta(x, width=config.delta_width, order=1),
+                         librosa.feature.delta(x, width=config.delta_width, order=2))
+            else:
+                d = regression_delta(x, config.delta_width)
+                kinds = (x[:, 2 * half : x.shape[1] - 2 * half], d[:, half : d.shape[1] - half],
+                         regression_delta(d, config.delta_width))
+            out[k, 3 * ch : 3 * ch + 3] = np.stack(kinds)
     return out
+
+
+def _reference_log_mel(signal: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """`(n_mels, stft_frames)` float32 log-mel of one channel of one segment, with librosa."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=signal, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
+        window=config.window, center=config.center, pad_mode=config.pad_mode, power=config.power,
+        n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax, htk=config.htk, norm=config.mel_norm,
+    )
+    if config.log == "db":
+        return librosa.power_to_db(mel, ref=config.db_ref, amin=config.db_amin, top_db=config.db_top)
+    return np.log(mel + config.log_offset)
+
+
+def _reference_scaling(log_mel: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Min-max scaling of `(K, 2, n_mels, T)` log-mels per segment, per call (clip), or none."""
+    if config.scaling == "none":
+        return log_mel
+    groups = [log_mel] if config.scaling == "clip" else list(log_mel)
+    out = []
+    for group in groups:
+        low, high = group.min(), group.max()
+        out.append((group - low) / (high - low) if high > low else np.zeros_like(group))
+    return np.stack(out).reshape(log_mel.shape)
+
+
+def regression_delta(x: np.ndarray, width: int) -> np.ndarray:
+    """The authors' deltas without padding along the last axis: for `N = width // 2`,
+    `d[t] = sum_n n * (x[t + n] - x[t - n]) / (2 * sum_n n ** 2)` over the frames where every
+    neighbour exists (`T -> T - 2N`). For width 5: `(x[t+1] - x[t-1]) / 10 + (x[t+2] - x[t-2]) / 5`.
+    """
+    n, frames = width // 2, x.shape[-1]
+    if frames <= 2 * n:
+        raise ValueError(f"expected more than {2 * n} frames for width-{width} deltas, got {frames}")
+    total = sum((i * (x[..., n + i : frames - n + i] - x[..., n - i : frames - n - i]) for i in range(1, n + 1)))
+    return total / (2 * sum(i * i for i in range(1, n + 1)))
 
 
 def _check_segments(segments: np.ndarray, config: FeatureConfig) -> None:
@@ -120,6 +170,16 @@ def delta_matrix(n_frames: int, width: int, order: int) -> np.ndarray:
     if n_frames < width:
         raise ValueError(f"expected at least width={width} frames for deltas, got {n_frames}")
     return librosa.feature.delta(np.eye(n_frames), width=width, order=order, axis=-1)
+
+
+def regression_matrices(n_frames: int, width: int) -> np.ndarray:
+    """`(3, T, T - 4N)` float64 matrices M with `X @ M[i]` the i-th kind of the stacked features
+    `[x[2N:-2N], d[N:-N], dd]` of regression deltas (`N = width // 2`), X `(..., T)`."""
+    n = width // 2
+    first = regression_delta(np.eye(n_frames), width)  # (T, T - 2N): column j is d[j]'s weights
+    second = regression_delta(np.eye(n_frames - 2 * n), width)
+    crop = np.eye(n_frames)[:, 2 * n : n_frames - 2 * n]
+    return np.stack([crop, first[:, n : first.shape[1] - n], first @ second])
 
 
 class FastLogMel:
@@ -145,8 +205,11 @@ class FastLogMel:
             sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
             fmax=config.fmax, htk=config.htk, norm=config.mel_norm,
         )
-        t = config.n_frames
-        deltas = np.stack([delta_matrix(t, config.delta_width, 1), delta_matrix(t, config.delta_width, 2)])
+        t, width = config.stft_frames, config.delta_width
+        if config.delta == "librosa":
+            deltas = np.stack([delta_matrix(t, width, 1), delta_matrix(t, width, 2)])
+        else:
+            deltas = regression_matrices(t, width)
         self._window = torch.as_tensor(window, dtype=torch.float32, device=self.device)
         self._mel_t = torch.as_tensor(mel.T, dtype=torch.float32, device=self.device).contiguous()
         self._deltas = torch.as_tensor(deltas, dtype=torch.float32, device=self.device)
@@ -156,39 +219,83 @@ class FastLogMel:
         return f"FastLogMel(shape={self.config.audio_shape}, batch_segments={self.batch_segments})"
 
     def __call__(self, segments: np.ndarray) -> np.ndarray:
-        """Features of `(K, 2, S)` float32 segments as `(K, 6, n_mels, n_frames)` float32."""
+        """Features of `(K, 2, S)` float32 segments (one clip for `scaling: clip`) as
+        `(K, 6, n_mels, n_frames)` float32."""
         import torch
 
         _check_segments(segments, self.config)
         batch = self.batch_segments or (2 if torch.get_num_threads() == 1 else 5)
         out = np.empty((segments.shape[0],) + self.config.audio_shape, dtype=np.float32)
+        starts = range(0, len(segments), batch)
         with torch.inference_mode():
-            for start in range(0, len(segments), batch):
-                chunk = torch.as_tensor(segments[start : start + batch], dtype=torch.float32, device=self.device)
-                out[start : start + batch] = self._compute(chunk).cpu().numpy()
+            chunks = (torch.as_tensor(segments[s : s + batch], dtype=torch.float32, device=self.device) for s in starts)
+            if self.config.scaling != "clip":
+                for start, chunk in zip(starts, chunks):
+                    log_mel = self._scale_segments(self._log_mel(chunk))
+                    out[start : start + batch] = self._stack(log_mel).cpu().numpy()
+                return out
+            log_mels = [self._log_mel(chunk) for chunk in chunks]
+            if log_mels:
+                low = torch.stack([m.amin() for m in log_mels]).amin()
+                high = torch.stack([m.amax() for m in log_mels]).amax()
+            for start, log_mel in zip(starts, log_mels):
+                out[start : start + batch] = self._stack(_min_max(log_mel, low, high)).cpu().numpy()
         return out
 
-    def _compute(self, segments: "torch.Tensor") -> "torch.Tensor":
+    def _log_mel(self, segments: "torch.Tensor") -> "torch.Tensor":
+        """`(k, 2, S)` -> `(2k, n_mels, stft_frames)` float32 log-mel, before any scaling."""
         import torch
 
         cfg = self.config
-        k = segments.shape[0]
-        frames = segments.reshape(k * 2, -1).unfold(-1, cfg.n_fft, cfg.hop_length) * self._window
+        signal = segments.reshape(segments.shape[0] * 2, -1)
+        if cfg.center:
+            half = cfg.n_fft // 2
+            signal = torch.nn.functional.pad(signal.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
+        frames = signal.unfold(-1, cfg.n_fft, cfg.hop_length) * self._window
         # float32 FFTs in torch lose weak bins (up to 30% relative error 90 dB below the peak);
         # the reference's numpy FFT does not, so the transform runs in float64.
         spec = torch.fft.rfft(frames.double(), dim=-1)
         power = (spec.real.square() + spec.imag.square()).float()
         if cfg.power != 2.0:
             power = power.pow(cfg.power / 2.0)
-        mel = _single_thread_matmul(power, self._mel_t)  # (2K, T, n_mels)
-        log_mel = 10.0 * torch.log10(mel.clamp_min(cfg.db_amin)) - self._db_offset
-        if cfg.db_top is not None:
-            peak = log_mel.amax(dim=(-2, -1), keepdim=True)
-            log_mel = torch.maximum(log_mel, peak - cfg.db_top)
-        log_mel = log_mel.transpose(1, 2)  # (2K, n_mels, T)
-        deltas = torch.matmul(log_mel.unsqueeze(1), self._deltas)  # (2K, 2, n_mels, T)
+        mel = _single_thread_matmul(power, self._mel_t)  # (2k, T, n_mels)
+        if cfg.log == "natural":
+            log_mel = torch.log(mel + cfg.log_offset)
+        else:
+            log_mel = 10.0 * torch.log10(mel.clamp_min(cfg.db_amin)) - self._db_offset
+            if cfg.db_top is not None:
+                peak = log_mel.amax(dim=(-2, -1), keepdim=True)
+                log_mel = torch.maximum(log_mel, peak - cfg.db_top)
+        return log_mel.transpose(1, 2)
+
+    def _scale_segments(self, log_mel: "torch.Tensor") -> "torch.Tensor":
+        """Per-segment min-max scaling of `(2k, n_mels, T)` (both channels of a segment together)."""
+        if self.config.scaling == "none":
+            return log_mel
+        per_segment = log_mel.reshape(log_mel.shape[0] // 2, -1)
+        low = per_segment.amin(dim=1, keepdim=True)
+        high = per_segment.amax(dim=1, keepdim=True)
+        return _min_max(per_segment, low, high).view(log_mel.shape)
+
+    def _stack(self, log_mel: "torch.Tensor") -> "torch.Tensor":
+        """`(2k, n_mels, T)` log-mel -> `(k, 6, n_mels, n_frames)` with its deltas."""
+        import torch
+
+        cfg = self.config
+        k = log_mel.shape[0] // 2
+        if cfg.delta == "regression":  # [x[2N:-2N], d[N:-N], dd] in one product
+            return torch.matmul(log_mel.unsqueeze(1), self._deltas).reshape(k, 6, cfg.n_mels, cfg.n_frames)
+        deltas = torch.matmul(log_mel.unsqueeze(1), self._deltas)  # (2k, 2, n_mels, T)
         stacked = torch.cat([log_mel.unsqueeze(1), deltas], dim=1)
         return stacked.reshape(k, 6, cfg.n_mels, cfg.n_frames)
+
+
+def _min_max(x: "torch.Tensor", low: "torch.Tensor", high: "torch.Tensor") -> "torch.Tensor":
+    """`(x - low) / (high - low)`, and zeros where `high == low` (a constant log-mel: silence)."""
+    import torch
+
+    span = high - low
+    return (x - low) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def _single_thread_matmul(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avsc_pipeline.config import FeatureConfig, config_hash, to_dict
+from avsc_pipeline.config import config_hash, to_dict
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError
 from avsc_pipeline.features.shard_engine import (
     DEFAULT_SHARD_SIZE, RunSummary, ShardJob, ShardPlan, check_run_args, check_state, group_into_shards,

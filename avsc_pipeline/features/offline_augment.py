@@ -22,6 +22,39 @@ to float32 (the dtype it is stored in), so the same seed gives the same paramete
 clip regardless of worker count, order or `--part`.
 """
 
+"""Offline audio augmentation: four waveform operations and their keyed parameter draws.
+
+The paper enlarges the audio training data before training with (i) pitch shifting, (ii) speed
+changing, (iii) Gaussian noise and (iv) mixing two recordings of the same scene class, with the
+authors' values as the defaults of :class:`~avsc_pipeline.features.config.OfflineAugmentConfig`
+(`offline_augment:`). Each operation maps a `(C, n)` float32 waveform at the feature sample rate
+to a new waveform, every channel alike:
+
+==========  ==================================================================================
+`pitch`     shift by `semitones` (uniform in `pitch_semitones`), duration kept: librosa's phase
+            vocoder time stretch by `2 ** (-semitones / 12)`, then soxr resampling back to `n`
+            samples (:func:`pitch_shift`, the same algorithm as `librosa.effects.pitch_shift`).
+`speed`     `speed_method: stretch` (default): tempo times `stretch` (uniform in `speed_factor`),
+            pitch kept, by the phase vocoder of `librosa.effects.time_stretch`; a result shorter
+            than the clip is repeated end to end and everything is cut to `n` samples
+            (:func:`change_tempo`). `resample`: pitch and tempo times `speed` together,
+            `round(n / speed)` samples (:func:`change_speed`, soxr resampling).
+`noise`     `noise: fixed` (default): `x + noise_std * N(0, 1)` on every non-zero sample, zeros
+            kept (:func:`add_fixed_noise`). `snr`: white noise at `snr_db` (uniform in
+            `noise_snr_db`), noise power = mean(x ** 2) / 10 ** (snr_db / 10) over the whole clip
+            and both channels exactly (:func:`add_noise`). Noise is drawn for each channel.
+`mix`       with `y` another clip of the same class (never the clip itself), cut or zero-padded
+            to `n` samples: `mix: two_gains` (default) `clip_gain * x + gain * y`, both gains
+            uniform in `mix_gain`; `one_gain`: `x + gain * y` (`clip_gain` 1). No normalization:
+            features are computed from float samples, so nothing clips.
+==========  ==================================================================================
+
+Every parameter is drawn from a generator keyed by `(seed, clip id, operation, copy)` and rounded
+to float32 (the dtype it is stored in), so the same seed gives the same parameters and bytes for a
+clip regardless of worker count, order or `--part`. The earlier variants (`resample`, `snr`,
+`one_gain`) draw exactly what they drew before the authors' variants were added.
+"""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,62 +64,14 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avsc_pipeline.config import check_choice, check_int, check_range
+# OfflineAugmentConfig lives with FeatureConfig (the recipe's sections); imported here for its users.
+from avsc_pipeline.features.config import DSP_CHOICES, OfflineAugmentConfig
 from avsc_pipeline.features.pvoc import STFTAnalysis, stretch
 from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
-
-RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
 
 
 class AugmentError(ValueError):
     """An operation that cannot apply to a clip (e.g. noise at an SNR on digital silence)."""
-
-
-@dataclass(frozen=True)
-class OfflineAugmentConfig:
-    """Which operations to apply, how often, and the ranges their parameters are drawn from.
-
-    Attributes:
-        ops: operations, each writing its own rows (`variant` = the operation's name).
-        copies: augmented versions per clip and operation, each with its own draw.
-        seed: seed of every draw (non-negative).
-        pitch_semitones: `(low, high)` of the uniform pitch shift, in semitones.
-        speed_factor: `(low, high)` of the uniform speed factor (> 1 is faster and higher).
-        noise_snr_db: `(low, high)` of the uniform signal-to-noise ratio, in dB.
-        mix_gain: `(low, high)` of the uniform gain of the partner clip.
-        n_fft: FFT size of the pitch shift's phase vocoder (librosa's default).
-        hop_length: hop of the phase vocoder (librosa's default, `n_fft // 4`).
-        resample_quality: soxr quality of the resampling steps (`HQ` is librosa's default).
-        dsp: the signal-processing implementation, `fast` (this module) or `librosa` (the
-            librosa effects, for comparison).
-    """
-
-    ops: Tuple[str, ...] = AUGMENT_VARIANTS
-    copies: int = 1
-    seed: int = 0
-    pitch_semitones: Tuple[float, float] = (-2.0, 2.0)
-    speed_factor: Tuple[float, float] = (0.9, 1.1)
-    noise_snr_db: Tuple[float, float] = (10.0, 40.0)
-    mix_gain: Tuple[float, float] = (0.3, 0.7)
-    n_fft: int = 2048
-    hop_length: int = 512
-    resample_quality: str = "HQ"
-    dsp: str = "fast"
-
-    def __post_init__(self) -> None:
-        unknown = [op for op in self.ops if op not in AUGMENT_VARIANTS]
-        if not self.ops or unknown or len(set(self.ops)) != len(self.ops):
-            raise ValueError(f"expected distinct ops from {list(AUGMENT_VARIANTS)}, got {list(self.ops)}")
-        check_int(self, ("copies", "n_fft", "hop_length"), minimum=1)
-        check_int(self, ("seed",), minimum=0)
-        check_range(self, "pitch_semitones", -12.0, 12.0)
-        check_range(self, "speed_factor", 0.25, 4.0)
-        check_range(self, "noise_snr_db", -20.0, 120.0)
-        check_range(self, "mix_gain", 0.0, 10.0)
-        if self.n_fft % 2 or self.n_fft % self.hop_length:
-            raise ValueError(f"expected an even n_fft that hop_length divides, got {self.n_fft} and {self.hop_length}")
-        check_choice(self, "resample_quality", RESAMPLE_QUALITIES)
-        check_choice(self, "dsp", sorted(DSP_IMPLEMENTATIONS))
 
 
 @dataclass(frozen=True)
@@ -97,9 +82,11 @@ class AugmentParams:
         op: the operation.
         copy: which copy (0-based) of this operation on this clip.
         semitones: pitch shift (`pitch`).
-        speed: speed factor (`speed`).
-        snr_db: signal-to-noise ratio in dB (`noise`).
+        speed: speed factor (`speed` by resampling).
+        stretch: time-stretch rate (`speed` by time stretching; > 1 is faster).
+        snr_db: signal-to-noise ratio in dB (`noise` at an SNR).
         gain: gain of the partner (`mix`).
+        clip_gain: gain of the clip itself (`mix`; 1 with one gain).
         partner: the partner clip's id (`mix`).
     """
 
@@ -107,8 +94,10 @@ class AugmentParams:
     copy: int
     semitones: float = math.nan
     speed: float = math.nan
+    stretch: float = math.nan
     snr_db: float = math.nan
     gain: float = math.nan
+    clip_gain: float = math.nan
     partner: str = ""
 
 
@@ -128,8 +117,11 @@ def draw_params(config: OfflineAugmentConfig, clip_id: str, op: str, copy: int,
                 partners: Sequence[str] = ()) -> AugmentParams:
     """The parameters of copy `copy` of operation `op` on a clip (deterministic for the key).
 
+    For `mix` the partner is drawn first, then its gain, then (two gains) the clip's own gain, so
+    the earlier variants draw what they drew before.
+
     Args:
-        config: ranges and seed.
+        config: ranges, variants and seed.
         clip_id: the clip.
         op: one of :data:`~avsc_pipeline.storage.shards.AUGMENT_VARIANTS`.
         copy: 0-based copy number.
@@ -144,19 +136,26 @@ def draw_params(config: OfflineAugmentConfig, clip_id: str, op: str, copy: int,
     if op == "pitch":
         return AugmentParams(op, copy, semitones=_uniform(rng, config.pitch_semitones))
     if op == "speed":
-        return AugmentParams(op, copy, speed=_uniform(rng, config.speed_factor))
+        value = _uniform(rng, config.speed_factor)
+        if config.speed_method == "stretch":
+            return AugmentParams(op, copy, stretch=value)
+        return AugmentParams(op, copy, speed=value)
     if op == "noise":
+        if config.noise == "fixed":
+            return AugmentParams(op, copy)  # only the noise signal is drawn (from the second generator)
         return AugmentParams(op, copy, snr_db=_uniform(rng, config.noise_snr_db))
     others = sorted(set(partners) - {clip_id})
     if not others:
         raise AugmentError(f"no other clip of the same class to mix {clip_id} with")
     partner = others[int(rng.integers(len(others)))]
-    return AugmentParams(op, copy, gain=_uniform(rng, config.mix_gain), partner=partner)
+    gain = _uniform(rng, config.mix_gain)
+    clip_gain = _uniform(rng, config.mix_gain) if config.mix == "two_gains" else 1.0
+    return AugmentParams(op, copy, gain=gain, clip_gain=clip_gain, partner=partner)
 
 
 def output_samples(params: AugmentParams, n_samples: int) -> int:
-    """Length of the augmented waveform of an `n_samples` clip (only `speed` changes it)."""
-    return int(round(n_samples / params.speed)) if params.op == "speed" else n_samples
+    """Length of the augmented waveform of an `n_samples` clip (only resampling speed changes it)."""
+    return int(round(n_samples / params.speed)) if params.op == "speed" and not math.isnan(params.speed) else n_samples
 
 
 def _check_audio(audio: np.ndarray) -> None:
@@ -170,6 +169,14 @@ def _fix_length(audio: np.ndarray, size: int) -> np.ndarray:
     if audio.shape[-1] >= size:
         return np.ascontiguousarray(audio[..., :size])
     return np.pad(audio, ((0, 0), (0, size - audio.shape[-1])))
+
+
+def repeat_to_length(audio: np.ndarray, size: int) -> np.ndarray:
+    """`(C, m)` audio repeated end to end as often as needed, then cut to `(C, size)`."""
+    if audio.shape[-1] == 0:
+        raise ValueError(f"expected audio with samples to repeat, got shape {audio.shape}")
+    reps = -(-size // audio.shape[-1])
+    return np.ascontiguousarray(np.tile(audio, (1, reps))[:, :size])
 
 
 def _resample(audio: np.ndarray, in_rate: float, out_rate: float, size: int, quality: str) -> np.ndarray:
@@ -203,6 +210,31 @@ def pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft: int = 20
     return _resample(stretched, sr / rate, sr, audio.shape[-1], quality)
 
 
+def change_tempo(audio: np.ndarray, rate: float, *, n_fft: int = 2048, hop_length: int = 512,
+                 analysis: Optional[STFTAnalysis] = None) -> np.ndarray:
+    """Play `rate` times faster with the pitch kept (`librosa.effects.time_stretch`'s phase
+    vocoder), then repeat a shorter result end to end and cut to the clip's length (the authors'
+    speed change).
+
+    Args:
+        audio: `(C, n)` float32 waveform.
+        rate: tempo factor (> 1 is faster).
+        n_fft: FFT size of the phase vocoder.
+        hop_length: its hop.
+        analysis: the STFT of `audio` from an earlier call, reused (e.g. with the pitch shift).
+
+    Returns:
+        `(C, n)` float32.
+    """
+    _check_audio(audio)
+    if not rate > 0:
+        raise ValueError(f"expected a positive stretch rate, got {rate}")
+    if analysis is None:
+        analysis = STFTAnalysis(audio, n_fft, hop_length)
+    stretched = stretch(analysis, float(rate), int(round(audio.shape[-1] / rate)))
+    return repeat_to_length(stretched, audio.shape[-1])
+
+
 def change_speed(audio: np.ndarray, sr: int, factor: float, *, quality: str = "HQ") -> np.ndarray:
     """Play `factor` times faster: every frequency times `factor`, duration divided by it.
 
@@ -213,6 +245,14 @@ def change_speed(audio: np.ndarray, sr: int, factor: float, *, quality: str = "H
     if not factor > 0:
         raise ValueError(f"expected a positive speed factor, got {factor}")
     return _resample(audio, sr * float(factor), sr, int(round(audio.shape[-1] / factor)), quality)
+
+
+def add_fixed_noise(audio: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """`x + std * N(0, 1)` on every non-zero sample (float32, independent per channel); a zero
+    sample stays zero, so digital silence stays silent."""
+    _check_audio(audio)
+    noise = rng.standard_normal(audio.shape, dtype=np.float32)
+    return np.where(audio != 0, audio + np.float32(std) * noise, audio)
 
 
 def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -235,13 +275,15 @@ def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.
     return audio + noise
 
 
-def mix(audio: np.ndarray, partner: np.ndarray, gain: float) -> np.ndarray:
-    """`audio + gain * partner` in float32, the partner cut or zero-padded to `audio`'s length."""
+def mix(audio: np.ndarray, partner: np.ndarray, gain: float, clip_gain: float = 1.0) -> np.ndarray:
+    """`clip_gain * audio + gain * partner` in float32, the partner cut or zero-padded to
+    `audio`'s length."""
     _check_audio(audio)
     _check_audio(partner)
     if partner.shape[0] != audio.shape[0]:
         raise ValueError(f"expected a partner with {audio.shape[0]} channels, got {partner.shape[0]}")
-    return audio + np.float32(gain) * _fix_length(partner, audio.shape[-1])
+    own = audio if clip_gain == 1.0 else np.float32(clip_gain) * audio
+    return own + np.float32(gain) * _fix_length(partner, audio.shape[-1])
 
 
 def _librosa_pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft: int = 2048,
@@ -253,6 +295,14 @@ def _librosa_pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _librosa_change_tempo(audio: np.ndarray, rate: float, *, n_fft: int = 2048, hop_length: int = 512,
+                          analysis: Any = None) -> np.ndarray:
+    import librosa
+
+    out = librosa.effects.time_stretch(audio, rate=float(rate), n_fft=n_fft, hop_length=hop_length)
+    return repeat_to_length(np.asarray(out, dtype=np.float32), audio.shape[-1])
+
+
 def _librosa_change_speed(audio: np.ndarray, sr: int, factor: float, *, quality: str = "HQ") -> np.ndarray:
     import librosa
 
@@ -262,20 +312,23 @@ def _librosa_change_speed(audio: np.ndarray, sr: int, factor: float, *, quality:
 
 @dataclass(frozen=True)
 class DspImplementation:
-    """The implementations of the two operations that have a faster equivalent."""
+    """The implementations of the operations that have a faster equivalent."""
 
     pitch_shift: Callable[..., np.ndarray]
+    change_tempo: Callable[..., np.ndarray]
     change_speed: Callable[..., np.ndarray]
 
 
 DSP_IMPLEMENTATIONS: Dict[str, DspImplementation] = {
-    "fast": DspImplementation(pitch_shift, change_speed),
-    "librosa": DspImplementation(_librosa_pitch_shift, _librosa_change_speed),
+    "fast": DspImplementation(pitch_shift, change_tempo, change_speed),
+    "librosa": DspImplementation(_librosa_pitch_shift, _librosa_change_tempo, _librosa_change_speed),
 }
+if tuple(DSP_IMPLEMENTATIONS) != DSP_CHOICES:  # the config validates against DSP_CHOICES
+    raise ImportError(f"expected DSP implementations {DSP_CHOICES}, got {tuple(DSP_IMPLEMENTATIONS)}")
 
 
 class Augmenter:
-    """Applies drawn parameters to one clip, reusing the clip's STFT across pitch copies.
+    """Applies drawn parameters to one clip, reusing the clip's STFT across pitch and tempo copies.
 
     Args:
         audio: `(C, n)` float32 waveform of the clip.
@@ -301,18 +354,29 @@ class Augmenter:
         """
         cfg, dsp = self.config, DSP_IMPLEMENTATIONS[self.config.dsp]
         if params.op == "pitch":
-            if cfg.dsp == "fast" and self._analysis is None:
-                self._analysis = STFTAnalysis(self.audio, cfg.n_fft, cfg.hop_length)
             return dsp.pitch_shift(self.audio, self.sr, params.semitones, n_fft=cfg.n_fft,
-                                       hop_length=cfg.hop_length, quality=cfg.resample_quality,
-                                       analysis=self._analysis)
+                                   hop_length=cfg.hop_length, quality=cfg.resample_quality,
+                                   analysis=self._stft())
+        if params.op == "speed" and cfg.speed_method == "stretch":
+            return dsp.change_tempo(self.audio, params.stretch, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                    analysis=self._stft())
         if params.op == "speed":
             return dsp.change_speed(self.audio, self.sr, params.speed, quality=cfg.resample_quality)
         if params.op == "noise":
             _, rng = variant_rngs(cfg.seed, self.clip_id, params.op, params.copy)
+            if cfg.noise == "fixed":
+                return add_fixed_noise(self.audio, cfg.noise_std, rng)
             return add_noise(self.audio, params.snr_db, rng)
         if params.op == "mix":
             if partner is None:
                 raise ValueError(f"expected partner audio for mix with {params.partner!r}, got None")
-            return mix(self.audio, partner, params.gain)
+            return mix(self.audio, partner, params.gain, params.clip_gain)
         raise ValueError(f"expected op in {list(AUGMENT_VARIANTS)}, got {params.op!r}")
+
+    def _stft(self) -> Optional[STFTAnalysis]:
+        """The clip's phase-vocoder analysis, made once (None for the librosa effects)."""
+        if self.config.dsp != "fast":
+            return None
+        if self._analysis is None:
+            self._analysis = STFTAnalysis(self.audio, self.config.n_fft, self.config.hop_length)
+        return self._analysis

@@ -27,7 +27,8 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avsc_pipeline.config import FeatureConfig, config_diff, config_hash, to_dict
+from avsc_pipeline.config import config_diff, config_hash, to_dict
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.offline_augment import (
     AugmentError, Augmenter, AugmentParams, OfflineAugmentConfig, draw_params, output_samples,

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from avsc_pipeline.config import FeatureConfig, config_diff
+from avsc_pipeline.config import config_diff
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atomic
 from avsc_pipeline.storage.shards import SHARD_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name

@@ -1,42 +1,36 @@
-"""The checkpoint file format shared by training and evaluation (which must not need the trainer).
+"""The checkpoint: one typed artifact for scoring, one resume state beside it, one writer.
 
-A checkpoint is a `torch.save`d dict that `torch.load(weights_only=True)` can read (tensors,
-dicts, lists, tuples, str, int, float, bool, None only) holding at least:
+A checkpoint file is a `torch.save`d dict that `torch.load(weights_only=True)` reads (tensors,
+dicts, lists, tuples, str, int, float, bool, None only)::
 
     format           "avsc-pipeline-checkpoint"
-    format_version   1
-    model            the SceneClassifier's state_dict
-    config           every resolved YAML section, e.g. {"model": {...}, "train": {...}}
-    stage            "audio", "video" or "joint"
-    classes          class names, list of str (the logits' order)
-    feature_config   the stage-one FeatureConfig as a dict
-    audio_stats      {"mean": [...], "std": [...], ...} or None
-    embedding_means  {"audio": Tensor | None, "video": Tensor | None} or None
-    epoch, step      int
+    format_version   2
+    artifact         ModelArtifact as a dict: what evaluation and prediction need
+    resume           ResumeState as a dict (training's `last.pt` and `best.pt`), or None
 
-and whatever the trainer adds (optimizer, scheduler, scaler and RNG states).
+:func:`save_checkpoint` is the one writer (trainer and tests alike), atomically;
+:func:`load_checkpoint` the one reader, which also reads format 1 (the flat dict of earlier
+versions). Evaluation needs only the artifact, never the trainer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
-from typing import Any, Dict, Iterable, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..config import from_dict
 from .classifier import SceneClassifier, build_model
-from .config import STAGES, ModelConfig
+from .config import MODALITIES, ModelConfig
 from .weights import describe_error, needs_full_unpickler
 
 FORMAT = "avsc-pipeline-checkpoint"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = (
-    "format", "format_version", "model", "config", "stage", "classes", "feature_config",
-    "audio_stats", "embedding_means", "epoch", "step",
-)
+FORMAT_VERSION = 2
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/DataParallel wrappers
 _SAFE_LEAVES = (Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
 
@@ -52,26 +46,104 @@ class CheckpointError(ValueError):
         self.problem = problem
 
 
-def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
+@dataclass
+class ModelArtifact:
+    """Everything that scoring a model needs, and nothing of the training run's state.
+
+    Attributes:
+        weights: the :class:`SceneClassifier`'s state dict (no wrapper prefixes).
+        classes: the C class names, in the logits' order.
+        config: every resolved config section as a dict; `config["model"]` builds the model and
+            `config["features"]` is the feature config of the shards the run read (the one
+            place a checkpoint holds it).
+        audio_stats: the per-channel audio statistics the run normalized with (a dict of
+            `AudioStats.to_json`), or None for a video model.
+        embedding_means: the training-set mean embeddings `{"audio": (D_A,), "video": (D_V,)}`
+            float32 of a joint model (one modality's stand-in when the other is scored alone),
+            or None.
+        epoch: the epochs trained when it was written.
+        temperature: the calibration temperature the logits are divided by (1.0: none).
+    """
+
+    weights: Dict[str, Tensor]
+    classes: List[str]
+    config: Dict[str, Dict[str, Any]]
+    audio_stats: Optional[Dict[str, Any]] = None
+    embedding_means: Optional[Dict[str, Tensor]] = None
+    epoch: int = 0
+    temperature: float = 1.0
+
+    @property
+    def modality(self) -> str:
+        """`audio`, `video` or `joint`: what the model classifies from."""
+        return self.config["model"].get("modality", "joint")
+
+    @property
+    def feature_config(self) -> Dict[str, Any]:
+        """The feature config (as a dict) of the shards the model was trained on."""
+        return self.config.get("features") or {}
+
+
+@dataclass
+class ResumeState:
+    """What continuing a training run exactly needs beyond the artifact.
+
+    Attributes:
+        epoch: epochs finished.
+        step: optimizer steps taken.
+        epoch_batches: batches of the current epoch already trained (a mid-epoch stop).
+        optimizer: the optimizer's `state_dict()`.
+        scheduler: the schedule's `state_dict()`.
+        scaler: the gradient scaler's `state_dict()`.
+        preparer: the batch preparer's generator states, keyed by rank.
+        rng: the process-wide generator states (see `training.rng_state`), keyed by rank.
+        sampler: the epoch sampler's seed and epoch.
+        history: one metrics row per finished epoch.
+        best: the best epoch's figures, or None.
+    """
+
+    epoch: int
+    step: int
+    epoch_batches: int
+    optimizer: Dict[str, Any]
+    scheduler: Dict[str, Any]
+    scaler: Dict[str, Any]
+    preparer: Dict[str, Any]
+    rng: Dict[str, Any]
+    sampler: Dict[str, Any]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read: the artifact, and the resume state when the file has one."""
+
+    artifact: ModelArtifact
+    resume: Optional[ResumeState] = None
+
+
+def save_checkpoint(path: PathLike, artifact: ModelArtifact, resume: Optional[ResumeState] = None) -> None:
     """Write a checkpoint atomically (a temporary file in the same folder, fsync, rename).
 
     Args:
-        state: a dict with at least `REQUIRED_KEYS`; "format" and "format_version" are filled
-            in when absent. Every value must be weights_only-loadable.
         path: destination; its folder must exist.
+        artifact: what scoring needs.
+        resume: what continuing the run needs (None for a scoring-only file).
 
     Raises:
-        ValueError: a required key is missing or "format" is another format.
         TypeError: a value that `torch.load(weights_only=True)` would refuse, with its key path.
+        CheckpointError: an artifact without a `model` section or classes.
     """
-    if not isinstance(state, dict):
-        raise TypeError(f"expected a checkpoint dict, got {type(state).__name__}")
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    if state["format"] != FORMAT:
-        raise ValueError(f"expected format {FORMAT!r}, got {state['format']!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"expected checkpoint keys {list(REQUIRED_KEYS)}, missing {missing}")
+    if not isinstance(artifact, ModelArtifact):
+        raise TypeError(f"expected a ModelArtifact, got {type(artifact).__name__}")
+    if resume is not None and not isinstance(resume, ResumeState):
+        raise TypeError(f"expected a ResumeState or None, got {type(resume).__name__}")
+    fields = {f.name: getattr(artifact, f.name) for f in dataclasses.fields(ModelArtifact)}
+    fields["weights"] = strip_prefixes(artifact.weights)
+    _check_artifact(fields, os.fspath(path))
+    resume_fields = None if resume is None else {f.name: getattr(resume, f.name) for f in dataclasses.fields(resume)}
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact": fields, "resume": resume_fields}
     check_weights_only_safe(state)
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -103,15 +175,15 @@ def check_weights_only_safe(obj: Any, where: str = "checkpoint") -> None:
         )
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     """Read and check a checkpoint.
 
     Args:
-        path: a file written by :func:`save_checkpoint`.
+        path: a file written by :func:`save_checkpoint` (format 2), or a format-1 file.
         map_location: passed to `torch.load`.
 
     Returns:
-        The checkpoint dict.
+        The :class:`Checkpoint`: its artifact and, where the file holds one, its resume state.
 
     Raises:
         CheckpointError: "<path>: <problem>" for a missing, empty, truncated or corrupt file,
@@ -123,7 +195,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
     if os.path.getsize(path) == 0:
         raise CheckpointError(path, "empty file (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if needs_full_unpickler(err):
             raise CheckpointError(
@@ -136,36 +208,62 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
         # A damaged pickle fails in the unpickler with almost any exception type (KeyError,
         # IndexError, UnicodeDecodeError, ...); all mean the same thing: an unreadable file.
         raise CheckpointError(path, f"truncated or corrupt file ({describe_error(err)})") from None
-    _check_checkpoint(ckpt, path)
-    return ckpt
-
-
-def _check_checkpoint(ckpt: Any, path: str) -> None:
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            path, f"not an avsc-pipeline checkpoint (format {found!r}, expected {FORMAT!r})"
-        )
-    version = ckpt.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(path, f"not an avsc-pipeline checkpoint (format {found!r}, expected {FORMAT!r})")
+    version = state.get("format_version")
+    if version == 1:
+        state = _from_format_1(state, path)
+    elif version != FORMAT_VERSION:
         raise CheckpointError(path, f"expected format_version 1..{FORMAT_VERSION}, got {version!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    artifact = state.get("artifact")
+    _check_artifact(artifact, path)
+    names = {f.name for f in dataclasses.fields(ModelArtifact)}
+    unknown = sorted(set(artifact) - names)
+    if unknown:
+        raise CheckpointError(path, f"unknown artifact field(s) {unknown}")
+    resume = state.get("resume")
+    if resume is not None:
+        try:
+            resume = ResumeState(**resume)
+        except TypeError as err:
+            raise CheckpointError(path, f"unreadable resume state ({err})") from None
+    return Checkpoint(ModelArtifact(**artifact), resume)
+
+
+def _check_artifact(artifact: Any, path: str) -> None:
+    if not isinstance(artifact, dict):
+        raise CheckpointError(path, "incomplete checkpoint, no artifact")
+    missing = [k for k in ("weights", "classes", "config") if k not in artifact]
     if missing:
         raise CheckpointError(path, f"incomplete checkpoint, missing keys {missing}")
-    if ckpt["stage"] not in STAGES:
-        raise CheckpointError(path, f"expected stage in {STAGES}, got {ckpt['stage']!r}")
-    classes = ckpt["classes"]
+    classes = artifact["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError(
-            path, f"expected classes to be a non-empty list of str, got {classes!r}"
-        )
-    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["config"].get("model"), dict):
+        raise CheckpointError(path, f"expected classes to be a non-empty list of str, got {classes!r}")
+    config = artifact["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(path, "expected config to hold a 'model' section")
+    modality = config["model"].get("modality", "joint")
+    if modality not in MODALITIES:
+        raise CheckpointError(path, f"expected model.modality in {MODALITIES}, got {modality!r}")
 
 
-def strip_prefixes(
-    state: Dict[str, Tensor], prefixes: Iterable[str] = _PREFIXES
-) -> Dict[str, Tensor]:
+def _from_format_1(state: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """A format-1 checkpoint (one flat dict; `stage` for the modality) as format 2."""
+    missing = [k for k in ("model", "config", "stage", "classes", "feature_config") if k not in state]
+    if missing:
+        raise CheckpointError(path, f"incomplete checkpoint, missing keys {missing}")
+    config = {name: dict(section) for name, section in state["config"].items() if isinstance(section, dict)}
+    config.setdefault("model", {})["modality"] = state["stage"]
+    config.get("train", {}).pop("stage", None)
+    config["features"] = state["feature_config"]
+    artifact = {"weights": state["model"], "classes": state["classes"], "config": config,
+                "audio_stats": state.get("audio_stats"), "embedding_means": state.get("embedding_means"),
+                "epoch": int(state.get("epoch", 0))}
+    return {"artifact": artifact, "resume": None}
+
+
+def strip_prefixes(state: Dict[str, Tensor], prefixes: Iterable[str] = _PREFIXES) -> Dict[str, Tensor]:
     """Remove leading wrapper prefixes ("_orig_mod." from torch.compile, "module." from DDP)."""
     prefixes = tuple(prefixes)
     out = {}
@@ -180,24 +278,18 @@ def strip_prefixes(
     return out
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any], device: Any = "cpu") -> SceneClassifier:
-    """Rebuild the checkpoint's model with its weights, in eval mode.
+def model_from_artifact(artifact: ModelArtifact, device: Any = "cpu") -> SceneClassifier:
+    """Rebuild the artifact's model with its weights, in eval mode.
 
-    Args:
-        ckpt: a dict from :func:`load_checkpoint`.
-        device: where to put the model.
-
-    Returns:
-        The :class:`SceneClassifier`, weights loaded strictly, in eval mode.
+    Raises:
+        ValueError: weights that do not fit the artifact's `model` section.
     """
-    config = from_dict(ModelConfig, ckpt["config"]["model"], source="checkpoint config.model")
-    state = strip_prefixes(ckpt["model"])
-    in_bn = state.get("audio.input_bn.weight")
+    config = from_dict(ModelConfig, artifact.config["model"], source="checkpoint config.model")
+    in_bn = artifact.weights.get("audio.input_bn.weight")
     channels = int(in_bn.shape[0]) if in_bn is not None else 6
-    model = build_model(config, ckpt["stage"], len(ckpt["classes"]), audio_channels=channels,
-                        load_weights=False)
+    model = build_model(config, len(artifact.classes), audio_channels=channels, load_weights=False)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(artifact.weights, strict=True)
     except RuntimeError as err:
         raise ValueError(f"checkpoint weights do not fit its config.model: {err}") from None
     return model.to(device).eval()

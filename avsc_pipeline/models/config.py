@@ -1,7 +1,8 @@
 """The `model:` section of a recipe: which audio extractor, video backbone and fusion head.
 
-Importing this module is cheap; constructing a :class:`ModelConfig` checks the extractor and
-backbone names against the registries (which imports torch, not torchvision).
+Importing this module is cheap and imports no model: names are resolved by
+:mod:`.registry` when a model is built (as timm's `create_model` does), and a name it does not
+know is refused there, before a run writes anything.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-#: The three things a model can be trained for: one modality alone, or both fused.
-STAGES: Tuple[str, ...] = ("audio", "video", "joint")
-MODALITIES = STAGES
+#: What a model classifies from: audio alone, video alone, or both fused ("joint").
+MODALITIES: Tuple[str, ...] = ("audio", "video", "joint")
 
 #: What the joint model uses as the audio embedding E_A (see :class:`ModelConfig`).
 AUDIO_EMBEDDINGS: Tuple[str, ...] = ("attention", "block3")
@@ -25,7 +25,9 @@ class ModelConfig:
     """Architecture of the audio, video and joint scene classifiers (Hu et al., DCASE 2021 1b).
 
     Attributes:
-        audio: audio extractor, a name in `AUDIO_EXTRACTORS` ("fcnn").
+        modality: what the model classifies from: `audio` (the FCNN alone), `video` (video
+            backbone and MLP head) or `joint` (both extractors and the MLP head over [E_A, E_V]).
+        audio: audio extractor, a name in `registry.AUDIO_EXTRACTORS` ("fcnn").
         audio_widths: channels of the FCNN's three conv blocks; the paper's (24, 48, 96) filters
             times 6 input channels = (144, 288, 576).
         audio_dropout: dropout after each of the first three convs of block 3.
@@ -46,6 +48,7 @@ class ModelConfig:
         fusion_dropout: dropout after each hidden layer of the MLP head.
     """
 
+    modality: str = "joint"
     audio: str = "fcnn"
     audio_widths: Tuple[int, int, int] = (144, 288, 576)
     audio_dropout: float = 0.3
@@ -59,16 +62,14 @@ class ModelConfig:
     fusion_dropout: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"expected modality in {MODALITIES}, got {self.modality!r}")
         self._check_audio()
         self._check_video()
         _check_widths("fusion_hidden", self.fusion_hidden, length=None)
         _check_probability("fusion_dropout", self.fusion_dropout)
 
     def _check_audio(self) -> None:
-        from .registry import AUDIO_EXTRACTORS
-
-        if self.audio not in AUDIO_EXTRACTORS:
-            raise ValueError(f"expected audio in {sorted(AUDIO_EXTRACTORS)}, got {self.audio!r}")
         _check_widths("audio_widths", self.audio_widths, length=3)
         _check_probability("audio_dropout", self.audio_dropout)
         if self.audio_embedding not in AUDIO_EMBEDDINGS:
@@ -84,24 +85,21 @@ class ModelConfig:
             )
 
     def _check_video(self) -> None:
-        from .video import check_backbone_name, named_weights_library
-
-        check_backbone_name(self.video)
         weights = self.video_weights
-        if weights is not None:
-            if not isinstance(weights, str) or not weights:
-                raise ValueError(
-                    f"expected video_weights to be a path, a library name or None, got {weights!r}"
-                )
-            if weights in NAMED_WEIGHTS and named_weights_library(self.video) != weights:
-                raise ValueError(
-                    f"expected video_weights {weights!r} to match the backbone's library "
-                    f"({named_weights_library(self.video)!r} for {self.video!r}), got {weights!r}"
-                )
-        if not isinstance(self.video_weights_unsafe, bool):
+        if weights is not None and (not isinstance(weights, str) or not weights):
             raise ValueError(
-                f"expected video_weights_unsafe to be a bool, got {self.video_weights_unsafe!r}"
+                f"expected video_weights to be a path, a library name or None, got {weights!r}"
             )
+
+    @property
+    def uses_audio(self) -> bool:
+        """Whether the model reads audio features."""
+        return self.modality in ("audio", "joint")
+
+    @property
+    def uses_video(self) -> bool:
+        """Whether the model reads video frames."""
+        return self.modality in ("video", "joint")
 
 
 def _is_number(value: object) -> bool:

@@ -8,13 +8,13 @@ BatchNorm + ReLU, as in the Keras original (BN epsilon 1e-3, momentum 0.99 Keras
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import AUDIO_EMBEDDINGS, ModelConfig
+from .config import AUDIO_EMBEDDINGS
 
 
 class ChannelAttention(nn.Module):
@@ -132,19 +132,6 @@ class FCNN(nn.Module):
         self.head_bn2 = nn.BatchNorm2d(num_classes, affine=False, **bn)
         self.attention = ChannelAttention(num_classes, ratio=2)
 
-    @classmethod
-    def from_config(cls, config: ModelConfig, in_channels: int, num_classes: int) -> "FCNN":
-        """Build from the `model:` section (widths, dropout, embedding, BN settings)."""
-        return cls(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            widths=config.audio_widths,
-            dropout=config.audio_dropout,
-            embedding=config.audio_embedding,
-            bn_eps=config.audio_bn_eps,
-            bn_momentum=config.audio_bn_momentum,
-        )
-
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -185,6 +172,13 @@ class FCNN(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Globally average-pooled block-3 map: `(B, C, F, T)` -> `(B, widths[2])`."""
         return self.block3_map(x).mean(dim=(2, 3))
+
+    def unused_in_embedding(self) -> List[nn.Module]:
+        """The modules :meth:`embed` never runs (the class head behind `block3`): frozen in a
+        joint model, so that no parameter is left without a gradient (DDP requires it)."""
+        if self.embedding != "block3":
+            return []
+        return [self.head_conv, self.head_bn1, self.head_bn2, self.attention]
 
     def embed(self, x: Tensor) -> Tensor:
         """E_A as configured: `(B, C, F, T)` -> `(B, embed_dim)` (logits or pooled block 3)."""

@@ -1,16 +1,75 @@
-"""Name -> implementation registries for the `model:` section (no `eval`, no string imports)."""
+"""Model builders by name, as timm's `create_model`: a config names a model, this builds it.
+
+`models/config.py` imports nothing from here; a name this module does not know is refused when
+the model is built, naming the known ones.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, Type
+import logging
+from typing import Callable, Dict
 
 from torch import nn
 
+from .config import NAMED_WEIGHTS, ModelConfig
 from .fcnn import FCNN
-from .video import VIDEO_BACKBONES
+from .video import VIDEO_BACKBONES, VideoExtractor, build_backbone, named_weights_library
+from .weights import load_backbone_weights
 
-#: Audio extractors by name; each class has `from_config(config, in_channels, num_classes)`,
-#: `embed(x)` and `embed_dim`.
-AUDIO_EXTRACTORS: Dict[str, Type[nn.Module]] = {"fcnn": FCNN}
+logger = logging.getLogger(__name__)
 
-__all__ = ["AUDIO_EXTRACTORS", "VIDEO_BACKBONES"]
+
+def build_fcnn(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """Hu et al.'s FCNN as the `model:` section configures it."""
+    return FCNN(in_channels=in_channels, num_classes=num_classes, widths=config.audio_widths,
+                dropout=config.audio_dropout, embedding=config.audio_embedding, bn_eps=config.audio_bn_eps,
+                bn_momentum=config.audio_bn_momentum)
+
+
+#: Audio extractors by name: `builder(config, in_channels, num_classes)` returns a module with
+#: `embed(x)`, `embed_dim` and `forward(x)` (class logits).
+AUDIO_EXTRACTORS: Dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {"fcnn": build_fcnn}
+
+
+def create_audio_extractor(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """The configured audio extractor (refusing an unknown name)."""
+    if config.audio not in AUDIO_EXTRACTORS:
+        raise ValueError(f"expected model.audio in {sorted(AUDIO_EXTRACTORS)}, got {config.audio!r}")
+    return AUDIO_EXTRACTORS[config.audio](config, in_channels, num_classes)
+
+
+def check_video_names(config: ModelConfig) -> None:
+    """Refuse an unknown backbone, or named weights of another library than the backbone's."""
+    try:
+        library = named_weights_library(config.video)
+    except ValueError as err:
+        raise ValueError(f"model.video: {err}") from None
+    weights = config.video_weights
+    if weights in NAMED_WEIGHTS and library != weights:
+        raise ValueError(f"expected model.video_weights {weights!r} to match the backbone's library "
+                         f"({library!r} for {config.video!r}), got {weights!r}")
+
+
+def create_video_extractor(config: ModelConfig, load_weights: bool = True) -> VideoExtractor:
+    """The configured video backbone, with its weights per `config.video_weights`.
+
+    Args:
+        config: the `model:` section.
+        load_weights: False builds a randomly initialized backbone whatever the config says
+            (e.g. before loading a checkpoint that holds all weights).
+    """
+    check_video_names(config)
+    source = config.video_weights if load_weights else None
+    named = source in NAMED_WEIGHTS
+    backbone, spec = build_backbone(config.video, pretrained=named)
+    if named:
+        logger.info("video backbone %s: %s named pretrained weights", config.video, source)
+    elif source is not None:
+        load_backbone_weights(backbone, spec, source, allow_unsafe=config.video_weights_unsafe)
+    elif load_weights:
+        logger.warning("video backbone %s: no pre-trained weights (random initialization)", config.video)
+    return VideoExtractor(backbone, spec, name=config.video)
+
+
+__all__ = ["AUDIO_EXTRACTORS", "VIDEO_BACKBONES", "create_audio_extractor", "create_video_extractor",
+           "check_video_names"]

@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from avsc_pipeline import __version__
-from avsc_pipeline.config import FeatureConfig, config_hash, to_dict
+from avsc_pipeline.config import config_hash, to_dict
+from avsc_pipeline.features.config import FeatureConfig
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -72,6 +73,15 @@ def stage_one_columns(config: FeatureConfig, with_video: bool = True) -> Dict[st
 
 
 ORIGINAL_VARIANT = "orig"  # the `variant` of a stage-one row
+# Offline augmentation of split `S` writes the folder `S-aug` beside it (e.g. `train-aug`).
+AUGMENTED_SUFFIX = "-aug"
+
+
+def augmented_split(split: str) -> str:
+    """The folder name of split `split`'s offline-augmented rows, e.g. `train` -> `train-aug`."""
+    return f"{split}{AUGMENTED_SUFFIX}"
+
+
 # The offline augmentation operations, each the `variant` of the rows it writes.
 AUGMENT_VARIANTS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
 

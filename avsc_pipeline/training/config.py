@@ -1,4 +1,7 @@
-"""The `train:` section: what a training run does (stage, optimizer, schedule, speed, seeds)."""
+"""The `train:` section: how a model is trained (optimizer, schedule, freezing, speed, seeds).
+
+What is trained (audio, video or joint) is the `model:` section's `modality`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +9,17 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_unit
+from avsc_pipeline.devices import AMP_MODES
 
-STAGES = ("audio", "video", "joint")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "warm_restarts")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run of one stage of the recipe.
+    """One training run: one step of the recipe (the audio, video or joint model).
 
     Attributes:
-        stage: `audio` (FCNN alone), `video` (video backbone and MLP head) or `joint`.
         epochs: passes over the training rows (originals plus the sampled augmented rows).
         optimizer: `sgd` (with `momentum`), `adam` or `adamw`.
         lr: the initial learning rate.
@@ -29,7 +30,7 @@ class TrainConfig:
             updated every step as in Hu et al.'s FCNN recipe).
         restart_epochs: the epochs at which `warm_restarts` restarts.
         min_lr: the floor of `cosine` and `warm_restarts`.
-        init_from: a checkpoint of an earlier stage (e.g. `runs/paper/audio/best.pt`): its
+        init_from: a checkpoint of an earlier step (e.g. `runs/paper/audio/best.pt`): its
             extractors initialize this model's (the FCNN of an audio run, the video backbone of a
             video run). Without it the extractors start from their initial or pre-trained weights.
         freeze_audio: keep the audio extractor fixed (eval mode, no gradient): Table 1's Fine_A off.
@@ -47,7 +48,6 @@ class TrainConfig:
         select_by: the validation figure that picks `best.pt`: `log_loss` or `accuracy`.
     """
 
-    stage: str = "joint"
     epochs: int = 30
     optimizer: str = "adam"
     lr: float = 1e-5
@@ -70,7 +70,6 @@ class TrainConfig:
     select_by: str = "log_loss"
 
     def __post_init__(self) -> None:
-        check_choice(self, "stage", STAGES)
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "scheduler", SCHEDULERS)
         check_choice(self, "amp", AMP_MODES)
@@ -89,15 +88,3 @@ class TrainConfig:
             raise ValueError(f"expected increasing positive restart_epochs, got {list(self.restart_epochs)}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"expected grad_clip > 0 or None, got {self.grad_clip!r}")
-        if self.stage == "audio" and self.freeze_audio:
-            raise ValueError("expected freeze_audio false for stage 'audio' (nothing would train), got true")
-
-    @property
-    def uses_audio(self) -> bool:
-        """Whether this stage reads the audio features."""
-        return self.stage in ("audio", "joint")
-
-    @property
-    def uses_video(self) -> bool:
-        """Whether this stage reads the video frames."""
-        return self.stage in ("video", "joint")

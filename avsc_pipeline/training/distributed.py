@@ -40,17 +40,32 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device_name: str = "auto") -> Context:
-    """Join the process group when started by torchrun (else a single-process context)."""
+def join(device_name: str = "auto", timeout_s: float = 1800.0) -> Context:
+    """Join the process group when started by torchrun (else a single-process context).
+
+    Under torchrun each process takes the GPU of its `LOCAL_RANK`; an explicit `cuda:N` there
+    would put every rank on one GPU and is refused.
+
+    Args:
+        device_name: `auto`, `cpu`, `cuda` or (one process only) `cuda:N`.
+        timeout_s: how long a collective waits for the other processes (the NCCL watchdog).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device_name.startswith("cuda:"):
+        raise ValueError(f"expected --device auto or cuda under torchrun (each process takes the GPU of its "
+                         f"LOCAL_RANK), got {device_name!r}")
     device = pick_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
+        import datetime
+
         backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)}
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+            kwargs["device_id"] = device
+        dist.init_process_group(backend=backend, **kwargs)
         logger.info("process group: rank %d of %d (%s)", rank, world_size, backend)
     return Context(device, rank, world_size, local_rank)
 
@@ -66,6 +81,15 @@ def all_sum(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     if context.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_objects(obj: object, context: Context) -> list:
+    """Every process's `obj`, in rank order (a list of one when alone); a collective."""
+    if not context.distributed:
+        return [obj]
+    out: list = [None] * context.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(context: Context) -> None:

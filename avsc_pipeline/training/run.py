@@ -1,4 +1,8 @@
-"""One training run from a features folder into a run folder: the steps `avsc-train` takes."""
+"""One training run from a features folder into a run folder: the steps `avsc-train` takes.
+
+Each step is one library factory, composed here as timm's `train.py` composes its own: join the
+process group, read the training input, build the model, cache frozen embeddings, train.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from avsc_pipeline.config import from_dict, to_dict
+from avsc_pipeline.dataio.training_input import build_training_input
+from avsc_pipeline.devices import amp_dtype
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.training import rng_state
-from avsc_pipeline.training.distributed import Context, setup, teardown
+from avsc_pipeline.training.distributed import Context, barrier, join, teardown
+from avsc_pipeline.training.embedding_cache import build_caches, cacheable
+from avsc_pipeline.training.initialize import build_run_model, check_feature_section
 from avsc_pipeline.training.run_dir import LAST_NAME, add_log_file, check_run_dir, start_run_dir
-from avsc_pipeline.training.setup import build_run_model, cacheable, check_feature_section, load_data
 from avsc_pipeline.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -30,63 +39,87 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *, given_features: Optional[dict] = None,
-              resume: bool = False, overwrite: bool = False, device: str = "auto",
-              progress: bool = True) -> Dict[str, Any]:
-    """Train one stage from `FEATURES_DIR/train` (+ `train-aug`) into `run_dir`.
+def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
+              given_features: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
+              device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+    """Train one model from `FEATURES_DIR/train` (+ `train-aug`) into `run_dir`.
 
     Args:
         features_dir: the stage-one output folder.
         run_dir: the run folder.
         sections: every resolved config section.
-        given_features: the config file's own `features:` section, if it has one (checked
-            against the shards).
+        given_features: the `features:` keys the config files give, if any (checked against
+            the shards; the run records the shards' own feature config).
         resume: continue from `run_dir/last.pt`.
         overwrite: replace a run the folder holds.
         device: `auto`, `cpu`, `cuda` or `cuda:N`.
         progress: progress bars.
 
     Returns:
-        The last epoch's metrics row (with `stopped_by` when a signal stopped the run).
+        The last epoch's metrics row (with `stopped_by` when a signal stopped the run) and
+        `best`, the best epoch's figures.
 
     Raises:
         ValueError: bad input (named): features, weights, init_from, run folder, config.
     """
-    context = setup(device)
+    context = join(device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(context, Path(features_dir), Path(run_dir), sections, given_features, resume, overwrite,
-                      progress)
+        return _train(context, Path(features_dir), Path(run_dir), dict(sections), given_features, resume,
+                      overwrite, progress)
     finally:
-        torch.use_deterministic_algorithms(deterministic)  # a process-wide switch: leave it as found
+        if torch.are_deterministic_algorithms_enabled() != deterministic:
+            torch.use_deterministic_algorithms(deterministic)  # a process-wide switch: leave it as found
+        barrier(context)  # no process leaves the group while another still uses it
         teardown()
 
 
 def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[str, Any],
            given_features: Optional[dict], resume: bool, overwrite: bool, progress: bool) -> Dict[str, Any]:
-    train = sections["train"]
+    train, model_config = sections["train"], sections["model"]
     configure_determinism(train.deterministic, context.device)
-    check_run_dir(run_dir, sections, resume, overwrite)
     rng_state.seed_everything(train.seed)
-    cached = cacheable(train.freeze_audio, train.freeze_video, train, sections["batch_augment"])
-    data = load_data(features_dir, sections["loader"], train.uses_video and not cached["video"], context)
-    check_feature_section(given_features, data)
-    model = build_run_model(sections["model"], train, data)
-    checkpoint = load_checkpoint(run_dir / LAST_NAME) if resume else None
-    # Everything that can fail on bad input has run: only now is the run folder written.
-    handler = None
-    if context.is_main:
-        start_run_dir(run_dir, sections, overwrite)
-        handler = add_log_file(run_dir)
+    inputs = None
     try:
-        logger.info("training stage %s on %s (%d process(es)), run folder %s", train.stage, context.device,
-                    context.world_size, run_dir)
-        trainer = Trainer(sections, data, model, run_dir, context, progress)
-        if checkpoint is not None:
-            trainer.resume(checkpoint, run_dir / LAST_NAME)
-        return trainer.fit()
+        frozen_video = train.freeze_video and model_config.uses_video
+        video_cached = cacheable(False, frozen_video, train, sections["batch_augment"])["video"]
+        inputs = build_training_input(
+            features_dir, sections["loader"], sections["batch_augment"], context.device, train.seed,
+            with_video=model_config.uses_video and not video_cached, frame_norm="imagenet",
+            rank=context.rank, barrier=lambda: barrier(context))
+        features = to_dict(inputs.dataset.feature_config)
+        check_feature_section(given_features, features, inputs.folders[0])
+        sections["features"] = from_dict(FeatureConfig, features, source=f"{inputs.folders[0]}: feature config")
+        check_run_dir(run_dir, sections, resume, overwrite)
+        model = build_run_model(model_config, train, list(inputs.classes), features,
+                                inputs.dataset.feature_config.audio_shape[0]).to(context.device)
+        if context.device.type == "cuda" and train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        inputs.preparer.set_frame_norm(model.frame_mean, model.frame_std)
+        checkpoint = load_checkpoint(run_dir / LAST_NAME, map_location="cpu") if resume else None
+        # Everything that can fail on bad input has run: only now is the run folder written.
+        handler = None
+        if context.is_main:
+            start_run_dir(run_dir, sections, overwrite)
+            handler = add_log_file(run_dir)
+        try:
+            logger.info("training a %s model on %s (%d process(es)), run folder %s", model.modality,
+                        context.device, context.world_size, run_dir)
+            if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
+                torch.manual_seed(inputs.seed)
+            caches = build_caches(model, inputs, train, sections["batch_augment"],
+                                  amp_dtype(train.amp, context.device), progress and context.is_main)
+            trainer = Trainer(sections, inputs, model, caches, run_dir, context, progress)
+            if checkpoint is not None:
+                if checkpoint.resume is None:
+                    raise ValueError(f"{run_dir / LAST_NAME}: holds no resume state")
+                trainer.resume(checkpoint.artifact, checkpoint.resume, run_dir / LAST_NAME)
+            row = trainer.fit()
+            return {**row, "best": trainer.best}
+        finally:
+            if handler is not None:
+                logging.getLogger("avsc_pipeline").removeHandler(handler)
+                handler.close()
     finally:
-        if handler is not None:
-            logging.getLogger("avsc_pipeline").removeHandler(handler)
-            handler.close()
-        data.dataset.close()
+        if inputs is not None:
+            inputs.close()

@@ -1,8 +1,8 @@
 """The run folder: its resolved config, per-epoch metrics, log file, curves and checkpoints.
 
 ```
-RUN_DIR/config.yaml    every section, resolved
-RUN_DIR/metrics.csv    one row per epoch (see METRIC_COLUMNS)
+RUN_DIR/config.yaml    every section, resolved (`features:` is the shards' feature config)
+RUN_DIR/metrics.csv    one row per epoch (see METRIC_COLUMNS; `best` marks best.pt's epoch)
 RUN_DIR/curves.png     loss, accuracy and learning-rate curves
 RUN_DIR/train.log      the log
 RUN_DIR/last.pt        written every epoch and on SIGINT/SIGTERM (resume from it)
@@ -17,10 +17,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from avsc_pipeline.config import config_diff, load_yaml, to_dict
-from avsc_pipeline.recipe import write_sections
+from avsc_pipeline.config import config_diff, dump_yaml, load_yaml, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,11 @@ BEST_NAME = "best.pt"
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, CURVES_NAME, LOG_NAME, LAST_NAME, BEST_NAME)
 # The sections that decide what a run trains; a run folder made with others is refused.
 RUN_SECTIONS = ("model", "train", "batch_augment", "loader")
-METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_log_loss",
-                  "lr", "samples_per_s", "data_wait_fraction", "seconds")
+# Keys that a resumed run may change: more epochs extend a finished run.
+RESUMABLE_KEYS = ("train.epochs",)
+# `lr` is the rate of the epoch's first optimizer step, `lr_last` of its last one.
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "val_log_loss", "best",
+                  "lr", "lr_last", "samples_per_s", "data_wait_fraction", "seconds")
 
 
 def check_run_dir(run_dir: Path, sections: Dict[str, Any], resume: bool, overwrite: bool) -> None:
@@ -60,8 +62,10 @@ def check_run_dir(run_dir: Path, sections: Dict[str, Any], resume: bool, overwri
     if config_path.is_file():
         diff = run_config_diff(load_yaml(config_path), sections)
         if diff:
+            remedy = ("resume with the run's own config (give no --config, or the same files)" if resume
+                      else "use another RUN_DIR or --overwrite")
             raise ValueError(f"{config_path}: this run folder was made with another config ({'; '.join(diff)}); "
-                             "use another RUN_DIR or --overwrite")
+                             f"{remedy}")
     if not resume and (last.is_file() or (run_dir / METRICS_NAME).is_file()):
         raise ValueError(f"{run_dir}: already holds a run; --resume continues it, --overwrite starts again")
 
@@ -71,7 +75,8 @@ def run_config_diff(saved: Dict[str, Any], sections: Dict[str, Any]) -> List[str
     lines = []
     for name in RUN_SECTIONS:
         new = to_dict(sections[name]) if name in sections else {}
-        lines += [f"{name}.{line}" for line in config_diff(saved.get(name) or {}, new)]
+        lines += [f"{name}.{line}" for line in config_diff(saved.get(name) or {}, new)
+                  if f"{name}.{line.split(':')[0]}" not in RESUMABLE_KEYS]
     return lines
 
 
@@ -85,17 +90,19 @@ def start_run_dir(run_dir: Path, sections: Dict[str, Any], overwrite: bool) -> N
                 path.unlink()
         shutil.rmtree(run_dir / "eval", ignore_errors=True)
     tmp = run_dir / f".{CONFIG_NAME}.tmp"
-    write_sections(sections, tmp)
+    dump_yaml(sections, tmp)
     os.replace(tmp, run_dir / CONFIG_NAME)
 
 
-def write_metrics(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-    """Write every epoch's row to `path` atomically (a resumed run rewrites the file whole)."""
+def write_metrics(rows: Sequence[Dict[str, Any]], path: Path, best_epoch: Optional[int] = None) -> None:
+    """Write every epoch's row to `path` atomically (a resumed run rewrites the file whole);
+    the `best` column is 1 on `best_epoch` (best.pt's), else 0."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
+            row = {**row, "best": int(row.get("epoch") == best_epoch)}
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
     os.replace(tmp, path)
 

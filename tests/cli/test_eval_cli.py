@@ -9,7 +9,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.evaluation.predictions import read_predictions
 from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.manifest import load_tau
@@ -93,9 +93,9 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(runner, setup, tmp_path, damag
 
 def test_eval_refuses_one_modality_of_a_non_joint_checkpoint(runner, setup, tmp_path):
     root, _ = setup
-    audio = write_test_checkpoint(tmp_path / "audio" / "best.pt", root / "features" / "evaluate", stage="audio")
+    audio = write_test_checkpoint(tmp_path / "audio" / "best.pt", root / "features" / "evaluate", modality="audio")
     result = runner.invoke(eval_main, ["--checkpoint", str(audio), str(root / "features" / "evaluate"),
-                                       "--modality", "audio", "--no-progress"])
+                                       "--modality", "video", "--no-progress"])
     assert result.exit_code == 1 and "needs a joint checkpoint" in result.output
 
 

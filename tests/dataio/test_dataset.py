@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.manifest import TAU_CLASSES

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.loader import build_training_input, make_loader
+from avsc_pipeline.dataio.loader import make_loader
+from avsc_pipeline.dataio.training_input import build_training_input, process_seed
 from avsc_pipeline.dataio.samplers import EpochSampler
 
 
@@ -46,13 +47,48 @@ def test_loader_reads_every_item_once_per_epoch(small_pair, workers):
 
 def test_build_training_input_end_to_end(small_pair):
     config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5)
-    setup = build_training_input([small_pair / "train", small_pair / "train-aug"], config, "cpu", seed=1)
-    ids = setup.dataset.identifiers
-    assert len(setup.split.validation) and not set(ids[setup.split.train]) & set(ids[setup.split.validation])
+    inputs = build_training_input(small_pair, config, BatchAugmentConfig(), "cpu", seed=1)
+    assert [p.name for p in inputs.folders] == ["train", "train-aug"]
+    ids = inputs.dataset.identifiers
+    assert len(inputs.split.validation) and not set(ids[inputs.split.train]) & set(ids[inputs.split.validation])
     assert (small_pair / "train" / "audio_stats.json").is_file()
-    setup.train_sampler.set_epoch(0)
-    batch = setup.preparer.train()(next(iter(setup.train)))
+    inputs.train_sampler.set_epoch(0)
+    batch = inputs.preparer.train()(next(iter(inputs.loader(inputs.train_sampler))))
     assert batch["audio"].shape == (4, 6, 128, 39) and batch["video"].dtype == torch.float32
     assert batch["target"].shape == (4, 10)
-    seen = [i for b in setup.validation for i in b["index"].tolist()]
-    assert sorted(seen) == sorted(setup.split.validation.tolist())
+    validation = EpochSampler(inputs.split.validation, shuffle=False)
+    seen = [i for b in inputs.loader(validation, drop_last=False) for i in b["index"].tolist()]
+    assert sorted(seen) == sorted(inputs.split.validation.tolist())
+    inputs.close()
+
+
+def test_each_rank_draws_its_own_augmentation(small_pair):
+    config = LoaderConfig(batch_size=8, num_workers=0, val_fraction=0.0)
+    augment = BatchAugmentConfig(video_ops=(), mixup_fraction=0.0, channel_swap_p=0.5)
+    ranks = [build_training_input(small_pair, config, augment, "cpu", seed=3, rank=rank) for rank in (0, 1)]
+    assert process_seed(3, 0) == 3 and len({process_seed(3, r) for r in range(4)}) == 4
+    raw = ranks[0].dataset.read_batch(list(range(8)))
+    first, second = (inputs.preparer.train()(dict(raw))["audio"] for inputs in ranks)
+    assert not torch.equal(first, second), "two ranks drew the same SpecAugment masks and channel swaps"
+    for inputs in ranks:
+        inputs.close()
+
+
+def test_unlabeled_rows_stay_out_of_training_and_validation(tmp_path, caplog):
+    from avsc_pipeline import testing
+    from avsc_pipeline.storage.index import build_index
+
+    path = testing.write_random_shard(tmp_path / "train" / "shard-00000.h5", 30, testing.SMALL_FEATURES, identifiers=3)
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        labels = handle["label"][:]
+        labels[:10] = -1
+        handle["label"][:] = labels
+    build_index(tmp_path / "train")
+    caplog.set_level("WARNING", logger="avsc_pipeline")
+    inputs = build_training_input(tmp_path, LoaderConfig(num_workers=0, val_fraction=0.34), None, "cpu")
+    used = np.concatenate([inputs.split.train, inputs.split.validation])
+    assert len(used) == 20 and (inputs.dataset.labels[used] >= 0).all()
+    assert "10 rows without a label" in caplog.text
+    inputs.close()

@@ -7,7 +7,7 @@ from typing import Dict
 
 import pytest
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
@@ -30,8 +30,8 @@ def checkpoints(features, tmp_path_factory) -> Dict[str, Path]:
     """Untrained joint, audio and joint-without-embedding-means checkpoints, each in a run folder."""
     runs = tmp_path_factory.mktemp("runs")
     return {
-        "joint": write_test_checkpoint(runs / "joint" / "best.pt", features["evaluate"], stage="joint", seed=1),
-        "audio": write_test_checkpoint(runs / "audio" / "best.pt", features["evaluate"], stage="audio", seed=2),
-        "no_means": write_test_checkpoint(runs / "no_means" / "best.pt", features["evaluate"], stage="joint",
+        "joint": write_test_checkpoint(runs / "joint" / "best.pt", features["evaluate"], modality="joint", seed=1),
+        "audio": write_test_checkpoint(runs / "audio" / "best.pt", features["evaluate"], modality="audio", seed=2),
+        "no_means": write_test_checkpoint(runs / "no_means" / "best.pt", features["evaluate"], modality="joint",
                                           seed=3, embedding_means=False),
     }

@@ -14,7 +14,9 @@ from sklearn import metrics as skm
 
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, segment_filenames
 from avsc_pipeline.evaluation.predictions import read_predictions
-from avsc_pipeline.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+import dataclasses
+
+from avsc_pipeline.models.checkpoint import CheckpointError, load_checkpoint, model_from_artifact, save_checkpoint
 from avsc_pipeline.storage.shards import list_shards
 
 C = 10
@@ -31,11 +33,11 @@ def shard_rows(folder):
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def reference_probs(ckpt_path, rows, modality="both"):
+def reference_probs(ckpt_path, rows, modality="joint"):
     """Softmax of the model on rows normalized by hand, in float64."""
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
-    stats = ckpt["audio_stats"]
+    artifact = load_checkpoint(ckpt_path).artifact
+    model = model_from_artifact(artifact)
+    stats = artifact.audio_stats
     mean, std = (torch.tensor(stats[k], dtype=torch.float32).view(1, -1, 1, 1) for k in ("mean", "std"))
     audio = (torch.from_numpy(rows["audio"]).float() - mean) / std
     frame_mean, frame_std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in (model.frame_mean, model.frame_std))
@@ -43,9 +45,9 @@ def reference_probs(ckpt_path, rows, modality="both"):
     with torch.no_grad():
         e_audio, e_video = model.embed_audio(audio), model.embed_video(video)
         if modality == "audio":
-            e_video = ckpt["embedding_means"]["video"].expand(len(audio), -1)
+            e_video = artifact.embedding_means["video"].expand(len(audio), -1)
         if modality == "video":
-            e_audio = ckpt["embedding_means"]["audio"].expand(len(audio), -1)
+            e_audio = artifact.embedding_means["audio"].expand(len(audio), -1)
         return torch.softmax(model.classify(e_audio, e_video).double(), dim=1).numpy()
 
 
@@ -107,13 +109,14 @@ def test_metrics_equal_scikit_learn(joint_eval, features):
 def test_metrics_say_where_they_came_from(joint_eval, features, checkpoints):
     out, _ = joint_eval
     saved = json.loads((out / "metrics.json").read_text())
-    ckpt = load_checkpoint(checkpoints["joint"])
-    blob = json.dumps(ckpt["config"], sort_keys=True, separators=(",", ":")).encode()
+    artifact = load_checkpoint(checkpoints["joint"]).artifact
+    blob = json.dumps(artifact.config, sort_keys=True, separators=(",", ":")).encode()
     assert saved["checkpoint_config_hash"] == hashlib.sha256(blob).hexdigest()[:16]
     index = json.loads((features["evaluate"] / "index.json").read_text())
     assert saved["features_config_hash"] == index["config_hash"]
     assert saved["checkpoint"] == str(checkpoints["joint"].resolve())
-    assert (saved["split"], saved["modality"], saved["stage"]) == ("evaluate", "both", "joint")
+    assert (saved["split"], saved["modality"], saved["model_modality"], saved["run"]) == (
+        "evaluate", "joint", "joint", "joint")
     assert saved["segments_per_s"] > 0
 
 
@@ -121,7 +124,7 @@ def test_default_out_dir_is_in_the_run_folder(features, checkpoints):
     result = evaluate_checkpoint(checkpoints["audio"], features["evaluate"], batch_size=4, progress=False)
     out = checkpoints["audio"].parent / "eval" / "evaluate"
     assert result["files"]["metrics.json"] == out / "metrics.json" and (out / "predictions.tsv").is_file()
-    assert result["stage"] == "audio" and 0 <= result["accuracy"] <= 1
+    assert result["modality"] == "audio" and 0 <= result["accuracy"] <= 1
 
 
 def test_unlabeled_split_gets_predictions_and_no_metrics(features, checkpoints, tmp_path):
@@ -145,8 +148,8 @@ def test_one_modality_replaces_the_other_by_its_stored_mean(joint_eval, features
 
 
 def test_one_modality_needs_a_joint_checkpoint_with_means(features, checkpoints, tmp_path):
-    with pytest.raises(ValueError, match="needs a joint checkpoint, got stage 'audio'"):
-        evaluate_checkpoint(checkpoints["audio"], features["evaluate"], out_dir=tmp_path, modality="audio")
+    with pytest.raises(ValueError, match="needs a joint checkpoint, got an audio model"):
+        evaluate_checkpoint(checkpoints["audio"], features["evaluate"], out_dir=tmp_path, modality="video")
     with pytest.raises(ValueError, match="mean video embedding"):
         evaluate_checkpoint(checkpoints["no_means"], features["evaluate"], out_dir=tmp_path, modality="audio")
     with pytest.raises(ValueError, match="expected modality in"):
@@ -155,21 +158,20 @@ def test_one_modality_needs_a_joint_checkpoint_with_means(features, checkpoints,
 
 
 def _altered(ckpt_path, tmp_path, **changes):
-    ckpt = torch.load(ckpt_path, weights_only=True)
-    for key, value in changes.items():
-        ckpt[key] = value
+    artifact = dataclasses.replace(load_checkpoint(ckpt_path).artifact, **changes)
     path = tmp_path / "altered.pt"
-    save_checkpoint(ckpt, path)
+    save_checkpoint(path, artifact)
     return path
 
 
 def test_other_feature_config_or_class_list_is_refused(features, checkpoints, tmp_path):
-    ckpt = load_checkpoint(checkpoints["joint"])
-    other = _altered(checkpoints["joint"], tmp_path, feature_config={**ckpt["feature_config"], "fmin": 20.0})
+    artifact = load_checkpoint(checkpoints["joint"]).artifact
+    config = {**artifact.config, "features": {**artifact.feature_config, "fmin": 20.0}}
+    other = _altered(checkpoints["joint"], tmp_path, config=config)
     with pytest.raises(ValueError, match=r"fmin: 20\.0 != 0\.0") as info:
         evaluate_checkpoint(other, features["evaluate"], out_dir=tmp_path / "out")
     assert str(features["evaluate"]) in str(info.value) and str(other) in str(info.value)
-    renamed = list(ckpt["classes"])
+    renamed = list(artifact.classes)
     renamed[3] = "underground"
     other = _altered(checkpoints["joint"], tmp_path, classes=renamed)
     with pytest.raises(ValueError, match="class list") as info:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError
 from avsc_pipeline.features.audio import (
     FastLogMel, delta_matrix, load_audio, reference_features, split_segments,

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
 from avsc_pipeline.features.extract import extract_split, plan_shards
@@ -159,7 +159,7 @@ def test_crash_at_any_moment_then_resume_gives_identical_arrays(tmp_path):
     crashed = tmp_path / "crashed"
     script = (
         "import sys; from avsc_pipeline.features.extract import extract_split; "
-        "from avsc_pipeline.manifest import load_tau, TAU_CLASSES; from avsc_pipeline.config import FeatureConfig; "
+        "from avsc_pipeline.manifest import load_tau, TAU_CLASSES; from avsc_pipeline.features.config import FeatureConfig; "
         f"extract_split(load_tau({str(root)!r}, 'all'), sys.argv[1], FeatureConfig(), list(TAU_CLASSES), "
         "shard_size=2, progress=False)"
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from avsc_pipeline.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
 from avsc_pipeline.features.offline_augment import OfflineAugmentConfig, change_speed

@@ -1,4 +1,4 @@
-"""SceneClassifier: stages, fusion head, embed/classify split, freezing."""
+"""SceneClassifier: modalities, fusion head, embed/classify split, freezing."""
 
 import logging
 
@@ -12,6 +12,13 @@ from avsc_pipeline.models.fusion import MLPHead
 from avsc_pipeline.models.video import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = ModelConfig(audio_widths=(8, 16, 32), video="small_cnn", fusion_hidden=(512, 128, 64))
+
+
+def build(config, modality, *args, **kwargs):
+    """`build_model` of `config` with its modality set (the architecture choice of `model:`)."""
+    import dataclasses
+
+    return build_model(dataclasses.replace(config, modality=modality), *args, **kwargs)
 
 
 def _batch(b=3, size=32):
@@ -30,7 +37,7 @@ def test_mlp_head_has_a_relu_between_every_linear():
 
 
 def test_joint_model_concatenates_audio_and_video_embeddings():
-    model = build_model(SMALL, "joint", 10).eval()
+    model = build(SMALL, "joint", 10).eval()
     assert model.head[0].in_features == 10 + 64  # E_A = FCNN logits, E_V = small_cnn
     audio, video = _batch()
     with torch.no_grad():
@@ -44,7 +51,7 @@ def test_joint_model_concatenates_audio_and_video_embeddings():
 
 def test_block3_embedding_widens_the_head():
     config = ModelConfig(audio_widths=(8, 16, 32), video="small_cnn", audio_embedding="block3")
-    model = build_model(config, "joint", 10).eval()
+    model = build(config, "joint", 10).eval()
     assert model.head[0].in_features == 32 + 64
     audio, video = _batch()
     with torch.no_grad():
@@ -52,42 +59,42 @@ def test_block3_embedding_widens_the_head():
         assert model(audio, video).shape == (3, 10)
 
 
-def test_single_modality_stages():
+def test_single_modality_models():
     audio, video = _batch()
-    audio_model = build_model(SMALL, "audio", 10).eval()
+    audio_model = build(SMALL, "audio", 10).eval()
     assert audio_model.video is None and audio_model.head is None
     with torch.no_grad():
         torch.testing.assert_close(audio_model(audio), audio_model.audio(audio))
         torch.testing.assert_close(audio_model(audio, None), audio_model.classify(audio_model.embed_audio(audio), None))
     assert (audio_model.frame_mean, audio_model.frame_std) == (IMAGENET_MEAN, IMAGENET_STD)
-    video_model = build_model(SMALL, "video", 7).eval()
+    video_model = build(SMALL, "video", 7).eval()
     assert video_model.audio is None and video_model.head[0].in_features == 64
     with torch.no_grad():
         assert video_model(None, video).shape == (3, 7)
-    with pytest.raises(ValueError, match="expected video frames for stage 'video', got None"):
+    with pytest.raises(ValueError, match="expected video frames for modality 'video', got None"):
         video_model(audio, None)
-    joint = build_model(SMALL, "joint", 10)
-    with pytest.raises(ValueError, match="expected audio features for stage 'joint', got None"):
+    joint = build(SMALL, "joint", 10)
+    with pytest.raises(ValueError, match="expected audio features for modality 'joint', got None"):
         joint(None, video)
-    with pytest.raises(ValueError, match="expected stage in"):
-        build_model(SMALL, "both", 10)
+    with pytest.raises(ValueError, match="expected modality in"):
+        build(SMALL, "both", 10)
     with pytest.raises(ValueError, match="expected num_classes to be a positive int"):
-        build_model(SMALL, "audio", 0)
+        build(SMALL, "audio", 0)
 
 
 def test_random_video_init_is_warned(caplog):
     with caplog.at_level(logging.WARNING):
-        build_model(SMALL, "video", 3)
+        build(SMALL, "video", 3)
     assert "video backbone small_cnn: no pre-trained weights (random initialization)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        build_model(SMALL, "audio", 3)
-        build_model(SMALL, "video", 3, load_weights=False)
+        build(SMALL, "audio", 3)
+        build(SMALL, "video", 3, load_weights=False)
     assert "pre-trained" not in caplog.text
 
 
 def test_count_parameters():
-    model = build_model(SMALL, "joint", 10)
+    model = build(SMALL, "joint", 10)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
     model.set_frozen(audio=True)
     assert count_parameters(model, trainable_only=True) == (
@@ -99,7 +106,7 @@ def test_count_parameters():
 def test_frozen_extractor_does_not_change_at_all(frozen):
     torch.manual_seed(0)
     config = ModelConfig(audio_widths=(8, 16, 32), video="small_cnn", fusion_hidden=(16,))
-    model = build_model(config, "joint", 4)
+    model = build(config, "joint", 4)
     model.set_frozen(**{frozen: True})
     other = "video" if frozen == "audio" else "audio"
     assert getattr(model, f"frozen_{frozen}") and not getattr(model, f"frozen_{other}")
@@ -128,7 +135,7 @@ def test_frozen_extractor_does_not_change_at_all(frozen):
 
 
 def test_cannot_freeze_a_missing_extractor():
-    with pytest.raises(ValueError, match="expected a stage with video to freeze it"):
-        build_model(SMALL, "audio", 3).set_frozen(video=True)
+    with pytest.raises(ValueError, match="expected a model with video to freeze it"):
+        build(SMALL, "audio", 3).set_frozen(video=True)
     with pytest.raises(ValueError, match="expected"):
         SceneClassifier("joint")

@@ -3,7 +3,8 @@
 import pytest
 
 from avsc_pipeline.config import from_dict, to_dict
-from avsc_pipeline.models.config import MODALITIES, STAGES, ModelConfig
+from avsc_pipeline.models.config import MODALITIES, ModelConfig
+from avsc_pipeline.models.registry import check_video_names, create_audio_extractor
 
 
 def test_defaults_are_the_paper_model():
@@ -12,7 +13,7 @@ def test_defaults_are_the_paper_model():
     assert cfg.audio_widths == (144, 288, 576)
     assert cfg.fusion_hidden == (512, 128, 64)
     assert (cfg.audio_bn_eps, cfg.audio_bn_momentum) == (1e-3, 0.01)
-    assert STAGES == MODALITIES == ("audio", "video", "joint")
+    assert MODALITIES == ("audio", "video", "joint") and cfg.modality == "joint"
 
 
 def test_round_trip_through_dict():
@@ -25,26 +26,47 @@ def test_round_trip_through_dict():
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    ({"audio": "cnn14"}, r"expected audio in \['fcnn'\], got 'cnn14'"),
+    ({"modality": "both"}, "expected modality in"),
     ({"audio_widths": (8, 16)}, "expected 3 values in audio_widths"),
     ({"audio_widths": (8, 0, 16)}, "audio_widths to hold positive ints"),
     ({"audio_dropout": 1.0}, r"expected audio_dropout in \[0, 1\), got 1.0"),
     ({"audio_embedding": "logits"}, "expected audio_embedding in"),
     ({"audio_bn_eps": 0.0}, "expected audio_bn_eps > 0"),
     ({"audio_bn_momentum": 0.99 + 1}, "audio_bn_momentum in"),
-    ({"video": "resnet9"}, r"densenet161.*got 'resnet9'"),
-    ({"video": "timm:"}, "timm:<model_name>"),
-    ({"video_weights": "timm"}, "match the backbone's library"),
-    ({"video": "small_cnn", "video_weights": "torchvision"}, "match the backbone's library"),
     ({"video_weights": ""}, "expected video_weights"),
-    ({"video_weights_unsafe": "yes"}, "video_weights_unsafe to be a bool"),
     ({"fusion_hidden": (512, -1)}, "fusion_hidden"),
-    ({"fusion_hidden": [512]}, "fusion_hidden to be a tuple"),
     ({"fusion_dropout": -0.1}, "fusion_dropout"),
 ])
 def test_bad_values_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("data, pattern", [
+    ({"video_weights_unsafe": "yes"}, "model.video_weights_unsafe: expected true or false, got 'yes'"),
+    ({"fusion_hidden": 512}, "model.fusion_hidden: expected a list, got 512"),
+    ({"audio_widths": [8, 16.5, 32]}, "model.audio_widths: expected an integer, got 16.5"),
+    ({"video_weights": 3}, "model.video_weights: expected a string, got 3"),
+])
+def test_types_are_checked_in_one_place(data, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        from_dict(ModelConfig, data, source="model.yaml", section="model")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"video": "resnet9"}, r"densenet161.*got 'resnet9'"),
+    ({"video": "timm:"}, "timm:<model_name>"),
+    ({"video_weights": "timm"}, "match the backbone's library"),
+    ({"video": "small_cnn", "video_weights": "torchvision"}, "match the backbone's library"),
+])
+def test_unknown_names_are_refused_by_the_registry(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        check_video_names(ModelConfig(**kwargs))
+
+
+def test_unknown_audio_extractor_is_refused_by_the_registry():
+    with pytest.raises(ValueError, match=r"expected model.audio in \['fcnn'\], got 'cnn14'"):
+        create_audio_extractor(ModelConfig(audio="cnn14"), 6, 10)
 
 
 def test_from_dict_names_unknown_keys_and_source():

@@ -13,6 +13,13 @@ from avsc_pipeline.models.config import ModelConfig
 from avsc_pipeline.models.weights import load_weights_file, normalize_keys
 
 
+def build(config, modality, *args, **kwargs):
+    """`build_model` of `config` with its modality set (the architecture choice of `model:`)."""
+    import dataclasses
+
+    return build_model(dataclasses.replace(config, modality=modality), *args, **kwargs)
+
+
 @dataclass
 class Provenance:
     """A custom class: pickling it makes a file that weights_only loading refuses."""
@@ -43,7 +50,7 @@ def test_places365_densenet_loads_every_tensor(places_densenet, caplog):
     path, source, state = places_densenet
     assert "module.features.denseblock1.denselayer1.norm.1.weight" in state  # really old-style
     with caplog.at_level(logging.INFO, logger="avsc_pipeline.models.weights"):
-        model = build_model(ModelConfig(video_weights=str(path)), "video", 10)
+        model = build(ModelConfig(video_weights=str(path)), "video", 10)
     loaded = model.video.backbone.state_dict()
     assert set(loaded) == {k for k in source if not k.startswith("classifier.")}
     for key, value in loaded.items():
@@ -59,7 +66,7 @@ def test_a_missing_tensor_is_named(places_densenet, tmp_path):
     bad = tmp_path / "partial.pth"
     torch.save({"state_dict": partial}, bad)
     with pytest.raises(ValueError) as info:
-        build_model(ModelConfig(video_weights=str(bad)), "video", 10)
+        build(ModelConfig(video_weights=str(bad)), "video", 10)
     message = str(info.value)
     assert message.startswith(f"{bad}: ") and "\n" not in message
     assert "1 backbone tensor(s) missing" in message
@@ -71,7 +78,7 @@ def test_plain_torchvision_state_dict_loads(tmp_path):
     source = torchvision.models.resnet18().state_dict()
     path = tmp_path / "resnet18.pth"
     torch.save(source, path)
-    model = build_model(ModelConfig(video="resnet18", video_weights=str(path)), "video", 4)
+    model = build(ModelConfig(video="resnet18", video_weights=str(path)), "video", 4)
     for key, value in model.video.backbone.state_dict().items():
         assert torch.equal(value, source[key]), key
 
@@ -82,7 +89,7 @@ def test_shape_mismatch_is_named(tmp_path):
     path = tmp_path / "odd.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"conv1.weight: file \(64, 3, 3, 3\) != model \(64, 3, 7, 7\)"):
-        build_model(ModelConfig(video="resnet18", video_weights=str(path)), "video", 4)
+        build(ModelConfig(video="resnet18", video_weights=str(path)), "video", 4)
 
 
 def test_custom_pickled_class_needs_the_unsafe_flag(tmp_path):
@@ -91,13 +98,13 @@ def test_custom_pickled_class_needs_the_unsafe_flag(tmp_path):
     torch.save({"state_dict": state, "provenance": Provenance("trained elsewhere")}, path)
     config = ModelConfig(video="resnet18", video_weights=str(path))
     with pytest.raises(ValueError) as info:
-        build_model(config, "video", 4)
+        build(config, "video", 4)
     assert str(info.value) == (
         f"{path}: needs the full unpickler (a legacy pickle); "
         "set model.video_weights_unsafe: true if you trust this file"
     )
     unsafe = ModelConfig(video="resnet18", video_weights=str(path), video_weights_unsafe=True)
-    model = build_model(unsafe, "video", 4)
+    model = build(unsafe, "video", 4)
     assert torch.equal(model.video.backbone.conv1.weight, state["conv1.weight"])
 
 

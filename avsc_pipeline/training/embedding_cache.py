@@ -1,0 +1,130 @@
+"""Embeddings computed once: frozen extractors whose input is never augmented, and the
+training-set mean embeddings that a joint model's checkpoint carries.
+
+A frozen extractor that sees no augmentation gives every row the same embedding every epoch,
+so :func:`build_caches` runs it once over the rows a run reads (each distinct frame pair once:
+offline-augmented rows share their source row's frames), and training and validation read the
+tables instead (:class:`~avsc_pipeline.evaluation.runtime.Scorer` takes them as `cached`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.dataio.dataset import ShardDataset
+from avsc_pipeline.dataio.loader import make_loader
+from avsc_pipeline.dataio.preparation import BatchPreparer
+from avsc_pipeline.dataio.samplers import EpochSampler
+from avsc_pipeline.dataio.training_input import TrainingInput
+from avsc_pipeline.devices import autocast
+from avsc_pipeline.models.classifier import SceneClassifier
+from avsc_pipeline.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: At most this many original training rows give the mean embeddings.
+EMBEDDING_MEAN_ROWS = 4096
+
+
+def cacheable(frozen_audio: bool, frozen_video: bool, train: TrainConfig,
+              augment: BatchAugmentConfig) -> Dict[str, bool]:
+    """Which frozen extractors see unaugmented input, so their embeddings can be computed once.
+
+    Mixup mixes inputs, and an extractor is not linear, so any mixup rules caching out.
+    """
+    if not train.cache_embeddings or augment.mixup_fraction > 0:
+        return {"audio": False, "video": False}
+    audio_augmented = augment.spec_augment or augment.channel_swap_p > 0
+    video_augmented = augment.video_num_ops > 0 and any(op != "Identity" for op in augment.video_ops)
+    return {"audio": frozen_audio and not audio_augmented, "video": frozen_video and not video_augmented}
+
+
+def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConfig, augment: BatchAugmentConfig,
+                 precision: Optional[torch.dtype] = None, progress: bool = False) -> Dict[str, torch.Tensor]:
+    """The embedding tables of the cacheable frozen extractors, over every row the run reads.
+
+    Returns:
+        `{part: (N, D) float32 on the device}` for each cached part (N = dataset rows).
+    """
+    caches = {}
+    rows = np.concatenate([inputs.split.train, inputs.split.augmented, inputs.split.validation])
+    for part, ok in cacheable(model.frozen_audio, model.frozen_video, train, augment).items():
+        if ok:
+            started = time.perf_counter()
+            caches[part] = compute_embeddings(model, part, inputs, rows, precision, progress)
+            logger.info("frozen %s extractor: embeddings of %d rows cached in %.1f s", part, len(rows),
+                        time.perf_counter() - started)
+    return caches
+
+
+@torch.no_grad()
+def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput, rows: Sequence[int],
+                       precision: Optional[torch.dtype] = None, progress: bool = False) -> torch.Tensor:
+    """One extractor's embeddings of the given dataset rows, in eval mode, without augmentation.
+
+    Video embeddings are computed once per distinct frame pair: an offline-augmented row shares
+    its source row's frames, so its embedding is copied from the source's.
+
+    Returns:
+        `(len(dataset), D)` float32 on the device; rows not asked for are zero.
+    """
+    from tqdm import tqdm
+
+    dataset = inputs.dataset
+    if part == "video" and not dataset.with_video:
+        dataset = ShardDataset(inputs.folders, with_video=True)
+    rows = np.asarray(rows, dtype=np.int64)
+    distinct = rows
+    source = None
+    if part == "video":
+        source = dataset.frame_sources(rows)
+        distinct = np.unique(source)
+    device = inputs.device
+    preparer = BatchPreparer(len(inputs.classes), inputs.audio_stats,
+                             (model.frame_mean, model.frame_std)).to(device).eval()
+    sampler = EpochSampler(distinct, shuffle=False, num_replicas=1, rank=0)
+    batches = make_loader(dataset, sampler, inputs.loader_config, device, drop_last=False)
+    embed = model.embed_audio if part == "audio" else model.embed_video
+    was_training = model.training
+    model.eval()
+    table: Optional[torch.Tensor] = None
+    for raw in tqdm(batches, desc=f"caching {part} embeddings", disable=not progress, leave=False):
+        batch = preparer(raw)
+        with autocast(device, precision):
+            values = embed(batch[part]).float()
+        if table is None:
+            table = torch.zeros(len(dataset), values.shape[1], device=device)
+        table[batch["index"].to(device)] = values
+    batches.release_unreferenced()
+    model.train(was_training)
+    if table is None:
+        raise ValueError("expected rows to embed, got none")
+    if source is not None:
+        table[torch.as_tensor(rows, device=device)] = table[torch.as_tensor(source, device=device)]
+    return table
+
+
+@torch.no_grad()
+def embedding_means(model: SceneClassifier, inputs: TrainingInput, caches: Dict[str, torch.Tensor], seed: int,
+                    precision: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """Mean E_A and E_V of a joint model over (up to 4,096 of) the original training rows.
+
+    Returns:
+        `{"audio": (D_A,), "video": (D_V,)}` float32 on the CPU.
+    """
+    rows = inputs.split.train
+    if len(rows) > EMBEDDING_MEAN_ROWS:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(rows, EMBEDDING_MEAN_ROWS, replace=False))
+    index = torch.as_tensor(rows, device=inputs.device)
+    means = {}
+    for part in ("audio", "video"):
+        table = caches[part] if part in caches else compute_embeddings(model, part, inputs, rows, precision)
+        means[part] = table[index].mean(0).cpu()
+    return means

@@ -1,0 +1,87 @@
+"""A run's model: built for the shards, initialized from an earlier step, frozen as configured."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from avsc_pipeline.config import config_diff
+from avsc_pipeline.models.checkpoint import load_checkpoint
+from avsc_pipeline.models.classifier import SceneClassifier, build_model
+from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def check_feature_section(given: Optional[Dict[str, Any]], shards: Dict[str, Any], source: Path) -> None:
+    """Refuse a config whose `features:` section differs from the shards' feature config.
+
+    Args:
+        given: the `features:` keys the config files give (None or empty: nothing to check).
+        shards: the shards' feature config as a dict.
+        source: the shard folder, named in the message.
+    """
+    if not given:
+        return
+    diff = config_diff({k: shards.get(k, "<missing>") for k in given}, given)
+    if diff:
+        raise ValueError(f"{source}: the shards were made with another feature config than the config's "
+                         f"features: section ({'; '.join(diff)}); re-extract them with that config, or drop "
+                         "the section: features come from the shards")
+
+
+def build_run_model(model_config: ModelConfig, train: TrainConfig, classes: List[str], features: Dict[str, Any],
+                    audio_channels: int) -> SceneClassifier:
+    """The run's model: pre-trained video weights, then `init_from`, then freezing.
+
+    Args:
+        model_config: the `model:` section.
+        train: the `train:` section (`init_from`, `freeze_audio`, `freeze_video`).
+        classes: the shards' class list.
+        features: the shards' feature config as a dict (an `init_from` checkpoint must match it).
+        audio_channels: C of the shards' `(C, F, T)` audio features.
+
+    Raises:
+        ValueError: a missing or broken weights file or `init_from` checkpoint, one made for
+            another class list or feature config (fields named), or a freeze that leaves
+            nothing to train.
+    """
+    if model_config.modality == "audio" and train.freeze_audio:
+        raise ValueError("expected train.freeze_audio false for model.modality 'audio' (nothing would train), "
+                         "got true")
+    model = build_model(model_config, len(classes), audio_channels)
+    if train.init_from:
+        init_extractors(model, Path(train.init_from), classes, features)
+    else:
+        logger.info("no init_from: extractors start from their initial or pre-trained weights")
+    model.set_frozen(audio=train.freeze_audio and model.uses_audio, video=train.freeze_video and model.uses_video)
+    return model
+
+
+def init_extractors(model: SceneClassifier, path: Path, classes: List[str], features: Dict[str, Any]) -> None:
+    """Copy the extractors an earlier step's checkpoint holds into `model` (strictly)."""
+    artifact = load_checkpoint(path).artifact
+    if list(artifact.classes) != list(classes):
+        raise ValueError(f"{path}: init_from checkpoint has classes {list(artifact.classes)}, the shards {classes}")
+    diff = config_diff(artifact.feature_config, features)
+    if diff:
+        raise ValueError(f"{path}: init_from checkpoint was trained on another feature config ({'; '.join(diff)})")
+    loaded = []
+    for part in ("audio", "video"):
+        module = getattr(model, part)
+        prefix = f"{part}."
+        source = {k[len(prefix):]: v for k, v in artifact.weights.items() if k.startswith(prefix)}
+        if module is None:
+            continue
+        if not source:
+            logger.info("init_from %s holds no %s extractor: it starts from its initial weights", path, part)
+            continue
+        try:
+            module.load_state_dict(source, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: its {part} extractor does not fit this model "
+                             f"({str(err).splitlines()[0]})") from None
+        loaded.append(part)
+    logger.info("init_from %s: %s extractor(s) loaded", path, ", ".join(loaded) or "no")
