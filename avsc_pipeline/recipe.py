@@ -29,9 +29,8 @@ def section_classes() -> Dict[str, type]:
     """Every known section name and its dataclass, in the order a resolved config lists them."""
     # Imported here: the sections live with the code they configure, and some of those modules
     # are heavy; a caller that only reads `features:` should not import the trainer.
-    from avsc_pipeline.features.config import FeatureConfig
+    from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
     from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
-    from avsc_pipeline.features.offline_augment import OfflineAugmentConfig
 
     classes: Dict[str, type] = {
         "features": FeatureConfig,

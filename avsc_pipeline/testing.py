@@ -15,15 +15,7 @@ import numpy as np
 from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
 
-# Real TAU clips beside a development checkout (`../shared/data/tau-av-street-mini`); a user's
-# clone has none, so tests skip and benchmarks fall back to generated clips (see `shared_mini`).
-SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
 SMALL_FEATURES = FeatureConfig(image_size=32)
-
-
-def shared_mini() -> Optional[Path]:
-    """:data:`SHARED_MINI` when it holds a data set (a `meta.csv`), else None."""
-    return SHARED_MINI if (SHARED_MINI / "meta.csv").is_file() else None
 
 
 def noisy_tone(seconds: float, sr: int = 48000, freq: float = 440.0, noise: float = 1e-3,
@@ -189,28 +181,6 @@ def write_augmented_folder(folder: "str | os.PathLike[str]", source: "str | os.P
         writer.add(**columns)
     build_index(folder)
     return folder
-
-
-def kill_when_shards(command: Sequence[str], folder: "str | os.PathLike[str]", count: int,
-                     timeout: float = 120.0) -> int:
-    """Start `command`, SIGKILL it once `folder` holds `count` finished shards (or it exits).
-
-    Returns:
-        How many finished shards the folder held after the kill.
-    """
-    import signal
-    import subprocess
-    import time
-
-    from avsc_pipeline.storage.shards import list_shards
-
-    proc = subprocess.Popen(list(command))
-    deadline = time.time() + timeout
-    while time.time() < deadline and len(list_shards(folder)) < count and proc.poll() is None:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return len(list_shards(folder))
 
 
 def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.PathLike[str]",

@@ -46,7 +46,8 @@ def best_of(fns: Sequence[Callable[[], object]], repeat: int) -> List[float]:
 
 def load_clips(tmp: Path, n: int) -> List:
     from avsc_pipeline.manifest import load_manifest
-    from avsc_pipeline.testing import make_tau_dataset, shared_mini
+    from avsc_pipeline.testing import make_tau_dataset
+    from common import shared_mini
 
     mini = shared_mini()
     if mini is not None:

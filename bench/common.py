@@ -28,6 +28,12 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
+def shared_mini() -> "Path | None":
+    """The real clips of ../shared/data/tau-av-street-mini beside a development checkout, or None."""
+    mini = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
+    return mini if (mini / "meta.csv").is_file() else None
+
+
 def real_or_generated_dataset(folder: Path, n_clips: int) -> Tuple[Path, str]:
     """A TAU-layout folder of `n_clips` 10-second clips.
 
@@ -35,7 +41,7 @@ def real_or_generated_dataset(folder: Path, n_clips: int) -> Tuple[Path, str]:
     where present, else generated ones. Returns the root and a description.
     """
     from avsc_pipeline.manifest import META_HEADER, write_tsv
-    from avsc_pipeline.testing import make_tau_dataset, shared_mini
+    from avsc_pipeline.testing import make_tau_dataset
 
     mini = shared_mini()
     if mini is None:

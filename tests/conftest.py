@@ -11,6 +11,10 @@ import pytest
 
 from avsc_pipeline import testing
 
+# Real TAU clips beside a development checkout (`../shared/data/tau-av-street-mini`); a user's
+# clone has none, so the tests that need them skip.
+SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-av-street-mini"
+
 
 @pytest.fixture(scope="session")
 def tau_root(tmp_path_factory) -> Path:
@@ -21,10 +25,34 @@ def tau_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def shared_mini() -> Path:
     """The real clips in ../shared/data/tau-av-street-mini; skips where that folder is absent."""
-    root = testing.shared_mini()
-    if root is None:
-        pytest.skip(f"real mini clips not found at {testing.SHARED_MINI} (a user's clone has no ../shared)")
-    return root
+    if not (SHARED_MINI / "meta.csv").is_file():
+        pytest.skip(f"real mini clips not found at {SHARED_MINI} (a user's clone has no ../shared)")
+    return SHARED_MINI
+
+
+def _kill_when_shards(command, folder: Path, count: int, timeout: float = 120.0) -> int:
+    """Start `command`, SIGKILL it once `folder` holds `count` finished shards (the event), or
+    when it exits first; returns how many finished shards the folder held after the kill."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from avsc_pipeline.storage.shards import list_shards
+
+    proc = subprocess.Popen(list(command))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list_shards(folder)) < count and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list_shards(folder))
+
+
+@pytest.fixture(scope="session")
+def kill_when_shards() -> Callable[..., int]:
+    """`kill_when_shards(command, folder, count)`: a crash at a chosen point of a shard-writing run."""
+    return _kill_when_shards
 
 
 @pytest.fixture(scope="session")

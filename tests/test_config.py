@@ -44,7 +44,7 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_section(configs / "paper.yaml", "features", FeatureConfig) == FeatureConfig()
     assert load_section(configs / "demo.yaml", "features", FeatureConfig) == FeatureConfig()
-    from avsc_pipeline.features.offline_augment import OfflineAugmentConfig
+    from avsc_pipeline.features.config import OfflineAugmentConfig
 
     assert load_section(configs / "paper.yaml", "offline_augment", OfflineAugmentConfig) == OfflineAugmentConfig()
     from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig

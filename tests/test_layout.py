@@ -34,3 +34,64 @@ def test_imports_run_one_way(package):
                  for name in imported_modules(path)
                  if name.startswith(FORBIDDEN[package]) and name not in ALLOWED.get(package, ())]
     assert not offending, f"avsc_pipeline.{package} imports {offending}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(name: str, level: int, current: str, is_package: bool) -> str:
+    if level == 0:
+        return name
+    base = current.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def import_graph():
+    """`{module: {package modules it imports}}` over every module of the package, at any depth
+    (imports inside functions count: a circle through a lazy import is still a circle)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = _resolve(node.module or "", node.level, name, path.name == "__init__.py")
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    targets.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def test_no_import_circle_inside_the_package():
+    graph = import_graph()
+    seen, on_path, circles = set(), [], []
+
+    def visit(module):
+        if module in on_path:
+            circles.append(on_path[on_path.index(module):] + [module])
+            return
+        if module in seen:
+            return
+        seen.add(module)
+        on_path.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        on_path.pop()
+
+    for module in sorted(graph):
+        visit(module)
+    assert not circles, "import circle(s): " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_training_never_imports_the_recipe():
+    graph = import_graph()
+    offending = sorted(m for m in graph if m.startswith("avsc_pipeline.training")
+                       and "avsc_pipeline.recipe" in graph[m])
+    assert not offending, f"{offending} import avsc_pipeline.recipe (above training)"

@@ -5,7 +5,8 @@ operation and copy of the :class:`OfflineAugmentConfig`, the augmented waveform 
 clip's audio file, cut into segments and turned into the same stage-one audio features. Rows
 carry the original clip's id, label and identifier, the operation as `variant`, the drawn
 parameters, and a reference to the stage-one row whose video frames they use (the same segment;
-for `speed`, segment `k` of the changed waveform uses original segment `min(k, n - 1)`), so the
+for a resampling `speed`, segment `k` of the changed waveform uses original segment
+`min(k, n - 1)`; a time stretch keeps the clip's length), so the
 augmented data costs audio bytes only. Rows whose reference has no stage-one row (e.g. the video
 was shorter than the audio) are left out and reported.
 
@@ -28,11 +29,9 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avsc_pipeline.config import config_diff, config_hash, to_dict
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
-from avsc_pipeline.features.offline_augment import (
-    AugmentError, Augmenter, AugmentParams, OfflineAugmentConfig, draw_params, output_samples,
-)
+from avsc_pipeline.features.offline_augment import AugmentError, Augmenter, AugmentParams, draw_params, output_samples
 from avsc_pipeline.features.extract import audio_extractor, planned_samples
 from avsc_pipeline.features.shard_engine import (
     DEFAULT_SHARD_SIZE, RunSummary, ShardJob, check_run_args, check_state, group_into_shards, hash_strings,
@@ -233,7 +232,8 @@ def _add_rows(writer: ShardWriter, result: AugmentResult, strict: bool, video_so
             logger.warning("%s: %s", item.clip_id, reason)
             writer.skip(item.clip_id, str(item.clip.video or item.clip.audio), reason)
         if keep:
-            writer.add(**_columns(item, params, output.audio[keep], keep, [refs[j] for j in keep]))
+            columns = _columns(item, params, output.audio[keep], keep, [refs[j] for j in keep])
+            writer.add(**{name: values for name, values in columns.items() if name in writer.columns})
 
 
 def _skip(writer: ShardWriter, clip_id: str, skipped: Tuple[str, str], strict: bool) -> None:
@@ -266,6 +266,8 @@ def _columns(item: AugmentItem, params: AugmentParams, audio: np.ndarray, segmen
         snr_db=floats(params.snr_db),
         gain=floats(params.gain),
         partner_clip=[params.partner] * k,
+        stretch=floats(params.stretch),  # these two only where the config's schema has them
+        clip_gain=floats(params.clip_gain),
     )
 
 
@@ -341,7 +343,7 @@ def augment_split(
     job = ShardJob(
         folder=folder,
         plans=plans,
-        columns=augment_columns(feature_config),
+        columns=augment_columns(feature_config, config),
         attrs=partial(plan_attrs, classes=classes, config=feature_config, video_source=video_source,
                       augment_config=to_dict(config), augment_hash=config_hash(config)),
         work=partial(augment_clip, feature_config=feature_config, config=config),

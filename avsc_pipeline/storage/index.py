@@ -169,7 +169,7 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
     `video_source` attribute) also: known variants, and every video reference resolves to a
     source row with the same label (:func:`verify_references`).
     """
-    from avsc_pipeline.storage.shards import feature_config_of
+    from avsc_pipeline.storage.shards import augment_config_of, feature_config_of
 
     problems: List[str] = []
     folder = Path(folder)
@@ -184,11 +184,12 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
                 first = attrs
             _check_same(first, attrs, shards[0], path)
             config = feature_config_of(attrs, source=str(path))
+            augment = augment_config_of(attrs, source=str(path))
         except (ValueError, KeyError) as err:
             problems.append(str(err))
             continue
         if "video_source" in attrs:
-            columns = augment_columns(config)
+            columns = augment_columns(config, augment)
         else:
             columns = stage_one_columns(config, with_video="video" in attrs["datasets"])
         problems.extend(_verify_shard(path, attrs, columns))

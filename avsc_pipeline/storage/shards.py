@@ -31,13 +31,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from avsc_pipeline import __version__
 from avsc_pipeline.config import config_hash, to_dict
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.features.config import OFFLINE_OPS, FeatureConfig, OfflineAugmentConfig
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -83,10 +83,10 @@ def augmented_split(split: str) -> str:
 
 
 # The offline augmentation operations, each the `variant` of the rows it writes.
-AUGMENT_VARIANTS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
+AUGMENT_VARIANTS: Tuple[str, ...] = OFFLINE_OPS
 
 
-def augment_columns(config: FeatureConfig) -> Dict[str, Column]:
+def augment_columns(config: FeatureConfig, augment: Optional[OfflineAugmentConfig] = None) -> Dict[str, Column]:
     """The schema of augmented shards: stage one's without `video`, plus references and parameters.
 
     =====================  ==========  ==========================================================
@@ -94,14 +94,25 @@ def augment_columns(config: FeatureConfig) -> Dict[str, Column]:
     `video_ref_segment`    int16       its segment
     `copy`                 int16       which copy of the operation on this clip (0-based)
     `semitones`            float32     pitch shift (`pitch`; NaN otherwise)
-    `speed`                float32     speed factor (`speed`; NaN otherwise)
-    `snr_db`               float32     signal-to-noise ratio in dB (`noise`; NaN otherwise)
+    `speed`                float32     speed factor of a resampling speed change (`speed` with
+                                       `speed_method: resample`; NaN otherwise)
+    `snr_db`               float32     signal-to-noise ratio in dB (`noise` with `noise: snr`;
+                                       NaN otherwise)
     `gain`                 float32     gain of the partner clip (`mix`; NaN otherwise)
     `partner_clip`         utf-8       the partner clip's id (`mix`; empty otherwise)
+    `stretch`              float32     time-stretch rate (`speed` with `speed_method: stretch`;
+                                       NaN otherwise); only in shards made with that method
+    `clip_gain`            float32     gain of the clip itself (`mix` with `mix: two_gains`; NaN
+                                       otherwise); only in shards made with two gains
     =====================  ==========  ==========================================================
+
+    Shards made with `speed_method: resample` and `mix: one_gain` (the earlier variants) have
+    exactly the earlier columns. `noise: fixed` draws no parameter (its standard deviation is the
+    config's `noise_std`, in the `augment_config` attribute).
 
     Args:
         config: the FeatureConfig of the features.
+        augment: the augmentation config the shards were made with (None: the earlier columns).
     """
     columns = stage_one_columns(config, with_video=False)
     columns.update(
@@ -114,6 +125,10 @@ def augment_columns(config: FeatureConfig) -> Dict[str, Column]:
         gain=Column("float32"),
         partner_clip=Column(STRING),
     )
+    if augment is not None and augment.speed_method == "stretch":
+        columns["stretch"] = Column("float32")
+    if augment is not None and augment.mix == "two_gains":
+        columns["clip_gain"] = Column("float32")
     return columns
 
 
@@ -250,4 +265,14 @@ def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureCo
     from avsc_pipeline.config import from_dict
 
     return from_dict(FeatureConfig, attrs["feature_config"], source=source)
+
+
+def augment_config_of(attrs: Dict[str, Any], source: str = "shard") -> Optional[OfflineAugmentConfig]:
+    """The OfflineAugmentConfig stored in an augmented shard's attributes (None when absent)."""
+    from avsc_pipeline.config import from_dict
+
+    stored = attrs.get("augment_config")
+    if stored is None:
+        return None
+    return from_dict(OfflineAugmentConfig, json.loads(stored) if isinstance(stored, str) else stored, source=source)
 

@@ -20,7 +20,7 @@ from avsc_pipeline.manifest import load_tau
 from avsc_pipeline.storage.index import build_index, load_index, row_locations, verify_folder
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.shards import list_shards, read_attrs
-from avsc_pipeline.testing import kill_when_shards, make_tau_dataset
+from avsc_pipeline.testing import make_tau_dataset
 from cli.features import main
 
 CFG = FeatureConfig()
@@ -167,7 +167,7 @@ def test_rerun_keeps_shards_and_refuses_other_settings(augmented, tmp_path):
         augment(root, tmp_path / "nothing", config)
 
 
-def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_path):
+def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_path, kill_when_shards):
     root, features = extracted
     config = OfflineAugmentConfig(ops=("pitch", "noise"), copies=2)
     clean = tmp_path / "clean"
