@@ -17,6 +17,7 @@ from avsc_pipeline.config import check_choice, check_int, check_unit
 
 MASK_FILLS = ("mean", "zero")
 VIDEO_KERNELS = ("auto", "batched", "per_image")
+AUDIO_NORMALIZATIONS = ("none", "standardize")
 # torchvision's RandAugment operations, in the order of its `_AUGMENTATION_SPACE`.
 RANDAUGMENT_OPS = (
     "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
@@ -102,6 +103,9 @@ class LoaderConfig:
         val_fraction: fraction of each class's recording locations held out for validation.
         split_seed: seed of the location-disjoint split (fixed, independent of the run seed).
         audio_stats: file name, beside the training shards, of the audio mean and std.
+        audio_normalize: `none` feeds the audio features as stored (the authors' definition
+            scales them to [0, 1] in stage one); `standardize` subtracts the per-channel training
+            mean and divides by the std from `audio_stats` (for unscaled features, e.g. dB).
     """
 
     batch_size: int = 32
@@ -114,6 +118,7 @@ class LoaderConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     audio_stats: str = "audio_stats.json"
+    audio_normalize: str = "none"
 
     def __post_init__(self) -> None:
         check_int(self, ("num_workers",))
@@ -123,4 +128,5 @@ class LoaderConfig:
             raise ValueError(f"expected 0 <= val_fraction < 1, got {self.val_fraction!r}")
         if not self.audio_stats or "/" in self.audio_stats:
             raise ValueError(f"expected a plain file name for audio_stats, got {self.audio_stats!r}")
+        check_choice(self, "audio_normalize", AUDIO_NORMALIZATIONS)
 
