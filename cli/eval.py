@@ -7,9 +7,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
+from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
+
 from avsc_pipeline_cli.common import device_option, setup_logging
 
-MODALITIES = ("audio", "video", "joint")  # avsc_pipeline.models.config.MODALITIES, without importing torch
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

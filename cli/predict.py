@@ -8,11 +8,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import click
 
+from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
+
 from avsc_pipeline.manifest import TAU_SPLITS
 from avsc_pipeline_cli.common import device_option, setup_logging
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-MODALITIES = ("audio", "video", "joint")  # avsc_pipeline.models.config.MODALITIES, without importing torch
 
 
 def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:

@@ -11,7 +11,7 @@ The defaults are the paper's settings (USTC, DCASE 2021 Task 1b) where the paper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_unit
 
@@ -119,6 +119,10 @@ class LoaderConfig:
     split_seed: int = 0
     audio_stats: str = "audio_stats.json"
     audio_normalize: str = "none"
+
+    # A loader section written before `audio_normalize` existed (a run folder's resolved config,
+    # a checkpoint) standardized the audio (see avsc_pipeline.config.to_dict).
+    EARLIER_VALUES: ClassVar[Dict[str, Any]] = {"audio_normalize": "standardize"}
 
     def __post_init__(self) -> None:
         check_int(self, ("num_workers",))

@@ -4,7 +4,7 @@
 
 1. perturbs the uint8 frames (RandAugment, defined on uint8 images),
 2. converts and normalizes them (the video backbone's mean and std) and the audio (per-channel
-   training mean/std),
+   training mean/std, or as stored when no statistics are given: `loader.audio_normalize: none`),
 3. masks and channel-swaps the audio,
 4. mixes audio, frames and one-hot targets jointly.
 
@@ -117,14 +117,16 @@ class BatchPreparer(nn.Module):
 
     Args:
         num_classes: size of the one-hot targets.
-        audio_stats: the training audio statistics.
+        audio_stats: the training audio statistics to standardize the audio with, or None to
+            feed it as stored (only cast to float32), as the authors feed their [0, 1]-scaled
+            features (`loader.audio_normalize: none`).
         frame_norm: the frames' mean and std, as the video backbone needs them (its
             `frame_mean`, `frame_std`), or a name in `FRAME_NORMS`.
         augment: augmentation settings; None for none (evaluation only).
         seed: the run seed; each augmentation gets its own stream derived from it.
     """
 
-    def __init__(self, num_classes: int, audio_stats: AudioStats,
+    def __init__(self, num_classes: int, audio_stats: Optional[AudioStats],
                  frame_norm: "str | Tuple[Sequence[float], Sequence[float]]" = "imagenet",
                  augment: Optional[BatchAugmentConfig] = None, seed: int = 0) -> None:
         super().__init__()
@@ -136,7 +138,7 @@ class BatchPreparer(nn.Module):
                                  f"got {frame_norm!r}")
             frame_norm = FRAME_NORMS[frame_norm]
         self.num_classes = num_classes
-        self.audio_norm = AudioNormalize(audio_stats.mean, audio_stats.std)
+        self.audio_norm = None if audio_stats is None else AudioNormalize(audio_stats.mean, audio_stats.std)
         self.frame_norm = FrameNormalize(*frame_norm)
         self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
 
@@ -162,7 +164,8 @@ class BatchPreparer(nn.Module):
                 raise ValueError(f"expected a batch with {key!r}, got keys {sorted(batch)}")
         device = self.frame_norm.scale.device
         out = dict(batch)
-        audio = self.audio_norm(batch["audio"].to(device, non_blocking=True))
+        audio = batch["audio"].to(device, non_blocking=True)
+        audio = _float_audio(audio) if self.audio_norm is None else self.audio_norm(audio)
         video = batch.get("video")
         if video is not None:
             video = video.to(device, non_blocking=True)
@@ -197,6 +200,17 @@ def _augmentations(augment: Optional[BatchAugmentConfig], seed: int) -> Tuple[Op
         mix = JointMixup(augment.mixup_fraction, augment.mixup_ratio, augment.mixup_alpha, inplace=True,
                          seed=seeds[3])
     return video, spec, swap, mix
+
+
+def _float_audio(audio: torch.Tensor) -> torch.Tensor:
+    """`(B, C, F, T)` floating point features as a new float32 tensor, unnormalized (a copy, as
+    :class:`AudioNormalize` makes one: the in-place augmentations must not write into the
+    loader's batch)."""
+    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+        raise TypeError(f"expected floating point audio features, got {describe(audio)}")
+    if audio.ndim != 4:
+        raise ValueError(f"expected audio of shape (B, C, F, T), got {tuple(audio.shape)}")
+    return audio.to(torch.float32, copy=True)
 
 
 def _channel_vector(values: Sequence[float], size: int, name: str) -> torch.Tensor:
