@@ -210,7 +210,11 @@ class FastLogMel:
             deltas = np.stack([delta_matrix(t, width, 1), delta_matrix(t, width, 2)])
         else:
             deltas = regression_matrices(t, width)
-        self._window = torch.as_tensor(window, dtype=torch.float32, device=self.device)
+        # Windowing in float32 rounds each windowed sample, noise that lifts weak bands 110 dB
+        # below a tone by 0.2% (1.4e-4 on the [0, 1] scale); librosa windows in float64. Only the
+        # dB definition keeps the float32 window its shards were written with.
+        window_dtype = torch.float32 if config.log == "db" else torch.float64
+        self._window = torch.as_tensor(window, dtype=window_dtype, device=self.device)
         self._mel_t = torch.as_tensor(mel.T, dtype=torch.float32, device=self.device).contiguous()
         self._deltas = torch.as_tensor(deltas, dtype=torch.float32, device=self.device)
         self._db_offset = 10.0 * np.log10(max(config.db_amin, config.db_ref))
@@ -249,13 +253,16 @@ class FastLogMel:
         cfg = self.config
         signal = segments.reshape(segments.shape[0] * 2, -1)
         if cfg.center:
-            half = cfg.n_fft // 2
-            signal = torch.nn.functional.pad(signal.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
-        frames = signal.unfold(-1, cfg.n_fft, cfg.hop_length) * self._window
-        # float32 FFTs in torch lose weak bins (up to 30% relative error 90 dB below the peak);
-        # the reference's numpy FFT does not, so the transform runs in float64.
-        spec = torch.fft.rfft(frames.double(), dim=-1)
-        power = (spec.real.square() + spec.imag.square()).float()
+            signal = _pad_centred(signal, cfg.n_fft // 2, cfg.pad_mode)
+        frames = signal.unfold(-1, cfg.n_fft, cfg.hop_length)
+        # The transform runs in float64: float32 loses weak bins next to loud ones (a float32
+        # FFT moves the [0, 1]-scaled features of a tone in near-silence by 7e-4).
+        if self._window.dtype == torch.float64:  # float32 samples times the float64 window, as librosa
+            windowed = frames.new_empty(frames.shape, dtype=torch.float64).copy_(frames).mul_(self._window)
+        else:  # the dB definition's original arithmetic, kept so its shards keep their bytes
+            windowed = torch.mul(frames, self._window, out=frames.new_empty(frames.shape, dtype=torch.float64))
+        spec = torch.fft.rfft(windowed, dim=-1)
+        power = spec.real.square().add_(spec.imag.square()).float()
         if cfg.power != 2.0:
             power = power.pow(cfg.power / 2.0)
         mel = _single_thread_matmul(power, self._mel_t)  # (2k, T, n_mels)
@@ -288,6 +295,19 @@ class FastLogMel:
         deltas = torch.matmul(log_mel.unsqueeze(1), self._deltas)  # (2k, 2, n_mels, T)
         stacked = torch.cat([log_mel.unsqueeze(1), deltas], dim=1)
         return stacked.reshape(k, 6, cfg.n_mels, cfg.n_frames)
+
+
+def _pad_centred(signal: "torch.Tensor", half: int, mode: str) -> "torch.Tensor":
+    """`(N, S)` -> `(N, S + 2 * half)` padded as librosa pads centred frames: `reflect` (the edge
+    sample not repeated, as `np.pad`) or `constant` (zeros). One concatenation: measured 4x
+    faster than `torch.nn.functional.pad`'s reflection kernel."""
+    import torch
+
+    if mode == "reflect":
+        left, right = signal[:, 1 : half + 1].flip(-1), signal[:, -half - 1 : -1].flip(-1)
+    else:
+        left = right = signal.new_zeros((signal.shape[0], half))
+    return torch.cat([left, signal, right], dim=-1)
 
 
 def _min_max(x: "torch.Tensor", low: "torch.Tensor", high: "torch.Tensor") -> "torch.Tensor":

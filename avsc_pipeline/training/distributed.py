@@ -92,6 +92,14 @@ def gather_objects(obj: object, context: Context) -> list:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module, context: Context) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics): DDP syncs them at the start
+    of a training forward, so after the last step each process holds its own batch's update."""
+    if context.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(context: Context) -> None:
     """Wait for every process."""
     if context.distributed:

@@ -65,12 +65,13 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
     context = join(device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(context, Path(features_dir), Path(run_dir), dict(sections), given_features, resume,
-                      overwrite, progress)
+        row = _train(context, Path(features_dir), Path(run_dir), dict(sections), given_features, resume,
+                     overwrite, progress)
+        barrier(context)  # no process leaves the group while another still uses it
+        return row
     finally:
         if torch.are_deterministic_algorithms_enabled() != deterministic:
             torch.use_deterministic_algorithms(deterministic)  # a process-wide switch: leave it as found
-        barrier(context)  # no process leaves the group while another still uses it
         teardown()
 
 

@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from avsc_pipeline.config import to_dict
@@ -32,7 +33,9 @@ from avsc_pipeline.evaluation.runtime import Scorer
 from avsc_pipeline.models.checkpoint import ModelArtifact, ResumeState, save_checkpoint
 from avsc_pipeline.models.classifier import SceneClassifier
 from avsc_pipeline.training import rng_state
-from avsc_pipeline.training.distributed import Context, all_sum, broadcast_flag, gather_objects, unwrap
+from avsc_pipeline.training.distributed import (
+    Context, all_sum, broadcast_buffers, broadcast_flag, gather_objects, unwrap,
+)
 from avsc_pipeline.training.embedding_cache import embedding_means
 from avsc_pipeline.training.losses import soft_target_cross_entropy
 from avsc_pipeline.training.meter import EpochMeter
@@ -207,14 +210,24 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> Dict[str, Optional[float]]:
         """Accuracy and log loss (clipped as scikit-learn's) on the held-out locations, scored
-        as `avsc-eval` scores (rank 0, every validation row); None without a validation split."""
+        as `avsc-eval` scores; None without a validation split.
+
+        Under several processes each scores every `world_size`-th row and the probabilities are
+        gathered, so every process holds the figures of one process scoring them all.
+        """
         rows = self.inputs.split.validation
-        if len(rows) == 0 or not self.context.is_main:
+        if len(rows) == 0:
             return {"val_accuracy": None, "val_log_loss": None}
+        broadcast_buffers(self.model, self.context)  # rank 0's model is the one checkpointed
         config = dataclasses.replace(self.loader_cfg, persistent_workers=False, drop_last=False)
-        probs = score_rows(self.inputs.dataset, self.scorer, config, rows=rows)
-        labels = self.inputs.dataset.labels[rows]
-        metrics = score(labels, probs, self.inputs.classes)
+        rank, world = self.context.rank, self.context.world_size
+        mine = rows[rank::world]
+        part = (score_rows(self.inputs.dataset, self.scorer, config, rows=mine) if len(mine)
+                else np.zeros((0, len(self.inputs.classes))))
+        probs = np.empty((len(rows), len(self.inputs.classes)))
+        for other, gathered in enumerate(gather_objects(part, self.context)):
+            probs[other::world] = gathered
+        metrics = score(self.inputs.dataset.labels[rows], probs, self.inputs.classes)
         return {"val_accuracy": metrics["accuracy"], "val_log_loss": metrics["log_loss"]}
 
     # -- epochs, checkpoints, resumption --------------------------------------------------------

@@ -112,10 +112,10 @@ def test_scaling_per_segment_or_per_clip():
     whole = dataclasses.replace(CFG, scaling="clip")
     per_clip = FastLogMel(whole, batch_segments=2)(seg)  # the clip spans two FFT batches
     assert np.abs(per_clip - reference_features(seg, whole)).max() <= 1e-4
-    for k in range(3):  # each second spans [0, 1] on its own
-        assert per_segment[k, [0, 3]].min() == pytest.approx(0.0, abs=1e-6)
-        assert per_segment[k, [0, 3]].max() == pytest.approx(1.0, abs=1e-6)
-    assert per_clip[:, [0, 3]].min() >= 0.0 and per_clip[:, [0, 3]].max() <= 1.0
+    for features in (per_segment, per_clip):
+        assert features[:, [0, 3]].min() >= 0.0 and features[:, [0, 3]].max() <= 1.0
+    # per segment, the level is gone (while the band energies stay well above log_offset)
+    np.testing.assert_allclose(per_segment[0], FastLogMel(CFG)(seg[:1] * 4)[0], atol=1e-4)
     assert per_clip[1, [0, 3]].max() < per_clip[0, [0, 3]].max() - 0.1  # the quiet second stays quieter
     unscaled = FastLogMel(dataclasses.replace(CFG, scaling="none"))(seg)[:, [0, 3]]
     np.testing.assert_allclose(per_clip[:, [0, 3]], (unscaled - unscaled.min()) / np.ptp(unscaled), atol=1e-5)
