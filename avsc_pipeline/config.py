@@ -85,6 +85,14 @@ def to_dict(config: Any) -> Dict[str, Any]:
     return data
 
 
+def section_dict(value: Any) -> Dict[str, Any]:
+    """A section as a plain dict: a config dataclass through :func:`to_dict`, a mapping as it is
+    (e.g. a section recorded from an artifact's own attributes)."""
+    if isinstance(value, dict):
+        return json.loads(json.dumps(value))
+    return to_dict(value)
+
+
 def from_dict(cls: Type[T], data: Dict[str, Any], source: str = "config", section: str = "") -> T:
     """Build `cls` from a mapping: lists become tuples, every value is checked against the
     field's type hint (bool, int, float, str, tuples, Optional), unknown keys are an error.
@@ -223,6 +231,6 @@ def dump_yaml(sections: Dict[str, Any], path: "str | os.PathLike[str]") -> None:
     """Write config dataclasses as a YAML file of sections, e.g. `{"features": FeatureConfig()}`."""
     import yaml
 
-    data = {name: to_dict(cfg) for name, cfg in sections.items()}
+    data = {name: section_dict(cfg) for name, cfg in sections.items()}
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle, sort_keys=False)

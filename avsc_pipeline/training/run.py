@@ -18,6 +18,7 @@ from avsc_pipeline.dataio.training_input import build_training_input
 from avsc_pipeline.devices import amp_dtype
 from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint
+from avsc_pipeline.storage.index import load_index
 from avsc_pipeline.training import rng_state
 from avsc_pipeline.training.distributed import Context, barrier, join, teardown
 from avsc_pipeline.training.embedding_cache import build_caches, cacheable
@@ -91,6 +92,10 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
         features = to_dict(inputs.dataset.feature_config)
         check_feature_section(given_features, features, inputs.folders[0])
         sections["features"] = from_dict(FeatureConfig, features, source=f"{inputs.folders[0]}: feature config")
+        # What the run read: the offline augmentation of the train-aug shards, or none.
+        sections.pop("offline_augment", None)
+        if len(inputs.folders) > 1:
+            sections["offline_augment"] = load_index(inputs.folders[1]).get("augment_config") or {}
         check_run_dir(run_dir, sections, resume, overwrite)
         model = build_run_model(model_config, train, list(inputs.classes), features,
                                 inputs.dataset.feature_config.audio_shape[0]).to(context.device)

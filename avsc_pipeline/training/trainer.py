@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from avsc_pipeline.config import to_dict
+from avsc_pipeline.config import section_dict
 from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
 from avsc_pipeline.devices import amp_dtype, autocast
@@ -273,7 +273,7 @@ class Trainer:
         """What scoring this model needs (the shards' feature config among the sections)."""
         return ModelArtifact(
             weights=unwrap(self.model).state_dict(), classes=list(self.inputs.classes),
-            config={name: to_dict(value) for name, value in self.sections.items()},
+            config={name: section_dict(value) for name, value in self.sections.items()},
             audio_stats=self.inputs.audio_stats.to_json() if self.model.uses_audio else None,
             embedding_means=means, epoch=self.epoch,
         )

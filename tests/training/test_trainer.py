@@ -91,6 +91,9 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(features, tmp_path):
     assert row["val_log_loss"] is not None and 0 <= float(rows[-1]["data_wait_fraction"]) <= 1
     saved = load_sections(run / "config.yaml")
     assert saved["train"].epochs == 4 and saved["features"] == FEATURES  # the shards' features, not the defaults
+    import yaml
+
+    assert "offline_augment" not in yaml.safe_load((run / "config.yaml").read_text())  # no train-aug was read
     assert sum(int(r["best"]) for r in rows) == 1 and float(rows[0]["lr"]) == float(rows[0]["lr_last"]) == 0.003
 
 
