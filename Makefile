@@ -11,6 +11,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 DATA ?= data/TAU-urban-audio-visual-scenes-2021-development
+# Where `make download` puts the data set (DATA_ROOT/TAU-urban-audio-visual-scenes-2021-development) and its
+# zips (DATA_ROOT/packages, removed once unpacked), fetching DOWNLOAD_JOBS files at once.
+DATA_ROOT ?= data
+DOWNLOAD_JOBS ?= 4
 FEATURES ?= data/features
 JOBS ?= 2
 # Most segments per shard; empty uses the library's default (shard_engine.DEFAULT_SHARD_SIZE).
@@ -36,6 +40,7 @@ AUGMENT ?= 1
 help:
 	@echo "make demo      generate the demo data set, extract its features, train and score three small models"
 	@echo "make test      run the test suite"
+	@echo "make download  download the TAU data set (108 GB) into DATA_ROOT=$(DATA_ROOT)"
 	@echo "make features  extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
 	@echo "               then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
 	@echo "make train     train STEPS=\"$(STEPS)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<step>"
@@ -90,8 +95,9 @@ demo: demo-features demo-train demo-eval
 features: install
 	@if [ ! -f "$(DATA)/meta.csv" ]; then \
 	  echo "No data set at $(DATA) (expected $(DATA)/meta.csv)."; \
-	  echo "Download TAU Urban Audio-Visual Scenes 2021, Development dataset (https://zenodo.org/record/4477542),"; \
-	  echo "unzip every archive into $(DATA), or run: make features DATA=/path/to/it"; \
+	  echo "Download it (108 GB; resumable, MD5-checked, unpacked into $(DATA_ROOT)/TAU-urban-audio-visual-scenes-2021-development):"; \
+	  echo "  make download DATA_ROOT=$(DATA_ROOT)    (= $(BIN)/avsc-features download $(DATA_ROOT))"; \
+	  echo "or, where it already is: make features DATA=/path/to/TAU-urban-audio-visual-scenes-2021-development"; \
 	  exit 1; \
 	fi
 	for split in train evaluate test; do \
@@ -101,6 +107,12 @@ features: install
 	  $(BIN)/avsc-features augment $(DATA) $(FEATURES) --split train --jobs $(JOBS) $(SHARD_SIZE_ARG) || exit 1; \
 	fi
 	$(BIN)/avsc-features verify $(FEATURES)
+
+# The TAU Urban Audio-Visual Scenes 2021 development set (Zenodo 4477542) into DATA_ROOT/<its folder>;
+# a rerun resumes broken transfers and skips what is in place (avsc-features download --help).
+.PHONY: download
+download: install
+	$(BIN)/avsc-features download $(DATA_ROOT) --jobs $(DOWNLOAD_JOBS)
 
 # Each step resumes from RUN/<step>/last.pt when it is there, so a pre-empted job just reruns
 # `make train`; the joint step starts from the audio step's best.pt.

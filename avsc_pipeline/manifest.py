@@ -69,7 +69,8 @@ def identifier_from_name(stem: str) -> str:
 def _read_tsv(path: Path, required: Sequence[str], delimiter: str = "\t") -> List[Tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a list saved by a spreadsheet program may start with a byte-order mark.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
@@ -151,23 +152,33 @@ def load_tau(root: "str | os.PathLike[str]", split: str = "all") -> List[Clip]:
     return clips
 
 
-def load_csv(path: "str | os.PathLike[str]") -> List[Clip]:
-    """Clips from a generic CSV with columns `audio`, optional `video`, `label`, `group`.
+def load_csv(path: "str | os.PathLike[str]", split: Optional[str] = None) -> List[Clip]:
+    """Clips from a generic CSV with columns `audio`, optional `video`, `label`, `group`, `id`
+    and `split`.
 
-    Comma- or tab-separated (sniffed from the header). Relative paths resolve against the CSV's
-    folder; `group` (recording location or session) defaults to the identifier derived from the
-    file name.
+    Comma- or tab-separated (sniffed from the header), with or without a byte-order mark.
+    Relative paths resolve against the CSV's folder; `group` (recording location or session)
+    defaults to the identifier derived from the file name; `id` (the clip id) defaults to the
+    audio file's stem, so that `dog/001.wav` and `cat/001.wav` can coexist when ids are given.
+    With a `split` column (e.g. train/evaluate/test), `split` selects its rows (`all` or None:
+    every row); without one, every row is read. Rows with an empty label are read as unlabeled
+    (a warning gives their count and the first files): they are kept out of training and
+    validation and can still be predicted.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         header = handle.readline()
     delimiter = "\t" if "\t" in header else ","
     base = path.parent
     clips = []
-    for line, row in _read_tsv(path, ["audio"], delimiter=delimiter):
+    rows = _read_tsv(path, ["audio"], delimiter=delimiter)
+    has_split = bool(rows) and "split" in rows[0][1]
+    for line, row in rows:
         source = f"{path}:{line}"
+        if has_split and split not in (None, "all") and (row.get("split") or "").strip() != split:
+            continue
         audio = (row.get("audio") or "").strip()
         if not audio:
             raise ValueError(f"{source}: empty 'audio' field")
@@ -175,7 +186,7 @@ def load_csv(path: "str | os.PathLike[str]") -> List[Clip]:
         stem = Path(audio).stem
         clips.append(
             Clip(
-                clip_id=stem,
+                clip_id=(row.get("id") or "").strip() or stem,
                 audio=base / audio,
                 video=base / video if video else None,
                 label=(row.get("label") or "").strip() or None,
@@ -183,17 +194,33 @@ def load_csv(path: "str | os.PathLike[str]") -> List[Clip]:
                 source=source,
             )
         )
+    if has_split and split not in (None, "all") and not clips:
+        found = sorted({(row.get("split") or "").strip() for _, row in rows})
+        raise ValueError(f"{path}: no rows of split {split!r}; its split column holds {found}")
     _check_unique(clips)
+    unlabeled = [c for c in clips if c.label is None]
+    if unlabeled and len(unlabeled) < len(clips):
+        logger.warning("%s: %d rows without a label (e.g. %s): extracted unlabeled, kept out of training and "
+                       "validation", path, len(unlabeled), ", ".join(str(c.audio.name) for c in unlabeled[:3]))
     return clips
 
 
+def has_split_column(path: "str | os.PathLike[str]") -> bool:
+    """Whether a CSV manifest has a `split` column."""
+    with open(path, encoding="utf-8-sig") as handle:
+        header = handle.readline()
+    delimiter = "\t" if "\t" in header else ","
+    return "split" in [name.strip() for name in header.rstrip("\r\n").split(delimiter)]
+
+
 def load_manifest(dataset: "str | os.PathLike[str]", split: str = "all") -> List[Clip]:
-    """A TAU-layout folder (with `split`) or a generic CSV file (split ignored)."""
+    """A TAU-layout folder (with `split`) or a generic CSV file (`split` selects the rows of its
+    `split` column when it has one)."""
     dataset = Path(dataset)
     if dataset.is_dir():
         return load_tau(dataset, split)
     if dataset.suffix.lower() in (".csv", ".tsv"):
-        return load_csv(dataset)
+        return load_csv(dataset, split)
     raise FileNotFoundError(
         f"{dataset}: expected a TAU-layout data set folder or a CSV manifest, found neither"
     )

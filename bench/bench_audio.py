@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from avsc_pipeline.features.audio import FastLogMel, load_audio, reference_features, split_segments
 from avsc_pipeline.features.config import FeatureConfig
@@ -39,8 +40,10 @@ def measure(name: str, cfg: FeatureConfig, segments: np.ndarray, threads_max: in
         ratios = []
         for batch in (1, 2, 5, 10, None):
             fast.batch_segments = batch
-            # alternate reference and fast runs so load from other processes hits both alike
-            ref_s, fast_s = best_of_pair(lambda: reference_features(sample, cfg), lambda: fast(segments), 3)
+            # alternate reference and fast runs so load from other processes hits both alike;
+            # the reference's BLAS (numpy's) gets the same number of threads as torch
+            with threadpool_limits(threads):
+                ref_s, fast_s = best_of_pair(lambda: reference_features(sample, cfg), lambda: fast(segments), 3)
             ref_s *= n / len(sample)
             ratios.append(ref_s / fast_s)
             label = "default" if batch is None else f"batch={batch:3d}"

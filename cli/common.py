@@ -12,6 +12,9 @@ def setup_logging(verbose: int, log_file: Optional[Path] = None) -> None:
     """Configure logging once, at the top of a command (group); optionally also into a file."""
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:  # also after a command group configured logging: a subcommand's own -v counts
+        root = logging.getLogger()
+        root.setLevel(min(root.level or level, level))
     logging.getLogger("avsc_pipeline").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import click
 
 from avsc_pipeline.features.shard_engine import BACKENDS, DEFAULT_SHARD_SIZE, RunSummary, parse_part
 from avsc_pipeline.manifest import TAU_SPLITS
-from avsc_pipeline_cli.common import config_option, load_config, setup_logging
+from avsc_pipeline_cli.common import config_option, load_config, setup_logging, verbose_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +42,13 @@ def run_options(command):
     return command
 
 
+def parse_classes(text: Optional[str]) -> Optional[List[str]]:
+    """`--classes "a, b"` -> `["a", "b"]` (spaces around names dropped), None when not given."""
+    if not text:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def report(summary: RunSummary, rows: str, items: str) -> None:
     """Print what a shard-writing run did, then each skipped clip with its file and reason."""
     click.echo(
@@ -55,25 +62,35 @@ def report(summary: RunSummary, rows: str, items: str) -> None:
 @main.command()
 @click.argument("dataset_root", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(TAU_SPLITS), default="all",
-              show_default=True, help="Which list of a TAU-layout data set (ignored for a CSV manifest).")
+@click.option("--split", default="all", show_default=True,
+              help="The output folder OUT/SPLIT. For a TAU-layout data set, its list: train, evaluate, test or "
+                   "all; for a CSV with a `split` column, the rows of that split; for a CSV without one, only the "
+                   "folder's name (e.g. train, so that avsc-train finds it).")
 @config_option("YAML file whose `features:` section overrides the defaults.")
 @click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels).")
 @run_options
+@verbose_option
 def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], classes: Optional[str],
             jobs: int, backend: str, scheduler: Optional[str], shard_size: int, part: Optional[str],
-            overwrite: bool, strict: bool, progress: bool) -> None:
+            overwrite: bool, strict: bool, progress: bool, verbose: int) -> None:
     """Extract DATASET_ROOT (a TAU-layout folder or a CSV manifest) into OUT/<split>/shard-*.h5.
 
-    Example: avsc-features extract data/demo data/demo-features --split train --jobs 2
+    A rerun keeps the finished shards whose clips did not change (label, group, paths, the files'
+    sizes and modification times) and writes the others again, saying what changed.
+
+    Examples: avsc-features extract data/demo data/demo-features --split train --jobs 2;
+    avsc-features extract my_clips.csv data/my-features --split train
     """
     from avsc_pipeline.features.extract import extract_split
     from avsc_pipeline.manifest import load_manifest, resolve_classes
 
+    setup_logging(verbose)
     config = load_config(config_path, only=["features"])["features"]
     try:
+        if dataset_root.is_dir() and split not in TAU_SPLITS:
+            raise ValueError(f"--split: expected one of {list(TAU_SPLITS)} for a TAU-layout data set, got {split!r}")
         clips = load_manifest(dataset_root, split)
-        class_list = resolve_classes(clips, classes.split(",") if classes else None)
+        class_list = resolve_classes(clips, parse_classes(classes))
         summary = extract_split(
             clips, out / split, config, class_list, jobs=jobs, backend=backend, scheduler=scheduler,
             shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict,
@@ -97,9 +114,10 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
               help="Augmented versions per clip and operation [default: the config's, else 1].")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every draw [default: the config's, else 0].")
 @run_options
+@verbose_option
 def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], ops: Optional[str],
             copies: Optional[int], seed: Optional[int], jobs: int, backend: str, scheduler: Optional[str],
-            shard_size: int, part: Optional[str], overwrite: bool, strict: bool, progress: bool) -> None:
+            shard_size: int, part: Optional[str], overwrite: bool, strict: bool, progress: bool, verbose: int) -> None:
     """Augment the audio of a split into OUT/<split>-aug/shard-*.h5 (run after `extract`).
 
     Pitch shift, speed change, Gaussian noise and same-class mixing; each augmented row refers to
@@ -107,6 +125,7 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
 
     Example: avsc-features augment data/demo data/demo-features --split train --jobs 2
     """
+    setup_logging(verbose)
     import dataclasses
 
     from avsc_pipeline.config import load_yaml
@@ -190,6 +209,44 @@ def demo_data(out: Path, clips_per_class: int, seed: int, duration: float) -> No
         raise click.ClickException(str(err)) from err
     root = write_demo_dataset(out, config, progress=True)
     click.echo(f"{root}: demo data set written ({10 * clips_per_class} clips)")
+
+
+@main.command()
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dataset", default="tau-av-2021-dev", show_default=True,
+              help="tau-av-2021-dev (Zenodo 4477542, 108 GB) or tau-av-2021-eval (Zenodo 4767103).")
+@click.option("--parts", default="meta,audio,video", show_default=True,
+              help="Comma-separated parts out of meta,audio,video,doc,examples.")
+@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Files transferred at once.")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="New attempts, each resuming the .part file, after a transfer breaks off.")
+@click.option("--keep-packages", is_flag=True, help="Keep the zips in ROOT/packages after unpacking them.")
+@click.option("--package-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON package list of the same format as the shipped one (avsc_pipeline/features/"
+                   "tau_packages.json, taken from dcase_util).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def download(root: Path, dataset: str, parts: str, jobs: int, retries: int, keep_packages: bool,
+             package_list: Optional[Path], progress: bool) -> None:
+    """Download a TAU Urban Audio-Visual Scenes 2021 data set into ROOT/<its folder> (TAU layout).
+
+    Each zip is fetched into ROOT/packages (a broken transfer resumes from its .part file with a
+    range request), checked against its published MD5 (a mismatch removes it and fetches it once
+    more), unpacked atomically and removed (--keep-packages keeps it). Free disk space is checked
+    first; a rerun skips what is in place. Then run `avsc-features extract ROOT/<folder> ...`.
+
+    Example: avsc-features download data --jobs 4   (then: make features)
+    """
+    from avsc_pipeline.features.download import (DownloadError, DownloadOptions, download_dataset,
+                                                 load_package_list, parse_parts)
+
+    try:
+        packages = load_package_list(dataset, package_list, parse_parts(parts))
+        options = DownloadOptions(jobs=jobs, retries=retries, keep_packages=keep_packages, progress=progress)
+        summary = download_dataset(root, packages, options)
+    except (ValueError, DownloadError, OSError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"{summary.folder}: {len(summary.fetched)} package(s) fetched, {len(summary.unpacked)} unpacked, "
+               f"{len(summary.in_place)} already in place ({packages.title})")
 
 
 if __name__ == "__main__":

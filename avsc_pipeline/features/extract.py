@@ -13,11 +13,12 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from avsc_pipeline.config import config_hash, to_dict
+from avsc_pipeline.features.clip_records import changed_clips, write_records
 from avsc_pipeline.features.config import FeatureConfig
 from avsc_pipeline.errors import BadClipError
 from avsc_pipeline.features.shard_engine import (
@@ -25,6 +26,7 @@ from avsc_pipeline.features.shard_engine import (
     hash_strings, plan_attrs, set_worker_threads, write_shards,
 )
 from avsc_pipeline.manifest import Clip, label_index
+from avsc_pipeline.storage.index import INDEX_NAME
 from avsc_pipeline.storage.shards import ORIGINAL_VARIANT, ShardWriter, stage_one_columns
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,10 @@ def extract_split(
     plans = plan_shards(clips, config, shard_size)
     state = {"feature_config": to_dict(config), "classes": list(classes), "shard_size": shard_size,
              "plan_hash": hash_strings(p.plan_hash for p in plans), "shards": len(plans), "video": with_video}
+    changed = changed_clips(folder, clips, overwrite)  # refuses added or removed clips, in words
     check_state(folder, state, overwrite, EXTRACT_STATE)
+    _forget_shards_of(folder, plans, changed, part)
+    write_records(folder, clips)
     job = ShardJob(
         folder=folder,
         plans=plans,
@@ -158,6 +163,20 @@ def extract_split(
         add=partial(_add_result, labels=labels, strict=strict),
     )
     return write_shards(job, jobs=jobs, backend=backend, scheduler=scheduler, part=part, progress=progress)
+
+
+def _forget_shards_of(folder: Path, plans: Sequence[ShardPlan], changed: Set[str],
+                      part: Optional[Tuple[int, int]]) -> None:
+    """Remove this run's finished shards that hold a changed clip (and the index), so that they
+    are written again."""
+    if not changed:
+        return
+    for plan in plans:
+        if part is not None and plan.number % part[1] != part[0] - 1:
+            continue
+        if any(clip.clip_id in changed for clip in plan.clips) and (folder / plan.name).is_file():
+            (folder / plan.name).unlink()
+            (folder / INDEX_NAME).unlink(missing_ok=True)
 
 
 def _uses_video(clips: Sequence[Clip]) -> bool:
