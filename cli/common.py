@@ -52,3 +52,28 @@ def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Seque
         return load_sections(config_path or None, overrides, only=only)
     except (ValueError, TypeError) as err:
         raise click.ClickException(str(err)) from err
+
+
+def _interrupted(ctx: click.Context) -> None:
+    click.echo(f"{ctx.command_path}: interrupted (Ctrl-C)", err=True)
+    ctx.exit(130)
+
+
+class Command(click.Command):
+    """A command whose Ctrl-C ends it with one line and exit status 130, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted(ctx)
+
+
+class Group(click.Group):
+    """A command group whose Ctrl-C, in any subcommand, ends it as :class:`Command` does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted(ctx)

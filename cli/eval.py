@@ -9,11 +9,11 @@ import click
 
 from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
 
-from avsc_pipeline_cli.common import device_option, setup_logging
+from avsc_pipeline_cli.common import Command, device_option, setup_logging
 
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The checkpoint to score (RUN_DIR/best.pt).")
 @click.argument("split_dir", metavar="FEATURES_SPLIT_DIR", type=click.Path(file_okay=False, path_type=Path))

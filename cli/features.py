@@ -10,10 +10,10 @@ import click
 
 from avsc_pipeline.features.shard_engine import BACKENDS, DEFAULT_SHARD_SIZE, RunSummary, parse_part
 from avsc_pipeline.manifest import TAU_SPLITS
-from avsc_pipeline_cli.common import config_option, load_config, setup_logging, verbose_option
+from avsc_pipeline_cli.common import Group, config_option, load_config, setup_logging, verbose_option
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """Stage one: features of audio-visual scene recordings into HDF5 shards."""

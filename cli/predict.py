@@ -11,7 +11,7 @@ import click
 from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
 
 from avsc_pipeline.manifest import TAU_SPLITS
-from avsc_pipeline_cli.common import device_option, setup_logging
+from avsc_pipeline_cli.common import Command, device_option, setup_logging
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 
@@ -36,7 +36,7 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
     return pairs
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The checkpoint (RUN_DIR/best.pt).")
 @click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))

@@ -7,10 +7,10 @@ from typing import Tuple
 
 import click
 
-from avsc_pipeline_cli.common import setup_logging
+from avsc_pipeline_cli.common import Command, setup_logging
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", metavar="RUN_OR_EVAL_DIR...", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),

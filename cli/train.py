@@ -8,10 +8,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from avsc_pipeline_cli.common import config_option, device_option, set_option, setup_logging
+from avsc_pipeline_cli.common import Command, config_option, device_option, set_option, setup_logging
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("features_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @config_option("YAML recipe (sections model, train, batch_augment, loader); defaults otherwise. With --resume "
@@ -34,11 +34,7 @@ def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overr
     Example: avsc-train data/features runs/paper/audio --config configs/paper.yaml --config configs/steps/audio.yaml
     """
     setup_logging(max(verbose, 1))
-    try:
-        row = _train(features_dir, run_dir, config_path, overrides, resume, overwrite, device, progress)
-    except KeyboardInterrupt:
-        click.echo(f"{run_dir}: interrupted before training started; nothing to resume", err=True)
-        sys.exit(130)
+    row = _train(features_dir, run_dir, config_path, overrides, resume, overwrite, device, progress)
     if "stopped_by" in row:
         click.echo(f"{run_dir}: stopped by signal {row['stopped_by']}; continue with --resume", err=True)
         sys.exit(128 + int(row["stopped_by"]))

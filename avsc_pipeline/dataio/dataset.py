@@ -131,7 +131,9 @@ class ShardDataset(torch.utils.data.Dataset):
         if folder.refs is None:
             missing = [s.path for s in folder.shards if s.video is None]
             if missing:
-                raise ValueError(f"expected frames in every shard (or with_video=False), got none in {missing[0]}")
+                raise ValueError(f"{missing[0]}: these shards hold no video frames (extracted from audio alone), "
+                                 "and a video or joint model needs them: extract the clips with their videos, "
+                                 "or train an audio model (model.modality=audio)")
             return np.stack([folder.shard_of + base, folder.row_of], axis=1)
         source_path = (folder.path / folder.video_source).resolve()
         if source_path not in by_path:

@@ -83,6 +83,28 @@ def default_out_dir(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.Pa
     return Path(ckpt_path).resolve().parent / "eval" / name
 
 
+def check_split_folder(split_dir: Path) -> None:
+    """Refuse a folder that is not one split's shard folder, saying what it holds instead.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: the features root (listing the split folders it holds), or a folder of
+            shards without an index.
+    """
+    from avsc_pipeline.storage.index import INDEX_NAME, shard_folders
+
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir}: no such features folder")
+    if (split_dir / INDEX_NAME).is_file():
+        return
+    splits = sorted(folder.name for folder in shard_folders(split_dir) if folder != split_dir)
+    if splits:
+        raise ValueError(f"{split_dir}: expected one split folder of shards, got a features folder holding "
+                         f"{', '.join(splits)}; give e.g. {split_dir / splits[0]}")
+    if not any(split_dir.glob("shard-*.h5")):
+        raise ValueError(f"{split_dir}: expected a split folder of shards (shard-*.h5 and index.json), got none")
+
+
 def open_split(split_dir: "str | os.PathLike[str]", scorer: Scorer, ckpt_path: Any) -> ShardDataset:
     """The split's shards as the checkpoint needs them: its class list and feature config.
 
@@ -201,10 +223,9 @@ def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | o
             modality the checkpoint cannot give.
         FileNotFoundError: a split folder without an index.
     """
-    scorer, artifact = load_scorer(ckpt_path, device, modality)
     split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: no such features folder")
+    check_split_folder(split_dir)
+    scorer, artifact = load_scorer(ckpt_path, device, modality)
     loader_config = loader_config_of(artifact, batch_size, workers, str(ckpt_path))
     with open_split(split_dir, scorer, ckpt_path) as dataset:
         started = time.perf_counter()

@@ -224,6 +224,8 @@ class FastLogMel:
         self._mel_t = torch.as_tensor(mel.T, dtype=torch.float32, device=self.device).contiguous()
         self._mel_sparse = None if self.compatible else _sparse_rows(mel, self.device)
         self._deltas = torch.as_tensor(deltas, dtype=torch.float32, device=self.device)
+        # regression: the three (T, n_frames) matrices side by side, (T, 3 * n_frames)
+        self._deltas_flat = self._deltas.permute(1, 0, 2).reshape(t, -1) if config.delta == "regression" else None
         self._db_offset = 10.0 * np.log10(max(config.db_amin, config.db_ref))
 
     def __repr__(self) -> str:
@@ -243,14 +245,14 @@ class FastLogMel:
             if self.config.scaling != "clip":
                 for start, chunk in zip(starts, chunks):
                     log_mel = self._scale_segments(self._log_mel(chunk))
-                    out[start : start + batch] = self._stack(log_mel).cpu().numpy()
+                    self._stack(log_mel, out[start : start + batch])
                 return out
             log_mels = [self._log_mel(chunk) for chunk in chunks]
             if log_mels:
                 low = torch.stack([m.amin() for m in log_mels]).amin()
                 high = torch.stack([m.amax() for m in log_mels]).amax()
             for start, log_mel in zip(starts, log_mels):
-                out[start : start + batch] = self._stack(_min_max(log_mel, low, high)).cpu().numpy()
+                self._stack(_min_max(log_mel, low, high), out[start : start + batch])
         return out
 
     def _log_mel(self, segments: "torch.Tensor") -> "torch.Tensor":
@@ -301,22 +303,27 @@ class FastLogMel:
         """Per-segment min-max scaling of `(2k, n_mels, T)` (both channels of a segment together)."""
         if self.config.scaling == "none":
             return log_mel
-        per_segment = log_mel.reshape(log_mel.shape[0] // 2, -1)
-        low = per_segment.amin(dim=1, keepdim=True)
-        high = per_segment.amax(dim=1, keepdim=True)
-        return _min_max(per_segment, low, high).view(log_mel.shape)
+        per_segment = log_mel.unflatten(0, (-1, 2))  # (k, 2, n_mels, T), a view in any layout
+        low = per_segment.amin(dim=(1, 2, 3), keepdim=True)
+        high = per_segment.amax(dim=(1, 2, 3), keepdim=True)
+        return _min_max(per_segment, low, high).flatten(0, 1)
 
-    def _stack(self, log_mel: "torch.Tensor") -> "torch.Tensor":
-        """`(2k, n_mels, T)` log-mel -> `(k, 6, n_mels, n_frames)` with its deltas."""
+    def _stack(self, log_mel: "torch.Tensor", out: np.ndarray) -> None:
+        """`(2k, n_mels, T)` log-mel and its deltas into `out`, `(k, 6, n_mels, n_frames)` float32."""
         import torch
 
         cfg = self.config
         k = log_mel.shape[0] // 2
-        if cfg.delta == "regression":  # [x[2N:-2N], d[N:-N], dd] in one product
-            return torch.matmul(log_mel.unsqueeze(1), self._deltas).reshape(k, 6, cfg.n_mels, cfg.n_frames)
+        if cfg.delta == "regression":
+            # [x[2N:-2N], d[N:-N], dd] in one product over the band-major rows (the sparse mel
+            # product's layout), written into `out` in the one copy that reorders them
+            rows = log_mel.transpose(0, 1).reshape(-1, log_mel.shape[-1])  # (n_mels * 2k, T)
+            stacked = (rows @ self._deltas_flat).view(cfg.n_mels, 2 * k, 3, cfg.n_frames)
+            torch.from_numpy(out).view(2 * k, 3, cfg.n_mels, cfg.n_frames).copy_(stacked.permute(1, 2, 0, 3))
+            return
         deltas = torch.matmul(log_mel.unsqueeze(1), self._deltas)  # (2k, 2, n_mels, T)
         stacked = torch.cat([log_mel.unsqueeze(1), deltas], dim=1)
-        return stacked.reshape(k, 6, cfg.n_mels, cfg.n_frames)
+        out[...] = stacked.reshape(k, 6, cfg.n_mels, cfg.n_frames).cpu().numpy()
 
 
 def _pad_centred(signal: "torch.Tensor", half: int, mode: str) -> "torch.Tensor":

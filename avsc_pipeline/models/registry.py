@@ -61,7 +61,17 @@ def create_video_extractor(config: ModelConfig, load_weights: bool = True) -> Vi
     check_video_names(config)
     source = config.video_weights if load_weights else None
     named = source in NAMED_WEIGHTS
-    backbone, spec = build_backbone(config.video, pretrained=named)
+    try:
+        backbone, spec = build_backbone(config.video, pretrained=named)
+    except (OSError, RuntimeError) as err:
+        # urllib's URLError is an OSError; the hub wraps some failures in RuntimeError.
+        if not named:
+            raise
+        raise ValueError(
+            f"model.video_weights={source}: the named weights of {config.video!r} could not be downloaded "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); put a local weights file on this "
+            f"machine and point model.video_weights at it (e.g. --set model.video_weights=data/weights/"
+            f"{config.video}.pth)") from None
     if named:
         logger.info("video backbone %s: %s named pretrained weights", config.video, source)
     elif source is not None:

@@ -157,3 +157,10 @@ def test_pair_inputs(tmp_path):
         pair_inputs([Path("a.mp4")])
     with pytest.raises(click.BadParameter, match="another video"):
         pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.mp4")])
+
+
+def test_eval_pointed_at_the_features_root_lists_its_splits(runner, setup):
+    root, checkpoint = setup
+    result = runner.invoke(eval_main, ["--checkpoint", str(checkpoint), str(root / "features"), "--no-progress"])
+    assert result.exit_code != 0 and "expected one split folder" in result.output
+    assert "evaluate" in result.output and "Traceback" not in result.output

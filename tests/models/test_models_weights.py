@@ -152,3 +152,18 @@ def test_garbage_bytes_are_corrupt_not_a_legacy_pickle(tmp_path):
     path.write_bytes(b"zzzz")
     with pytest.raises(ValueError, match=r"garbage.pth: corrupt weights file \(not a torch.save pickle\)$"):
         load_weights_file(path)
+
+
+def test_named_weights_without_internet_are_one_line(monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ValueError) as info:
+        build(ModelConfig(video="resnet18", video_weights="torchvision"), "video", 4)
+    message = str(info.value)
+    assert "could not be downloaded" in message and "model.video_weights" in message and "\n" not in message

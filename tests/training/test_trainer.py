@@ -351,3 +351,23 @@ def test_resume_reads_the_run_config_and_may_extend_a_finished_run(features, tmp
     assert "best.pt (epoch" in result.output and "last epoch 2" in result.output
     refused = _invoke(features, run, "--resume", "--set", "train.lr=0.5")
     assert refused.exit_code != 0 and "train.lr" in refused.output and "--overwrite" not in refused.output
+
+
+def test_ctrl_c_before_the_loop_is_one_line_and_status_130(features, tmp_path, monkeypatch):
+    from avsc_pipeline.training import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "build_training_input", interrupted)
+    result = _invoke(features, tmp_path / "r", *_set())
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_joint_model_on_audio_only_shards_says_what_is_missing(tmp_path):
+    root = tmp_path / "audio-only"
+    write_random_shard(root / "train" / "shard-00000.h5", 40, FEATURES, identifiers=3, with_video=False)
+    build_index(root / "train")
+    result = _invoke(root, tmp_path / "r", *_set("model.modality=joint"))
+    assert result.exit_code != 0 and "no video frames" in result.output and "with_video" not in result.output
