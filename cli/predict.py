@@ -13,26 +13,21 @@ from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torc
 from avsc_pipeline.manifest import TAU_SPLITS
 from avsc_pipeline_cli.common import Command, device_option, setup_logging
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")  # features.media_audio's, without importing it
 
 
 def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
-    """`AUDIO [VIDEO] [AUDIO [VIDEO] ...]` -> `(audio, video or None)` pairs: a file with a video
-    suffix (.mp4, ...) belongs to the audio file before it.
-
-    Raises:
-        click.BadParameter: a video that follows no audio file, or two videos in a row.
-    """
+    """`AUDIO [VIDEO] ...` -> `(audio, video or None)` pairs: a video file (.mp4, ...) right after
+    an audio file is that file's video; any other video stands alone, `(video, video)`: its sound
+    comes from its own audio track."""
     pairs: List[Tuple[Path, Optional[Path]]] = []
     for path in paths:
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            pairs.append((path, None))
-            continue
-        if not pairs or pairs[-1][1] is not None:
-            raise click.BadParameter(f"expected an audio file before the video {path}, got "
-                                     f"{'none' if not pairs else 'another video ' + str(pairs[-1][1])}",
-                                     param_hint="INPUTS")
-        pairs[-1] = (pairs[-1][0], path)
+        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        follows_audio = bool(pairs) and pairs[-1][1] is None and pairs[-1][0].suffix.lower() not in VIDEO_SUFFIXES
+        if is_video and follows_audio:
+            pairs[-1] = (pairs[-1][0], path)
+        else:
+            pairs.append((path, path if is_video else None))
     return pairs
 
 
@@ -53,10 +48,15 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
 @click.option("--modality", type=click.Choice(MODALITIES), default=None,
               help="audio or video: one modality of a joint model (the other's embedding replaced by its mean)  "
                    "[default: the model's own]")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while scoring.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], split: str, out_file: Optional[Path],
-         device: str, jobs: int, batch_size: int, modality: Optional[str], verbose: int) -> None:
-    """Predict the scene of each recording: INPUTS are AUDIO [VIDEO] [AUDIO [VIDEO] ...].
+         device: str, jobs: int, batch_size: int, modality: Optional[str], progress: bool, verbose: int) -> None:
+    """Predict the scene of each recording: INPUTS are AUDIO [VIDEO] ... or lone videos.
+
+    A video file (MP4, ...) right after an audio file (WAV) is that recording's video; a video on
+    its own is read whole: its frames, and its sound from its own audio track (as phones and
+    cameras record them).
 
     Each WAV goes through stage one's feature code under the checkpoint's feature config
     (with the MP4 that follows it, for a model that uses video); prints each clip's predicted
@@ -74,9 +74,12 @@ def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], s
     try:
         recordings = load_manifest(manifest, split) if manifest else pair_inputs(inputs)
         result = predict_files(checkpoint, recordings, device=device, jobs=jobs, batch_size=batch_size,
-                               modality=modality)
+                               modality=modality, progress=progress)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    for outcome in result.clips:
+        if outcome.ok and outcome.clip.audio == outcome.clip.video:
+            click.echo(f"{outcome.clip.clip_id}: sound from the audio track of {outcome.clip.video.name}")
     _print_clips(result)
     if out_file is not None:
         segments_file, clips_file = write_prediction_files(result, out_file)

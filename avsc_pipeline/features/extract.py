@@ -90,10 +90,14 @@ def extract_clip(clip: Clip, config: FeatureConfig, with_video: bool, threads: O
     from avsc_pipeline.features.audio import load_audio, split_segments
     from avsc_pipeline.features.video import read_frame_pairs
 
+    from avsc_pipeline.features.media_audio import is_video_file, load_track_audio
+
     set_worker_threads(threads)
     extractor = audio_extractor(config)
     try:
-        segments = split_segments(load_audio(clip.audio, config), config)
+        # A video file given as the audio source: its own audio track (a lone MP4).
+        audio = load_track_audio(clip.audio, config)[0] if is_video_file(clip.audio) else load_audio(clip.audio, config)
+        segments = split_segments(audio, config)
         video = None
         if with_video:
             video = read_frame_pairs(clip.video, len(segments), config.frame_times, config.image_size, threads)

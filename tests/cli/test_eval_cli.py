@@ -153,10 +153,40 @@ def test_pair_inputs(tmp_path):
 
     assert pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.wav"), Path("c.wav"), Path("c.MP4")]) == [
         (Path("a.wav"), Path("a.mp4")), (Path("b.wav"), None), (Path("c.wav"), Path("c.MP4"))]
-    with pytest.raises(click.BadParameter, match="expected an audio file before the video"):
-        pair_inputs([Path("a.mp4")])
-    with pytest.raises(click.BadParameter, match="another video"):
-        pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.mp4")])
+    # A video on its own is a recording of its own: its sound comes from its audio track.
+    assert pair_inputs([Path("a.mp4")]) == [(Path("a.mp4"), Path("a.mp4"))]
+    assert pair_inputs([Path("a.wav"), Path("a.mp4"), Path("b.mp4")]) == [
+        (Path("a.wav"), Path("a.mp4")), (Path("b.mp4"), Path("b.mp4"))]
+
+
+def test_predict_a_lone_mp4_from_its_own_sound(runner, setup, shared_mini, tmp_path):
+    import numpy as np
+
+    from avsc_pipeline.evaluation.predictions import read_predictions
+
+    _, ckpt = setup
+    mp4 = sorted((shared_mini / "video").glob("*.mp4"))[0]
+    wav = shared_mini / "audio" / f"{mp4.stem}.wav"
+    lone = runner.invoke(predict_main, ["--checkpoint", str(ckpt), str(mp4), "--out", str(tmp_path / "lone.tsv"),
+                                        "--no-progress"])
+    assert lone.exit_code == 0, lone.output
+    assert f"sound from the audio track of {mp4.name}" in lone.output
+    paired = runner.invoke(predict_main, ["--checkpoint", str(ckpt), str(wav), str(mp4), "--out",
+                                          str(tmp_path / "paired.tsv"), "--no-progress"])
+    assert paired.exit_code == 0, paired.output
+    _, _, from_track, _ = read_predictions(tmp_path / "lone.tsv")
+    _, _, from_wav, _ = read_predictions(tmp_path / "paired.tsv")
+    # The WAV is the MP4's MP3 sound decoded and resampled elsewhere: the same scene, not the same bits.
+    assert from_track.shape == from_wav.shape and np.abs(from_track - from_wav).max() < 0.2
+
+
+def test_predict_a_lone_mp4_without_sound_says_so(runner, setup, tmp_path):
+    from avsc_pipeline.testing import write_video
+
+    _, ckpt = setup
+    silent = write_video(tmp_path / "silent.mp4", 60)
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), str(silent), "--no-progress"])
+    assert result.exit_code == 1 and "no audio stream" in result.output
 
 
 def test_eval_pointed_at_the_features_root_lists_its_splits(runner, setup):
