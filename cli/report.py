@@ -22,7 +22,7 @@ def main(paths: Tuple[Path, ...], out_dir: Path, verbose: int) -> None:
     Each argument is a run folder (its eval/evaluate/metrics.json, else every eval/<split>/),
     an evaluation folder written by avsc-eval, or a metrics.json file.
 
-    Example: avsc-report runs/demo/audio runs/demo/video runs/demo/joint --out runs/demo/report
+    Example: avsc-report runs/demo/audio-only runs/demo/video-only runs/demo/joint --out runs/demo/report
     """
     setup_logging(verbose)
     from avsc_pipeline.evaluation.report import write_report

@@ -194,3 +194,12 @@ def test_segment_filenames():
     assert names == ["audio/a-0.wav", "audio/a-1.wav", "audio/b.wav", "audio/c-2.wav", "audio/c-0.wav", "audio/c-1.wav"]
     with pytest.raises(ValueError, match="as many segments"):
         segment_filenames(["a"], [0, 1])
+
+
+def test_the_confusion_matrix_names_the_run_and_the_modality_scored(features, checkpoints, tmp_path, monkeypatch):
+    from avsc_pipeline.evaluation import plots
+
+    titles = []
+    monkeypatch.setattr(plots, "plot_confusion_matrix", lambda matrix, classes, path, title: titles.append(title) or path)
+    evaluate_checkpoint(checkpoints["audio"], features["evaluate"], out_dir=tmp_path, progress=False)
+    assert titles and titles[0].startswith("audio, evaluate (audio)")

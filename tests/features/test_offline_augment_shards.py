@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
-from avsc_pipeline.features.offline_augment import OfflineAugmentConfig, change_speed
+from avsc_pipeline.features.offline_augment import change_speed, variant_rngs
 from avsc_pipeline.features.offline_augment_shards import augment_split
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.features.video import read_frame_pairs
@@ -64,11 +64,26 @@ def extracted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def augmented(extracted):
+    """The authors' operations (the defaults), two copies each."""
     root, features = extracted
-    # slow enough that 2 s become 3 segments: segment 2 then uses the video of segment 1
-    config = OfflineAugmentConfig(copies=2, seed=3, speed_factor=(0.6, 0.65))
+    config = OfflineAugmentConfig(copies=2, seed=3)
     summary = augment(root, features, config)
     return root, features, config, summary
+
+
+# The earlier variants (configs/offline_augment/resample-snr.yaml), slow enough that 2 s become
+# 3 segments: segment 2 then uses the video of segment 1.
+EARLIER = OfflineAugmentConfig(copies=2, seed=3, pitch_semitones=(-2.0, 2.0), speed_method="resample",
+                               speed_factor=(0.6, 0.65), noise="snr", mix="one_gain", mix_gain=(0.3, 0.7))
+
+
+def librosa_tempo(x, rate):
+    """The authors' speed change with librosa (float64: librosa's float32 phase accumulator
+    drifts by 0.5%): time_stretch, a shorter result repeated end to end, cut to the clip's length."""
+    import librosa
+
+    y = librosa.effects.time_stretch(x.astype(np.float64), rate=float(rate))
+    return np.tile(y, (1, -(-x.shape[1] // y.shape[1])))[:, : x.shape[1]].astype(np.float32)
 
 
 def test_rows_match_librosa_features_of_the_recorded_operation(augmented):
@@ -77,26 +92,31 @@ def test_rows_match_librosa_features_of_the_recorded_operation(augmented):
     rows = all_rows(features / "train-aug")
     assert summary.skipped == [] and summary.rows == len(rows["audio"])
     assert set(rows["variant"]) == {"pitch", "speed", "noise", "mix"} and set(rows["copy"]) == {0, 1}
-    assert len(rows["audio"]) == 6 * (3 * 2 * 2 + 2 * 3)  # 3 ops x 2 copies x 2 segments + speed: 3 segments
+    assert len(rows["audio"]) == 6 * 4 * 2 * 2  # 4 ops x 2 copies x 2 segments: a stretch keeps the length
     for i in np.flatnonzero((rows["variant"] == "mix") & (rows["segment"] == 0)):
         a, b = clips[rows["clip_id"][i]], clips[rows["partner_clip"][i]]
         assert a.label == b.label and a.clip_id != b.clip_id and rows["identifier"][i] == a.identifier
         assert rows["label"][i] == sorted(CLASSES).index(a.label)
         x, y = load_audio(a.audio, CFG), load_audio(b.audio, CFG)
-        mixed = x + np.float32(rows["gain"][i]) * y  # a + g * b for the recorded gain, no normalization
-        assert np.abs(rows["audio"][i : i + 2] - reference_features(split_segments(mixed, CFG), CFG)).max() < 1e-3
-    for i in np.flatnonzero((rows["variant"] == "speed") & (rows["segment"] == 0))[::2]:
+        mixed = np.float32(rows["clip_gain"][i]) * x + np.float32(rows["gain"][i]) * y  # f1 a + f2 b
+        assert np.abs(rows["audio"][i : i + 2] - reference_features(split_segments(mixed, CFG), CFG)).max() < 1e-4
+    for i in np.flatnonzero((rows["variant"] == "speed") & (rows["segment"] == 0))[::3]:
         x = load_audio(clips[rows["clip_id"][i]].audio, CFG)
-        expected = reference_features(split_segments(change_speed(x, CFG.sample_rate, rows["speed"][i]), CFG), CFG)
-        # the resampler empties the band above f * 24 kHz; at -94 dB there the fast features differ
-        # from librosa's (in float32 or float64) by up to 3e-3 dB. A wrong factor or segment
-        # moves the features by whole dB.
-        assert np.abs(rows["audio"][i : i + 3] - expected).max() < 5e-3
-    for name, variant in [("semitones", "pitch"), ("speed", "speed"), ("snr_db", "noise"), ("gain", "mix")]:
+        expected = reference_features(split_segments(librosa_tempo(x, rows["stretch"][i]), CFG), CFG)
+        assert np.abs(rows["audio"][i : i + 2] - expected).max() < 1e-3
+    for i in np.flatnonzero((rows["variant"] == "noise") & (rows["segment"] == 0))[::3]:
+        x = load_audio(clips[rows["clip_id"][i]].audio, CFG)
+        _, rng = variant_rngs(config.seed, rows["clip_id"][i], "noise", int(rows["copy"][i]))
+        noisy = np.where(x != 0, x + np.float32(0.01) * rng.standard_normal(x.shape, dtype=np.float32), x)
+        assert np.abs(rows["audio"][i : i + 2] - reference_features(split_segments(noisy, CFG), CFG)).max() < 1e-4
+    for name, variant in [("semitones", "pitch"), ("stretch", "speed"), ("gain", "mix"), ("clip_gain", "mix")]:
         assert np.all(np.isfinite(rows[name][rows["variant"] == variant]))
         assert np.all(np.isnan(rows[name][rows["variant"] != variant]))
-    speeds = rows["speed"][rows["variant"] == "speed"]
-    assert np.all((speeds >= 0.6) & (speeds <= 0.65)) and len(set(speeds)) == 12
+    assert np.all(np.isnan(rows["speed"])) and np.all(np.isnan(rows["snr_db"]))  # no resampling, no SNR
+    stretch = rows["stretch"][rows["variant"] == "speed"]
+    assert np.all((stretch >= 0.5) & (stretch <= 2.0)) and len(set(stretch)) == 12
+    gains = np.concatenate([rows["gain"], rows["clip_gain"]])
+    assert np.all(gains[np.isfinite(gains)] >= 0.5) and np.all(gains[np.isfinite(gains)] <= 1.0)
     attrs = read_attrs(list_shards(features / "train-aug")[0])
     assert attrs["video_source"] == "../train" and json.loads(attrs["augment_config"])["seed"] == 3
     assert attrs["feature_config"] == read_attrs(list_shards(features / "train")[0])["feature_config"]
@@ -104,15 +124,40 @@ def test_rows_match_librosa_features_of_the_recorded_operation(augmented):
     assert verify_folder(features / "train-aug") == []
 
 
+def test_earlier_variants_record_their_parameters_in_the_earlier_columns(extracted, tmp_path):
+    root, features = extracted
+    work = tmp_path / "f"
+    shutil.copytree(features / "train", work / "train")
+    augment(root, work, EARLIER)
+    clips = {c.clip_id: c for c in load_tau(root, "train")}
+    rows = all_rows(work / "train-aug")
+    assert "stretch" not in rows and "clip_gain" not in rows  # exactly the earlier schema
+    assert len(rows["audio"]) == 6 * (3 * 2 * 2 + 2 * 3)  # 3 ops x 2 copies x 2 segments + speed: 3 segments
+    for i in np.flatnonzero((rows["variant"] == "mix") & (rows["segment"] == 0))[::3]:
+        x, y = load_audio(clips[rows["clip_id"][i]].audio, CFG), load_audio(clips[rows["partner_clip"][i]].audio, CFG)
+        mixed = x + np.float32(rows["gain"][i]) * y  # a + g * b for the recorded gain, no normalization
+        assert np.abs(rows["audio"][i : i + 2] - reference_features(split_segments(mixed, CFG), CFG)).max() < 1e-4
+    for i in np.flatnonzero((rows["variant"] == "speed") & (rows["segment"] == 0))[::4]:
+        x = load_audio(clips[rows["clip_id"][i]].audio, CFG)
+        expected = reference_features(split_segments(change_speed(x, CFG.sample_rate, rows["speed"][i]), CFG), CFG)
+        assert np.abs(rows["audio"][i : i + 3] - expected).max() < 1e-4
+    for name, variant in [("semitones", "pitch"), ("speed", "speed"), ("snr_db", "noise"), ("gain", "mix")]:
+        assert np.all(np.isfinite(rows[name][rows["variant"] == variant]))
+        assert np.all(np.isnan(rows[name][rows["variant"] != variant]))
+    speeds = rows["speed"][rows["variant"] == "speed"]
+    assert np.all((speeds >= 0.6) & (speeds <= 0.65)) and len(set(speeds)) == 12
+    speed = rows["variant"] == "speed"
+    assert set(rows["segment"][speed]) == {0, 1, 2}
+    assert np.array_equal(rows["video_ref_segment"][speed], np.minimum(rows["segment"][speed], 1))
+    assert verify_folder(work / "train-aug") == []
+
+
 def test_video_references_resolve_to_the_frames_of_the_original_segment(augmented):
     root, features, _, _ = augmented
     clips = {c.clip_id: c for c in load_tau(root, "train")}
     rows = all_rows(features / "train-aug")
     where = row_locations(features / "train")
-    speed = rows["variant"] == "speed"
-    assert np.array_equal(rows["video_ref_segment"][~speed], rows["segment"][~speed])
-    assert set(rows["segment"][speed]) == {0, 1, 2}
-    assert np.array_equal(rows["video_ref_segment"][speed], np.minimum(rows["segment"][speed], 1))
+    assert np.array_equal(rows["video_ref_segment"], rows["segment"])  # every operation keeps the length
     assert np.array_equal(rows["video_ref_clip"], rows["clip_id"])
     frames = {cid: read_frame_pairs(c.video, 2, CFG.frame_times) for cid, c in clips.items()}
     for ref_clip, ref_segment in zip(rows["video_ref_clip"], rows["video_ref_segment"]):
@@ -156,7 +201,7 @@ def test_rerun_keeps_shards_and_refuses_other_settings(augmented, tmp_path):
     shutil.copytree(features, work)
     summary = augment(root, work, config)
     assert summary.shards_written == [] and len(summary.shards_kept) == len(list_shards(work / "train-aug"))
-    other = OfflineAugmentConfig(copies=2, seed=4, speed_factor=(0.6, 0.65))
+    other = OfflineAugmentConfig(copies=2, seed=4)
     with pytest.raises(ConfigMismatchError, match=r"augment_config\.seed: 3 != 4"):
         augment(root, work, other)
     with pytest.raises(ConfigMismatchError, match="n_mels: 128 != 64"):
@@ -177,7 +222,7 @@ def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_pa
     shutil.copytree(features / "train", crashed / "train")
     script = (
         "import sys; from avsc_pipeline.features.offline_augment_shards import augment_split; "
-        "from avsc_pipeline.features.offline_augment import OfflineAugmentConfig; from avsc_pipeline.manifest import load_tau; "
+        "from avsc_pipeline.features.config import OfflineAugmentConfig; from avsc_pipeline.manifest import load_tau; "
         f"augment_split(load_tau({str(root)!r}, 'train'), sys.argv[1] + '/train', sys.argv[1] + '/train-aug', "
         "OfflineAugmentConfig(ops=('pitch', 'noise'), copies=2), shard_size=2, progress=False)"
     )

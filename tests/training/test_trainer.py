@@ -371,3 +371,12 @@ def test_a_joint_model_on_audio_only_shards_says_what_is_missing(tmp_path):
     build_index(root / "train")
     result = _invoke(root, tmp_path / "r", *_set("model.modality=joint"))
     assert result.exit_code != 0 and "no video frames" in result.output and "with_video" not in result.output
+
+
+def test_lr_columns_are_the_rates_each_epoch_trained_with(features, tmp_path):
+    run = tmp_path / "run"
+    train_run(features, run, sections("model.modality=audio", "train.epochs=2", "train.scheduler=warm_restarts",
+                                      "train.restart_epochs=[1]", "train.min_lr=1e-5", *NO_AUGMENT), progress=False)
+    rows = metrics_rows(run)
+    for row in rows:  # a warm restart at every epoch: each starts at lr and anneals within it
+        assert float(row["lr"]) == pytest.approx(0.003) and float(row["lr_last"]) < 0.003
