@@ -127,7 +127,7 @@ class Scorer:
 
 
 def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device" = "auto",
-                modality: Optional[str] = None) -> Tuple[Scorer, ModelArtifact]:
+                modality: Optional[str] = None, calibrated: bool = True) -> Tuple[Scorer, ModelArtifact]:
     """Read a checkpoint and build its :class:`Scorer`.
 
     Args:
@@ -135,6 +135,8 @@ def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device
         device: `auto`, `cpu`, `cuda`, `cuda:N` or a torch.device.
         modality: None (the model's own), or `audio`/`video` for one modality of a joint
             checkpoint with stored `embedding_means`.
+        calibrated: divide the logits by the checkpoint's temperature (fitted on the run's
+            validation rows); False scores them as the model gives them.
 
     Returns:
         The scorer (in eval mode) and the checkpoint's artifact.
@@ -157,7 +159,8 @@ def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device
     train = artifact.config.get("train") or {}
     scorer = Scorer(model, preparer, list(artifact.classes), features, scored, device,
                     precision=amp_dtype(train.get("amp", "auto"), device),
-                    stand_ins={k: v.to(device) for k, v in stand_ins.items()}, temperature=artifact.temperature)
+                    stand_ins={k: v.to(device) for k, v in stand_ins.items()},
+                    temperature=artifact.temperature if calibrated else 1.0)
     return scorer, artifact
 
 

@@ -27,6 +27,7 @@ from avsc_pipeline.config import section_dict
 from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
 from avsc_pipeline.devices import amp_dtype, autocast
+from avsc_pipeline.evaluation.calibration import fit_temperature
 from avsc_pipeline.evaluation.evaluate import score_rows
 from avsc_pipeline.evaluation.metrics import score
 from avsc_pipeline.evaluation.runtime import Scorer
@@ -75,6 +76,7 @@ class Trainer:
         self.scorer = Scorer(model, inputs.preparer, list(inputs.classes), inputs.dataset.feature_config,
                              model.modality, self.device, self.precision, cached=caches)
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
+        self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
         self.history: List[Dict[str, Any]] = []
         self.best: Optional[Dict[str, Any]] = None
         self._stop_signal: Optional[int] = None
@@ -227,7 +229,9 @@ class Trainer:
         probs = np.empty((len(rows), len(self.inputs.classes)))
         for other, gathered in enumerate(gather_objects(part, self.context)):
             probs[other::world] = gathered
-        metrics = score(self.inputs.dataset.labels[rows], probs, self.inputs.classes)
+        labels = self.inputs.dataset.labels[rows]
+        self._validation = (probs, labels)
+        metrics = score(labels, probs, self.inputs.classes)
         return {"val_accuracy": metrics["accuracy"], "val_log_loss": metrics["log_loss"]}
 
     # -- epochs, checkpoints, resumption --------------------------------------------------------
@@ -240,11 +244,13 @@ class Trainer:
             self.best = {"epoch": row["epoch"], "val_log_loss": row["val_log_loss"],
                          "val_accuracy": row["val_accuracy"]}
         final = self.epoch >= self.train_cfg.epochs
-        # Mean embeddings go with the checkpoints a user scores: the best and the final one.
+        # Mean embeddings and the calibration temperature go with the checkpoints a user scores:
+        # the best and the final one (fitted on the validation rows, with that epoch's weights).
         means = self._embedding_means() if (best or final) else None
+        temperature = self._temperature() if (best or final) else 1.0
         if best:
-            self.save(self.run_dir / BEST_NAME, means)
-        self.save(self.run_dir / LAST_NAME, means if final else None)
+            self.save(self.run_dir / BEST_NAME, means, temperature)
+        self.save(self.run_dir / LAST_NAME, means if final else None, temperature if final else 1.0)
         if not self.context.is_main:
             return
         write_metrics(self.history, self.run_dir / METRICS_NAME, best_epoch=self.best["epoch"] if self.best else None)
@@ -264,18 +270,27 @@ class Trainer:
             return row["val_accuracy"] > self.best["val_accuracy"]
         return row["val_log_loss"] < self.best["val_log_loss"]
 
+    def _temperature(self) -> float:
+        """The temperature that minimizes this epoch's validation log loss (1 without validation)."""
+        if self._validation is None or len(self._validation[1]) == 0:
+            return 1.0
+        temperature = fit_temperature(*self._validation)
+        logger.info("calibration: temperature %.3f fitted on %d validation rows", temperature,
+                    len(self._validation[1]))
+        return temperature
+
     def _embedding_means(self) -> Optional[Dict[str, torch.Tensor]]:
         if self.model.modality != "joint" or not self.context.is_main:
             return None
         return embedding_means(self.model, self.inputs, self.caches, self.train_cfg.seed, self.precision)
 
-    def artifact(self, means: Optional[Dict[str, torch.Tensor]] = None) -> ModelArtifact:
+    def artifact(self, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0) -> ModelArtifact:
         """What scoring this model needs (the shards' feature config among the sections)."""
         return ModelArtifact(
             weights=unwrap(self.model).state_dict(), classes=list(self.inputs.classes),
             config={name: section_dict(value) for name, value in self.sections.items()},
             audio_stats=self.inputs.audio_stats.to_json() if self.model.uses_audio else None,
-            embedding_means=means, epoch=self.epoch,
+            embedding_means=means, epoch=self.epoch, temperature=float(temperature),
         )
 
     def resume_state(self, streams: List[Dict[str, Any]]) -> ResumeState:
@@ -290,13 +305,13 @@ class Trainer:
             history=list(self.history), best=self.best,
         )
 
-    def save(self, path: Path, means: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    def save(self, path: Path, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0) -> None:
         """Write a checkpoint atomically (a collective: every rank gives its random streams,
         rank 0 writes)."""
         streams = gather_objects({"preparer": self.inputs.preparer.state_dict(),
                                   "rng": rng_state.capture(self.device)}, self.context)
         if self.context.is_main:
-            save_checkpoint(path, self.artifact(means), self.resume_state(streams))
+            save_checkpoint(path, self.artifact(means, temperature), self.resume_state(streams))
 
     def resume(self, artifact: ModelArtifact, state: ResumeState, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model, optimizer, schedule,

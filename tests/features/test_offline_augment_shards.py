@@ -103,7 +103,9 @@ def test_rows_match_librosa_features_of_the_recorded_operation(augmented):
     for i in np.flatnonzero((rows["variant"] == "speed") & (rows["segment"] == 0))[::3]:
         x = load_audio(clips[rows["clip_id"][i]].audio, CFG)
         expected = reference_features(split_segments(librosa_tempo(x, rows["stretch"][i]), CFG), CFG)
-        assert np.abs(rows["audio"][i : i + 2] - expected).max() < 1e-3
+        # the phase vocoders agree within 5e-5 (relative RMS), up to 1e-3 in weak bands after the
+        # log; a rate 1% off moves the features by 0.2
+        assert np.abs(rows["audio"][i : i + 2] - expected).max() < 3e-3
     for i in np.flatnonzero((rows["variant"] == "noise") & (rows["segment"] == 0))[::3]:
         x = load_audio(clips[rows["clip_id"][i]].audio, CFG)
         _, rng = variant_rngs(config.seed, rows["clip_id"][i], "noise", int(rows["copy"][i]))

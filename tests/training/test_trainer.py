@@ -114,7 +114,7 @@ def assert_validation_is_avsc_eval(features: Path, run: Path, rel: float = 1e-9)
     inputs = build_training_input(features, loader, None, "cpu")
     rows = inputs.split.validation
     inputs.close()
-    scorer, _ = load_scorer(run / "last.pt", "cpu")
+    scorer, _ = load_scorer(run / "last.pt", "cpu", calibrated=False)  # metrics.csv is uncalibrated
     with ShardDataset([features / "train"]) as dataset:
         probs = score_rows(dataset, scorer, loader, rows=rows)
         expected = score(dataset.labels[rows], probs, artifact.classes)
@@ -127,6 +127,9 @@ def test_validation_figures_equal_avsc_eval_on_the_same_rows(features, tmp_path)
     train_run(features, run, sections("model.modality=joint", "train.epochs=2", "batch_augment.mixup_fraction=0.5"),
               progress=False)
     assert_validation_is_avsc_eval(features, run)
+    # The final checkpoint carries a temperature fitted on the validation rows: never worse there.
+    artifact = load_checkpoint(run / "last.pt").artifact
+    assert artifact.temperature > 0 and (artifact.temperature != 1.0 or float(metrics_rows(run)[-1]["val_log_loss"]) < 1)
 
 
 def test_warm_restart_schedule_follows_the_fcnn_recipe():
