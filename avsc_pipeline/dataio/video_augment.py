@@ -228,6 +228,12 @@ class VideoRandAugment(SeededModule):
         self._signed = [OP_SPACE[op][1] for op in ops]
         self._sized = any(op in SIZE_DEPENDENT for op in ops)
         self._tables: Dict[Optional[Tuple[int, int]], Tuple[float, ...]] = {}
+        # Per (device, size): the magnitude table and the signed-op mask, built once, so that a
+        # batch on a GPU draws without a host-to-device copy (each one drains the GPU's queue).
+        self._constants: Dict[Tuple[str, Optional[Tuple[int, int]]], Tuple[torch.Tensor, torch.Tensor]] = {}
+        #: Select Sharpness and Contrast by mask over the whole batch (no `nonzero`, no host
+        #: synchronization); None: on CUDA only (on the CPU indexing the chosen images is faster).
+        self.masked: Optional[bool] = None
 
     def extra_repr(self) -> str:
         return (f"ops={list(self.ops)}, num_ops={self.num_ops}, magnitude={self.magnitude}/"
@@ -273,13 +279,22 @@ class VideoRandAugment(SeededModule):
             drawn operation, negated with probability 0.5 for signed operations (0 for
             operations without magnitude).
         """
-        table = torch.tensor(self.unsigned_magnitudes(size), dtype=torch.float64, device=device)
+        table, signed_ops = self._device_constants(torch.device(device), size)
         gen = self.generator_for(device)
         op_ids = torch.randint(len(self.ops), (n, self.num_ops), generator=gen, device=device)
         negate = torch.rand((n, self.num_ops), generator=gen, device=device) <= 0.5
         magnitudes = table[op_ids]
-        signed = torch.tensor(self._signed, dtype=torch.bool, device=device)[op_ids]
+        signed = signed_ops[op_ids]
         return op_ids, torch.where(negate & signed, -magnitudes, magnitudes)
+
+    def _device_constants(self, device: torch.device,
+                          size: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), (int(size[0]), int(size[1])) if self._sized and size is not None else None)
+        if key not in self._constants:
+            table = torch.tensor(self.unsigned_magnitudes(size), dtype=torch.float64, device=device)
+            signed = torch.tensor(self._signed, dtype=torch.bool, device=device)
+            self._constants[key] = (table, signed)
+        return self._constants[key]
 
     def apply(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor,
               kernels: Optional[str] = None) -> torch.Tensor:
@@ -308,9 +323,15 @@ class VideoRandAugment(SeededModule):
 
     def _apply_batched(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
         out = images.clone()
+        masked = self.masked if self.masked is not None else images.device.type == "cuda"
         for step in range(self.num_ops):
             for code, op in enumerate(self.ops):
                 if op == "Identity":
+                    continue
+                if masked and op in _BATCH_KERNELS:
+                    # Every image through the kernel, the chosen ones kept: no host synchronization.
+                    chosen = (op_ids[:, step] == code).view(-1, 1, 1, 1)
+                    out = torch.where(chosen, _BATCH_KERNELS[op](out, 1.0 + magnitudes[:, step]), out)
                     continue
                 idx = (op_ids[:, step] == code).nonzero().squeeze(1)
                 if not idx.numel():

@@ -199,12 +199,13 @@ def download_dataset(root: Path, package_list: PackageList, options: DownloadOpt
     with _ByteBar(todo, packages_dir, options.progress, package_list.folder) as bar:
         results = _run_all(todo, lambda p: _fetch_and_unpack(p, packages_dir, target, package_list.folder,
                                                               options, bar, stop), options.jobs, stop)
-    failures = [(name, err) for name, err in results.items() if isinstance(err, Exception)]
-    for name, err in failures:
-        logger.error("%s: %s", name, err)
+    failures = [err for err in results.values() if isinstance(err, Exception)]
+    if len(failures) > 1:
+        for err in failures:
+            logger.error("%s", err)
+        raise DownloadError(f"{failures[0]} (and {len(failures) - 1} more failed package(s): see the log above)")
     if failures:
-        more = f" (and {len(failures) - 1} more failed package(s): see the log)" if len(failures) > 1 else ""
-        raise DownloadError(f"{failures[0][1]}{more}")
+        raise DownloadError(str(failures[0])) from failures[0]
     fetched = tuple(name for name, was_fetched in results.items() if was_fetched)
     return DownloadSummary(target, fetched, tuple(p.filename for p in todo), in_place)
 
@@ -303,8 +304,9 @@ def _fetch(package: Package, packages_dir: Path, options: DownloadOptions, bar: 
             break
         except _Transient as err:
             if attempt == options.retries:
-                raise DownloadError(f"{package.url}: transfer failed after {attempt + 1} attempt(s): {err}; "
-                                    f"{part.name} is kept and a rerun resumes it") from None
+                kept = f"; {part.name} is kept and a rerun resumes it" if part.exists() else ""
+                raise DownloadError(f"{package.url}: transfer failed after {attempt + 1} attempt(s): {err}{kept}"
+                                    ) from None
             wait = options.backoff * 2 ** attempt
             logger.warning("%s: %s; resuming in %.0f s", package.filename, err, wait)
             if stop.wait(wait):

@@ -84,3 +84,33 @@ def test_randaugment_checks_inputs_and_prints_its_settings():
         VideoRandAugment(ops=("Invert",))
     text = repr(module)
     assert "Sharpness" in text and "num_ops=2" in text and "magnitude=14/30" in text
+
+
+def test_the_masked_path_needs_no_host_synchronization_and_gives_the_same_frames(monkeypatch):
+    """On CUDA every `torch.tensor(..., device=)` and `nonzero` drains the GPU queue; the masked
+    path (the default there) uses neither after the first batch, and equals the indexed path."""
+    from avsc_pipeline.dataio.video_augment import VideoRandAugment
+
+    video = torch.randint(0, 256, (8, 2, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    indexed = VideoRandAugment(seed=3, kernels="batched").train()
+    masked = VideoRandAugment(seed=3, kernels="batched").train()
+    masked.masked = True
+    masked(video)  # the first batch builds the per-device constants
+    indexed(video)
+    calls = {"tensor": 0, "nonzero": 0}
+    real_tensor, real_nonzero = torch.tensor, torch.Tensor.nonzero
+
+    def counting_tensor(*args, **kwargs):
+        calls["tensor"] += 1
+        return real_tensor(*args, **kwargs)
+
+    def counting_nonzero(self, *args, **kwargs):
+        calls["nonzero"] += 1
+        return real_nonzero(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", counting_tensor)
+    monkeypatch.setattr(torch.Tensor, "nonzero", counting_nonzero)
+    out_masked = masked(video)
+    assert calls == {"tensor": 0, "nonzero": 0}, calls
+    monkeypatch.undo()
+    assert torch.equal(out_masked, indexed(video))

@@ -126,6 +126,7 @@ def test_rows_match_librosa_features_of_the_recorded_operation(augmented):
     assert verify_folder(features / "train-aug") == []
 
 
+@pytest.mark.slow
 def test_earlier_variants_record_their_parameters_in_the_earlier_columns(extracted, tmp_path):
     root, features = extracted
     work = tmp_path / "f"
@@ -170,6 +171,7 @@ def test_video_references_resolve_to_the_frames_of_the_original_segment(augmente
     assert index["video_source"] == "../train" and index["rows"] == len(rows["audio"])
 
 
+@pytest.mark.slow
 def test_jobs_order_and_parts_do_not_change_the_bytes(augmented, tmp_path):
     root, features, config, _ = augmented
     work = tmp_path / "f"
@@ -197,6 +199,7 @@ def test_jobs_order_and_parts_do_not_change_the_bytes(augmented, tmp_path):
         np.testing.assert_array_equal(rows["audio"][rows["clip_id"] == cid], ref["audio"][ref["clip_id"] == cid])
 
 
+@pytest.mark.slow
 def test_rerun_keeps_shards_and_refuses_other_settings(augmented, tmp_path):
     root, features, config, _ = augmented
     work = tmp_path / "f"
@@ -214,6 +217,7 @@ def test_rerun_keeps_shards_and_refuses_other_settings(augmented, tmp_path):
         augment(root, tmp_path / "nothing", config)
 
 
+@pytest.mark.slow
 def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_path, kill_when_shards):
     root, features = extracted
     config = OfflineAugmentConfig(ops=("pitch", "noise"), copies=2)
