@@ -31,7 +31,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from avsc_pipeline.features.unpack import is_unpacked, unpack_package
+from avsc_pipeline.features.unpack import clear_staging, is_unpacked, unpack_package
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +196,13 @@ def download_dataset(root: Path, package_list: PackageList, options: DownloadOpt
     packages_dir.mkdir(parents=True, exist_ok=True)
     _check_space(root, todo, packages_dir, options)
     stop = threading.Event()
-    with _ByteBar(todo, packages_dir, options.progress, package_list.folder) as bar:
-        results = _run_all(todo, lambda p: _fetch_and_unpack(p, packages_dir, target, package_list.folder,
-                                                              options, bar, stop), options.jobs, stop)
+    clear_staging(target)  # a crashed run's half-unpacked files are never trusted
+    try:
+        with _ByteBar(todo, packages_dir, options.progress, package_list.folder) as bar:
+            results = _run_all(todo, lambda p: _fetch_and_unpack(p, packages_dir, target, package_list.folder,
+                                                                  options, bar, stop), options.jobs, stop)
+    finally:
+        clear_staging(target)
     failures = [err for err in results.values() if isinstance(err, Exception)]
     if len(failures) > 1:
         for err in failures:

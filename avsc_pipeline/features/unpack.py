@@ -91,7 +91,6 @@ def unpack_package(zip_path: Path, target: Path, md5: str, top_folder: str) -> i
         _write_marker(target, zip_path.name, md5)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        _remove_if_empty(staging.parent)
     logger.info("%s: %d files unpacked into %s", zip_path.name, len(files), target)
     return len(files)
 
@@ -119,8 +118,6 @@ def _write_marker(target: Path, package_name: str, md5: str) -> None:
     os.replace(tmp, marker)
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # another package is still unpacking there, or it was already gone
+def clear_staging(target: Path) -> None:
+    """Remove every staging folder of `target` (call it when no unpacking is under way)."""
+    shutil.rmtree(staging_folder(target, "x").parent, ignore_errors=True)

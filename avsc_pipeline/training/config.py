@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 from avsc_pipeline.config import check_choice, check_int, check_unit
 from avsc_pipeline.devices import AMP_MODES
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "warm_restarts")
 
@@ -40,12 +41,18 @@ class TrainConfig:
         amp: mixed precision on CUDA: `auto` (bf16 where supported), `bf16`, `fp16` (with a
             gradient scaler) or `off`; CPU runs in float32.
         channels_last: channels-last memory format on CUDA.
-        compile: `torch.compile` the model.
+        compile: `torch.compile` the model (after wrapping it in DDP, so that gradient buckets
+            overlap with the backward).
+        compile_mode: `default`, `reduce-overhead` (CUDA graphs: the batch shapes are static
+            since `loader.drop_last` keeps every training batch full; it pays at the paper's batch
+            of 32, which leaves a large GPU launch-bound) or `max-autotune`.
         grad_accum: batches whose gradients are summed before each optimizer step.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         seed: the run seed (initialization, epoch order, workers, augmentation streams).
         deterministic: deterministic algorithms (bit-exact resumption on CPU).
         select_by: the validation figure that picks `best.pt`: `log_loss` or `accuracy`.
+        dist_timeout_s: how long a collective waits for the other processes under torchrun
+            (the NCCL watchdog), e.g. while rank 0 computes the audio statistics.
     """
 
     epochs: int = 30
@@ -63,17 +70,22 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     grad_accum: int = 1
     grad_clip: Optional[float] = None
     seed: int = 0
     deterministic: bool = False
     select_by: str = "log_loss"
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "scheduler", SCHEDULERS)
         check_choice(self, "amp", AMP_MODES)
         check_choice(self, "select_by", ("log_loss", "accuracy"))
+        check_choice(self, "compile_mode", COMPILE_MODES)
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"expected dist_timeout_s > 0, got {self.dist_timeout_s!r}")
         check_int(self, ("epochs", "grad_accum"), minimum=1)
         check_int(self, ("seed",), minimum=0)
         check_unit(self, ("momentum",))

@@ -83,6 +83,13 @@ def all_sum(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     return tensor
 
 
+def all_max(tensor: torch.Tensor, context: Context) -> torch.Tensor:
+    """The element-wise maximum of a tensor over all processes (itself when alone)."""
+    if context.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def gather_objects(obj: object, context: Context) -> list:
     """Every process's `obj`, in rank order (a list of one when alone); a collective."""
     if not context.distributed:

@@ -25,6 +25,7 @@ from avsc_pipeline.dataio.training_input import TrainingInput
 from avsc_pipeline.devices import autocast
 from avsc_pipeline.models.classifier import SceneClassifier
 from avsc_pipeline.training.config import TrainConfig
+from avsc_pipeline.training.distributed import Context, all_max, all_sum
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ def cacheable(frozen_audio: bool, frozen_video: bool, train: TrainConfig,
 
 
 def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConfig, augment: BatchAugmentConfig,
-                 precision: Optional[torch.dtype] = None, progress: bool = False) -> Dict[str, torch.Tensor]:
-    """The embedding tables of the cacheable frozen extractors, over every row the run reads.
+                 precision: Optional[torch.dtype] = None, progress: bool = False,
+                 context: Optional[Context] = None) -> Dict[str, torch.Tensor]:
+    """The embedding tables of the cacheable frozen extractors, over every row the run reads
+    (under several processes each embeds its share and the tables are summed across them).
 
     Returns:
         `{part: (N, D) float32 on the device}` for each cached part (N = dataset rows).
@@ -57,7 +60,7 @@ def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConf
     for part, ok in cacheable(model.frozen_audio, model.frozen_video, train, augment).items():
         if ok:
             started = time.perf_counter()
-            caches[part] = compute_embeddings(model, part, inputs, rows, precision, progress)
+            caches[part] = compute_embeddings(model, part, inputs, rows, precision, progress, context)
             logger.info("frozen %s extractor: embeddings of %d rows cached in %.1f s", part, len(rows),
                         time.perf_counter() - started)
     return caches
@@ -65,11 +68,15 @@ def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConf
 
 @torch.no_grad()
 def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput, rows: Sequence[int],
-                       precision: Optional[torch.dtype] = None, progress: bool = False) -> torch.Tensor:
-    """One extractor's embeddings of the given dataset rows, in eval mode, without augmentation.
+                       precision: Optional[torch.dtype] = None, progress: bool = False,
+                       context: Optional[Context] = None) -> torch.Tensor:
+    """One extractor's embeddings of the given dataset rows, in eval mode, without augmentation,
+    under the run's autocast.
 
     Video embeddings are computed once per distinct frame pair: an offline-augmented row shares
-    its source row's frames, so its embedding is copied from the source's.
+    its source row's frames, so its embedding is copied from the source's. Under several
+    processes (`context`) each embeds every `world_size`-th distinct row and the tables are
+    summed (their rows are disjoint), so each process ends with the whole table.
 
     Returns:
         `(len(dataset), D)` float32 on the device; rows not asked for are zero.
@@ -85,6 +92,9 @@ def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput,
     if part == "video":
         source = dataset.frame_sources(rows)
         distinct = np.unique(source)
+    distributed = context is not None and context.distributed
+    if distributed:
+        distinct = distinct[context.rank::context.world_size]
     device = inputs.device
     preparer = BatchPreparer(len(inputs.classes), inputs.audio_stats,
                              (model.frame_mean, model.frame_std)).to(device).eval()
@@ -103,6 +113,12 @@ def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput,
         table[batch["index"].to(device)] = values
     batches.release_unreferenced()
     model.train(was_training)
+    if distributed:
+        width = torch.tensor([0 if table is None else table.shape[1]], device=device)
+        all_max(width, context)
+        if table is None:
+            table = torch.zeros(len(dataset), int(width.item()), device=device)
+        all_sum(table, context)
     if table is None:
         raise ValueError("expected rows to embed, got none")
     if source is not None:
@@ -125,6 +141,7 @@ def embedding_means(model: SceneClassifier, inputs: TrainingInput, caches: Dict[
     index = torch.as_tensor(rows, device=inputs.device)
     means = {}
     for part in ("audio", "video"):
+        # Rank 0 alone computes the means (for the checkpoint it writes): no collective here.
         table = caches[part] if part in caches else compute_embeddings(model, part, inputs, rows, precision)
         means[part] = table[index].mean(0).cpu()
     return means

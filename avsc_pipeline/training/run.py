@@ -63,7 +63,7 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
     Raises:
         ValueError: bad input (named): features, weights, init_from, run folder, config.
     """
-    context = join(device)
+    context = join(device, sections["train"].dist_timeout_s)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         row = _train(context, Path(features_dir), Path(run_dir), dict(sections), given_features, resume,
@@ -114,7 +114,7 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
             if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
                 torch.manual_seed(inputs.seed)
             caches = build_caches(model, inputs, train, sections["batch_augment"],
-                                  amp_dtype(train.amp, context.device), progress and context.is_main)
+                                  amp_dtype(train.amp, context.device), progress and context.is_main, context)
             trainer = Trainer(sections, inputs, model, caches, run_dir, context, progress)
             if checkpoint is not None:
                 if checkpoint.resume is None:

@@ -90,7 +90,8 @@ class Trainer:
             module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if self.train_cfg.compile:
             # Compiled after DDP, so that gradient buckets overlap with the backward.
-            module = torch.compile(module)
+            module = torch.compile(module, mode=None if self.train_cfg.compile_mode == "default"
+                                   else self.train_cfg.compile_mode)
         return module
 
     def _batches_per_epoch(self) -> int:

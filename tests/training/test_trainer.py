@@ -383,3 +383,38 @@ def test_lr_columns_are_the_rates_each_epoch_trained_with(features, tmp_path):
     rows = metrics_rows(run)
     for row in rows:  # a warm restart at every epoch: each starts at lr and anneals within it
         assert float(row["lr"]) == pytest.approx(0.003) and float(row["lr_last"]) < 0.003
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    from avsc_pipeline.training.distributed import join
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        join("cuda:0")
+
+
+@pytest.mark.slow
+def test_a_frozen_cache_built_by_two_ranks_equals_one_process(features, tmp_path):
+    """Each rank embeds half the distinct frame pairs and the tables are summed: the video means
+    stored in the checkpoint (from the cache) equal a single process's."""
+    first = tmp_path / "first"
+    train_run(features, first, sections("model.modality=joint", "train.epochs=1"), progress=False)
+    frozen = ["model.modality=joint", "train.epochs=1", "train.freeze_video=true", f"train.init_from={first / 'last.pt'}",
+              "batch_augment.video_ops=[]", "batch_augment.mixup_fraction=0"]
+    single = tmp_path / "single"
+    train_run(features, single, sections(*frozen), progress=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--no-python",
+               str(Path(sys.executable).with_name("avsc-train")), str(features), str(tmp_path / "ddp"),
+               "--no-progress", "--device", "cpu"]
+    for text in TINY + frozen:
+        command += ["--set", text]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "frozen video extractor: embeddings of" in result.stderr
+    one = load_checkpoint(single / "last.pt").artifact.embedding_means["video"]
+    two = load_checkpoint(tmp_path / "ddp" / "last.pt").artifact.embedding_means["video"]
+    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
