@@ -21,3 +21,15 @@ def test_configs_round_trip_through_yaml(tmp_path):
         BatchAugmentConfig(video_magnitude=31)
     with pytest.raises(ValueError, match="expected aug_fraction within"):
         LoaderConfig(aug_fraction=1.5)
+
+
+def test_audio_normalize_defaults_to_none_and_earlier_loader_sections_standardized():
+    from avsc_pipeline.config import from_dict, to_dict
+
+    assert LoaderConfig().audio_normalize == "none"
+    standardize = LoaderConfig(audio_normalize="standardize")
+    earlier = to_dict(standardize)  # written as before the field existed
+    assert "audio_normalize" not in earlier and from_dict(LoaderConfig, earlier) == standardize
+    assert from_dict(LoaderConfig, {"batch_size": 8}).audio_normalize == "none"  # a config file's section
+    with pytest.raises(ValueError, match="expected audio_normalize in"):
+        LoaderConfig(audio_normalize="minmax")

@@ -92,3 +92,36 @@ def test_unlabeled_rows_stay_out_of_training_and_validation(tmp_path, caplog):
     assert len(used) == 20 and (inputs.dataset.labels[used] >= 0).all()
     assert "10 rows without a label" in caplog.text
     inputs.close()
+
+
+def test_slots_copied_on_a_thread_of_their_own_give_every_item_once(small_pair):
+    """The copy out of the shared-memory slots (into pinned memory on CUDA) runs off the loop's
+    thread; batches, order and contents stay those of the plain loader."""
+    import threading
+
+    from avsc_pipeline.dataio.loader import ShardLoader
+
+    dataset = ShardDataset([small_pair / "train"])
+    sampler = EpochSampler(np.arange(len(dataset)), seed=0)
+    config = LoaderConfig(batch_size=4, num_workers=2, prefetch_factor=2, drop_last=False, persistent_workers=False)
+    plain = [b["index"].tolist() for b in make_loader(dataset, sampler, config, "cpu")]
+    loader = make_loader(dataset, sampler, config, "cpu")
+    assert isinstance(loader, ShardLoader)
+    loader.copy_slots = True
+    threads = set()
+    real = loader._from_slot
+
+    def spying(*args):
+        threads.add(threading.current_thread().name)
+        return real(*args)
+
+    loader._from_slot = spying
+    seen = []
+    for batch in loader:
+        reference = dataset.read_batch(batch["index"].tolist())
+        assert torch.equal(batch["video"], reference["video"]) and torch.equal(batch["audio"], reference["audio"])
+        seen.append(batch["index"].tolist())
+    assert seen == plain and threads == {"slot-copy"}
+    assert int(loader.dataset.pool.flags.sum()) == 0  # every slot given back at once
+    for batch in loader:  # leaving early stops the copying thread
+        break

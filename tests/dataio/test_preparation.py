@@ -28,3 +28,19 @@ def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
     train = preparer.train()(batch)
     assert not torch.equal(train["audio"], out["audio"])
     assert torch.allclose(train["target"].sum(dim=1), torch.ones(3))
+
+
+def test_without_statistics_the_audio_goes_in_as_stored(small_pair):
+    """`loader.audio_normalize: none` (the authors' [0, 1] features): no statistics, no change,
+    and the in-place augmentations never write into the loader's batch."""
+    from avsc_pipeline.dataio.config import LoaderConfig
+
+    assert LoaderConfig().audio_normalize == "none"
+    dataset = ShardDataset([small_pair / "train"])
+    batch = dataset.read_batch([0, 5, 17])
+    kept = batch["audio"].clone()
+    preparer = BatchPreparer(len(dataset.classes), None, "imagenet", BatchAugmentConfig(mixup_fraction=1.0), seed=0)
+    out = preparer.eval()(batch)
+    assert out["audio"].dtype == torch.float32 and torch.equal(out["audio"], kept)
+    preparer.train()(batch)
+    assert torch.equal(batch["audio"], kept)
