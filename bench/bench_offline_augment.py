@@ -3,9 +3,11 @@
 Measured in one run, on one thread, one 10-second 48 kHz stereo clip at a time:
 
 1. each waveform operation: the fast implementation (vectorized phase vocoder, soxr) against the
-   librosa effects (`librosa.effects.pitch_shift`, `librosa.resample`) on the same clip;
+   librosa effects (`librosa.effects.pitch_shift`, `librosa.effects.time_stretch`,
+   `librosa.resample`) on the same clip, the parameters drawn as the defaults draw them;
 2. the whole augmentation of a clip as `avsc-features augment` does it (load, the four
-   operations, features of each result): fast against the librosa implementation, in augmented clips/s;
+   operations with the default (the authors') variants, features of each result): fast against
+   the librosa implementation, in augmented clips/s;
 3. that whole augmentation against the clip's stage-one feature extraction (`extract_clip`,
    with and without its video frames).
 
@@ -71,13 +73,15 @@ def main() -> None:
 
     from avsc_pipeline.features.config import FeatureConfig
     from avsc_pipeline.features.audio import load_audio
-    from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, OfflineAugmentConfig, add_noise, draw_params, mix
+    from avsc_pipeline.features.config import OfflineAugmentConfig
+    from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, add_fixed_noise, add_noise, draw_params, mix
     from avsc_pipeline.features.offline_augment_shards import augment_clip, plan_items
     from avsc_pipeline.features.extract import extract_clip
 
     torch.set_num_threads(1)
     fc = FeatureConfig()
     config = OfflineAugmentConfig()
+    resample = dataclasses.replace(config, speed_method="resample", speed_factor=(0.9, 1.1))
     with tempfile.TemporaryDirectory() as tmp:
         clips = load_clips(Path(tmp), args.clips)
         audio = {c.clip_id: load_audio(c.audio, fc) for c in clips}
@@ -87,17 +91,22 @@ def main() -> None:
         ops = {
             "pitch": lambda b, c: b.pitch_shift(audio[c.clip_id], fc.sample_rate,
                                                 draw_params(config, c.clip_id, "pitch", 0).semitones),
-            "speed": lambda b, c: b.change_speed(audio[c.clip_id], fc.sample_rate,
-                                                 draw_params(config, c.clip_id, "speed", 0).speed),
+            "speed (time stretch)": lambda b, c: b.change_tempo(audio[c.clip_id],
+                                                                draw_params(config, c.clip_id, "speed", 0).stretch),
+            "speed (resample)": lambda b, c: b.change_speed(audio[c.clip_id], fc.sample_rate,
+                                                            draw_params(resample, c.clip_id, "speed", 0).speed),
         }
         for name, op in ops.items():
             fast, slow = per_clip(clips, [lambda c, op=op: op(DSP_IMPLEMENTATIONS["fast"], c),
                                           lambda c, op=op: op(DSP_IMPLEMENTATIONS["librosa"], c)], args.repeat)
             print(f"{name:<28}{1e3 * fast:>10.1f}{1e3 * slow:>12.1f}{slow / fast:>9.2f}x")
         rng = np.random.default_rng(0)
-        noise, mixing = per_clip(clips, [lambda c: add_noise(audio[c.clip_id], 20.0, rng),
-                                         lambda c: mix(audio[c.clip_id], audio[clips[0].clip_id], 0.5)], args.repeat)
-        print(f"{'noise (same code)':<28}{1e3 * noise:>10.1f}")
+        fixed, noise, mixing = per_clip(clips, [lambda c: add_fixed_noise(audio[c.clip_id], 0.01, rng),
+                                                lambda c: add_noise(audio[c.clip_id], 20.0, rng),
+                                                lambda c: mix(audio[c.clip_id], audio[clips[0].clip_id], 0.7, 0.6)],
+                                         args.repeat)
+        print(f"{'noise fixed (same code)':<28}{1e3 * fixed:>10.1f}")
+        print(f"{'noise at an SNR (same code)':<28}{1e3 * noise:>10.1f}")
         print(f"{'mix (same code)':<28}{1e3 * mixing:>10.1f}\n")
 
         rows = {(c.clip_id, s): 0 for c in clips for s in range(20)}

@@ -24,7 +24,8 @@ class SpecAugment(SeededModule):
 
     Each sample gets `time_masks` time masks and `freq_masks` frequency masks. A mask's width
     is uniform over `0..floor(max_fraction * axis length)` and its start uniform over the
-    positions where it fits; the mask covers all channels of that sample. Masked cells are
+    positions where it fits; the mask covers all channels of that sample, or, with
+    `per_channel` (Hu et al.'s FCNN recipe), each channel draws masks of its own. Masked cells are
     filled with the sample's per-channel mean (`fill="mean"`, computed before masking) or with
     0 (`fill="zero"`; on normalized features that is the training-set mean).
 
@@ -33,13 +34,14 @@ class SpecAugment(SeededModule):
         freq_masks: frequency masks per sample.
         max_fraction: the largest mask width as a fraction of its axis.
         fill: `"mean"` or `"zero"`.
+        per_channel: draw the masks of each channel separately.
         seed: seed of the module-owned generators.
         generator: a generator to draw from instead.
     """
 
     def __init__(self, time_masks: int = 1, freq_masks: int = 1, max_fraction: float = 0.1,
                  fill: str = "mean", seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None, per_channel: bool = False) -> None:
         super().__init__(seed, generator)
         for name, value in (("time_masks", time_masks), ("freq_masks", freq_masks)):
             if not isinstance(value, int) or value < 0:
@@ -49,11 +51,12 @@ class SpecAugment(SeededModule):
         if fill not in MASK_FILLS:
             raise ValueError(f"expected fill in {MASK_FILLS}, got {fill!r}")
         self.time_masks, self.freq_masks = time_masks, freq_masks
-        self.max_fraction, self.fill = max_fraction, fill
+        self.max_fraction, self.fill, self.per_channel = max_fraction, fill, bool(per_channel)
 
     def extra_repr(self) -> str:
         return (f"time_masks={self.time_masks}, freq_masks={self.freq_masks}, "
-                f"max_fraction={self.max_fraction}, fill={self.fill!r}, seed={self.seed}")
+                f"max_fraction={self.max_fraction}, fill={self.fill!r}, per_channel={self.per_channel}, "
+                f"seed={self.seed}")
 
     def max_width(self, length: int) -> int:
         """The widest mask on an axis of `length` cells."""
@@ -71,15 +74,17 @@ class SpecAugment(SeededModule):
         _check_audio(audio)
         if not self.training or audio.shape[0] == 0:
             return audio
-        batch, _, n_freq, n_time = audio.shape
+        batch, channels, n_freq, n_time = audio.shape
         gen = self.generator_for(audio.device)
-        mask = self._axis_mask(batch, n_freq, self.freq_masks, gen, audio.device)[:, :, None]
-        mask = mask | self._axis_mask(batch, n_time, self.time_masks, gen, audio.device)[:, None, :]
+        rows = batch * channels if self.per_channel else batch
+        mask = self._axis_mask(rows, n_freq, self.freq_masks, gen, audio.device)[:, :, None]
+        mask = mask | self._axis_mask(rows, n_time, self.time_masks, gen, audio.device)[:, None, :]
+        mask = mask.view(batch, channels, n_freq, n_time) if self.per_channel else mask[:, None]
         if self.fill == "mean":
             fill = audio.mean(dim=(2, 3), keepdim=True)
         else:
             fill = audio.new_zeros(())
-        return torch.where(mask[:, None], fill, audio)
+        return torch.where(mask, fill, audio)
 
     def _axis_mask(self, batch: int, length: int, count: int, gen: torch.Generator,
                    device: torch.device) -> torch.Tensor:

@@ -35,6 +35,8 @@ class BatchAugmentConfig:
         spec_augment: apply SpecAugment (no time warping) to the audio features.
         time_masks: time masks per sample.
         freq_masks: frequency masks per sample.
+        mask_per_channel: each of the six feature channels draws its own masks (Hu et al.'s
+            audio step) instead of one set covering all channels.
         max_mask_fraction: each mask's width is drawn uniformly from 0 to
             `floor(max_mask_fraction * axis length)` (3 of 39 frames, 12 of 128 bands).
         mask_fill: `"mean"` fills a mask with the sample's per-channel mean, `"zero"` with 0
@@ -57,6 +59,7 @@ class BatchAugmentConfig:
     spec_augment: bool = True
     time_masks: int = 1
     freq_masks: int = 1
+    mask_per_channel: bool = False
     max_mask_fraction: float = 0.1
     mask_fill: str = "mean"
     channel_swap_p: float = 0.5

@@ -193,7 +193,7 @@ def _augmentations(augment: Optional[BatchAugmentConfig], seed: int) -> Tuple[Op
                                  augment.video_magnitude_bins, augment.video_kernels, seed=seeds[0])
     if augment.spec_augment:
         spec = SpecAugment(augment.time_masks, augment.freq_masks, augment.max_mask_fraction,
-                           augment.mask_fill, seed=seeds[1])
+                           augment.mask_fill, seed=seeds[1], per_channel=augment.mask_per_channel)
     if augment.channel_swap_p > 0:
         swap = ChannelSwap(augment.channel_swap_p, seed=seeds[2])
     if augment.mixup_fraction > 0:

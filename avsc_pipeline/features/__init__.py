@@ -1,14 +1,16 @@
 """Stage one: from recordings to HDF5 feature shards.
 
 Modules:
+    config: the `features:` and `offline_augment:` sections (`FeatureConfig`,
+        `OfflineAugmentConfig`), the authors' definitions by default.
     audio: log-mel + delta + delta-delta features (`FastLogMel`; `reference_features` in librosa).
     video: frame-pair decoding and the one resize (`read_frame_pairs`, `resize_frames`).
     extract: extraction of a manifest into a shard folder (`extract_split`, `avsc-features extract`).
-    offline_augment: the four waveform operations (pitch, speed, noise, mix), their config
-        (`offline_augment:` section) and keyed parameter draws.
+    offline_augment: the four waveform operations (pitch, speed, noise, mix) and their keyed
+        parameter draws.
     offline_augment_shards: offline augmentation of a split into `<split>-aug` shards whose rows
         refer to stage one's frames (`augment_split`, `avsc-features augment`).
-    pvoc: the phase vocoder behind the pitch shift.
+    pvoc: the phase vocoder behind the pitch shift and the time stretch.
     shard_engine: planning, ordered workers, atomic and resumable shard writing, settings
         files and the run summary, shared by extraction and offline augmentation.
 

@@ -369,8 +369,9 @@ class _SkipFirst(torch.utils.data.Sampler):
 
 @contextlib.contextmanager
 def _stop_signals(callback):
-    """SIGINT and SIGTERM call `callback` once (the step finishes, last.pt is written); a second
-    SIGINT interrupts at once."""
+    """SIGINT and SIGTERM call `callback` (the step finishes, last.pt is written); a second
+    SIGINT interrupts at once, a second SIGTERM (a scheduler and torchrun both forwarding one)
+    changes nothing."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -380,7 +381,8 @@ def _stop_signals(callback):
 
     def handler(signum, frame):
         callback(signum)
-        signal.signal(signum, previous[signum])
+        if signum == signal.SIGINT:
+            signal.signal(signum, previous[signum])
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)

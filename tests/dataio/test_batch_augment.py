@@ -127,3 +127,17 @@ def test_mixup_checks_inputs():
     with pytest.raises(ValueError, match="expected 4 frame rows, got 3"):
         JointMixup()(a, v[:3], t)
     assert "ratio=0.4" in repr(JointMixup(seed=0)) and "Beta(0.5" in repr(JointMixup(alpha=0.5, seed=0))
+
+
+def test_spec_augment_per_channel_draws_masks_for_each_channel():
+    from avsc_pipeline.dataio.batch_augment import SpecAugment
+
+    audio = torch.ones(16, 6, 128, 39)
+    shared = SpecAugment(1, 1, 0.1, fill="zero", seed=0).train()(audio)
+    own = SpecAugment(1, 1, 0.1, fill="zero", seed=0, per_channel=True).train()(audio)
+    # One set of masks covers all six channels alike; per channel, the channels differ.
+    assert all(torch.equal(shared[:, 0], shared[:, c]) for c in range(6))
+    assert any(not torch.equal(own[i, 0], own[i, c]) for i in range(16) for c in range(1, 6))
+    # Every channel's masks stay within 10% of each axis: at most 12 bins and 3 frames.
+    zero = own == 0
+    assert int(zero.all(dim=3).sum(dim=2).max()) <= 12 and int(zero.all(dim=2).sum(dim=2).max()) <= 3

@@ -242,6 +242,19 @@ def test_augmenter_reuses_one_analysis_and_both_backends_agree_on_the_tone():
         assert peak_frequency(slow(p)[0, SR // 4 : -SR // 4]) == pytest.approx(expected, rel=0.01)
     with pytest.raises(ValueError, match="expected partner audio"):
         fast(draw_params(OfflineAugmentConfig(), "c", "mix", 0, ["c", "d"]))
+    stretch = draw_params(OfflineAugmentConfig(), "c", "speed", 0)
+    np.testing.assert_array_equal(fast(stretch), change_tempo(x, stretch.stretch))
+    assert fast._analysis is first  # one analysis for the pitch shifts and the time stretch
+
+
+def test_augmented_schema_follows_the_variants():
+    from avsc_pipeline.features.config import FeatureConfig
+    from avsc_pipeline.storage.shards import augment_columns
+
+    earlier = set(augment_columns(FeatureConfig()))
+    assert set(augment_columns(FeatureConfig(), EARLIER)) == earlier
+    assert set(augment_columns(FeatureConfig(), OfflineAugmentConfig())) == earlier | {"stretch", "clip_gain"}
+    assert set(augment_columns(FeatureConfig(), dataclasses.replace(EARLIER, mix="two_gains"))) == earlier | {"clip_gain"}
 
 
 def test_config_round_trips_through_yaml_and_rejects_bad_values(tmp_path):
