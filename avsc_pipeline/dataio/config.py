@@ -22,6 +22,8 @@ AUDIO_NORMALIZATIONS = ("none", "standardize")
 RANDAUGMENT_OPS = (
     "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
     "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+    # The RandAugment paper's two operations that torchvision's RandAugment leaves out (Table 2).
+    "Invert", "Cutout",
 )
 # The recipe's video perturbation.
 VIDEO_OPS = ("Identity", "Sharpness", "Contrast")

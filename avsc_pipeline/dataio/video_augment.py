@@ -15,7 +15,11 @@ each, as torchvision does.
 
 The recipe draws from Identity, Sharpness and Contrast (`VIDEO_OPS`); the whole space
 (`RANDAUGMENT_OPS`) is there for the paper's Table 2, which tries each operation alone
-(`configs/ablations/randaug-*.yaml`).
+(`configs/ablations/`). Table 2 has two operations of the RandAugment paper (Cubuk et al.,
+2020) that torchvision's RandAugment leaves out: Invert (`255 - x`, no magnitude) and Cutout (a
+grey (128) square of half-side `magnitude` pixels at a uniformly drawn centre, clipped at the
+border; the paper's scale goes up to 40 px on 224 px images, so here up to `40 * min(H, W) /
+224`). Cutout's centres are drawn from the module's generator after the operations.
 
 Every image is drawn independently: the two frames of a sample get their own operations and
 signs. They are one second apart and the model sees each through the same backbone, so
@@ -76,9 +80,36 @@ OP_SPACE: Dict[str, Tuple[Optional[MagnitudeScale], bool]] = {
     "Solarize": (lambda num_bins, height, width: torch.linspace(1.0, 0.0, num_bins), False),
     "AutoContrast": (None, False),
     "Equalize": (None, False),
+    "Invert": (None, False),
+    "Cutout": (lambda num_bins, height, width: torch.linspace(0.0, 40.0 * min(height, width) / 224.0, num_bins),
+               False),
 }
 # Operations whose scale depends on the image's size.
-SIZE_DEPENDENT = ("TranslateX", "TranslateY")
+SIZE_DEPENDENT = ("TranslateX", "TranslateY", "Cutout")
+
+
+def cutout_batch(images: torch.Tensor, half: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Cutout: a grey square per image.
+
+    Args:
+        images: `(n, C, H, W)` uint8.
+        half: `(n,)` half-sides in pixels (truncated to integers).
+        centres: `(n, 2)` float in [0, 1): the square's centre as a fraction of height and width.
+
+    Returns:
+        `(n, C, H, W)` uint8 with rows `[cy - half, cy + half)` and columns `[cx - half, cx + half)`
+        (clipped to the image) set to 128.
+    """
+    height, width = images.shape[-2:]
+    half = half.to(torch.int64).view(-1, 1)
+    cy = (centres[:, 0] * height).to(torch.int64).view(-1, 1)
+    cx = (centres[:, 1] * width).to(torch.int64).view(-1, 1)
+    rows = torch.arange(height, device=images.device).view(1, -1)
+    cols = torch.arange(width, device=images.device).view(1, -1)
+    inside_rows = (rows >= cy - half) & (rows < cy + half)
+    inside_cols = (cols >= cx - half) & (cols < cx + half)
+    square = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
+    return torch.where(square, torch.full_like(images, 128), images)
 
 
 def magnitude_of(op: str, magnitude: int, num_bins: int, size: Optional[Tuple[int, int]] = None) -> float:
@@ -141,6 +172,7 @@ def torchvision_ops() -> Dict[str, OpFunction]:
         "Solarize": lambda image, m: F.solarize(image, 255.0 * m),
         "AutoContrast": lambda image, m: F.autocontrast(image),
         "Equalize": lambda image, m: F.equalize(image),
+        "Invert": lambda image, m: F.invert(image),
     }
 
 
@@ -253,7 +285,11 @@ class VideoRandAugment(SeededModule):
             return video
         images = video.reshape(-1, *video.shape[-3:])
         op_ids, magnitudes = self.draw(images.shape[0], video.device, tuple(images.shape[-2:]))
-        return self.apply(images, op_ids, magnitudes).view(video.shape)
+        centres = None
+        if "Cutout" in self.ops:  # drawn after the operations: the other ops' streams are unchanged
+            centres = torch.rand((images.shape[0], self.num_ops, 2), generator=self.generator_for(video.device),
+                                 device=video.device)
+        return self.apply(images, op_ids, magnitudes, centres=centres).view(video.shape)
 
     def unsigned_magnitudes(self, size: Optional[Tuple[int, int]] = None) -> Tuple[float, ...]:
         """`magnitude_of` each of `self.ops` for images of `size` `(height, width)`."""
@@ -297,7 +333,7 @@ class VideoRandAugment(SeededModule):
         return self._constants[key]
 
     def apply(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor,
-              kernels: Optional[str] = None) -> torch.Tensor:
+              kernels: Optional[str] = None, centres: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Apply drawn operations (deterministic).
 
         Args:
@@ -306,6 +342,7 @@ class VideoRandAugment(SeededModule):
             magnitudes: `(n, num_ops)` float64 signed magnitudes, as from :meth:`draw`
                 (Sharpness and Contrast use the factor `1 + magnitude`).
             kernels: overrides the module's kernels.
+            centres: `(n, num_ops, 2)` Cutout centres in [0, 1) (needed when Cutout is drawn).
 
         Returns:
             `(n, 3, H, W)` uint8.
@@ -316,12 +353,15 @@ class VideoRandAugment(SeededModule):
                 f"expected op_ids and magnitudes of shape {(images.shape[0], self.num_ops)}, "
                 f"got {tuple(op_ids.shape)} and {tuple(magnitudes.shape)}"
             )
+        if "Cutout" in self.ops and centres is None:
+            raise ValueError("expected Cutout centres (n, num_ops, 2) with Cutout among the operations, got None")
         kernels = choose_kernels(kernels or self.kernels, images.device)
         if kernels == "per_image":
-            return self._apply_per_image(images, op_ids.cpu().tolist(), magnitudes.cpu().tolist())
-        return self._apply_batched(images, op_ids, magnitudes)
+            return self._apply_per_image(images, op_ids.cpu().tolist(), magnitudes.cpu().tolist(), centres)
+        return self._apply_batched(images, op_ids, magnitudes, centres)
 
-    def _apply_batched(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    def _apply_batched(self, images: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor,
+                       centres: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = images.clone()
         masked = self.masked if self.masked is not None else images.device.type == "cuda"
         for step in range(self.num_ops):
@@ -336,19 +376,25 @@ class VideoRandAugment(SeededModule):
                 idx = (op_ids[:, step] == code).nonzero().squeeze(1)
                 if not idx.numel():
                     continue
-                if op in _BATCH_KERNELS:
+                if op == "Cutout":
+                    out[idx] = cutout_batch(out[idx], magnitudes[idx, step], centres[idx, step])
+                elif op in _BATCH_KERNELS:
                     out[idx] = _BATCH_KERNELS[op](out[idx], 1.0 + magnitudes[idx, step])
                 else:
                     out[idx] = _apply_grouped(torchvision_ops()[op], out[idx], magnitudes[idx, step])
         return out
 
-    def _apply_per_image(self, images: torch.Tensor, op_ids: list, magnitudes: list) -> torch.Tensor:
+    def _apply_per_image(self, images: torch.Tensor, op_ids: list, magnitudes: list,
+                         centres: Optional[torch.Tensor] = None) -> torch.Tensor:
         functions = torchvision_ops()
         out = torch.empty_like(images)
         for i in range(images.shape[0]):
             image = images[i]
-            for code, magnitude in zip(op_ids[i], magnitudes[i]):
-                image = functions[self.ops[code]](image, magnitude)
+            for step, (code, magnitude) in enumerate(zip(op_ids[i], magnitudes[i])):
+                if self.ops[code] == "Cutout":
+                    image = cutout_batch(image[None], torch.tensor([magnitude]), centres[i, step][None])[0]
+                else:
+                    image = functions[self.ops[code]](image, magnitude)
             out[i] = image
         return out
 

@@ -16,7 +16,7 @@ def test_configs_round_trip_through_yaml(tmp_path):
     assert load_section(tmp_path / "c.yaml", "batch_augment", BatchAugmentConfig) == augment
     assert load_section(tmp_path / "c.yaml", "loader", LoaderConfig) == loader
     with pytest.raises(ValueError, match="expected video_ops within"):
-        BatchAugmentConfig(video_ops=("Invert",))
+        BatchAugmentConfig(video_ops=("Mirror",))
     with pytest.raises(ValueError, match="expected 0 <= video_magnitude < 31"):
         BatchAugmentConfig(video_magnitude=31)
     with pytest.raises(ValueError, match="expected aug_fraction within"):

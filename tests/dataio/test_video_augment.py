@@ -81,7 +81,7 @@ def test_randaugment_checks_inputs_and_prints_its_settings():
     with pytest.raises(ValueError, match=r"expected frames of shape .* got \(2, 4, 8, 8\)"):
         module(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="expected a non-empty subset"):
-        VideoRandAugment(ops=("Invert",))
+        VideoRandAugment(ops=("Mirror",))
     text = repr(module)
     assert "Sharpness" in text and "num_ops=2" in text and "magnitude=14/30" in text
 

@@ -43,6 +43,8 @@ REFERENCE = {
     "Equalize": lambda x, m: TF.equalize(x),
 }
 ALONE = [op for op in RANDAUGMENT_OPS if op != "Identity"]
+# torchvision's RandAugment: all but the paper's Invert and Cutout (tested on their own below).
+TORCHVISION_OPS = tuple(op for op in RANDAUGMENT_OPS if op not in ("Invert", "Cutout"))
 
 
 def torchvision_magnitude(op: str, magnitude: int, num_bins: int, height: int, width: int) -> float:
@@ -58,8 +60,9 @@ def images(n: int, seed: int, low: int = 0, high: int = 256) -> torch.Tensor:
 
 
 def test_op_space_is_torchvision_randaugment():
-    assert tuple(OP_SPACE) == RANDAUGMENT_OPS == tuple(v2.RandAugment._AUGMENTATION_SPACE)
-    for op in RANDAUGMENT_OPS:
+    assert tuple(OP_SPACE) == RANDAUGMENT_OPS
+    assert TORCHVISION_OPS == tuple(v2.RandAugment._AUGMENTATION_SPACE)
+    for op in TORCHVISION_OPS:
         assert OP_SPACE[op][1] == v2.RandAugment._AUGMENTATION_SPACE[op][1], op
         for num_bins, magnitude in ((31, 0), (31, 14), (31, 30), (11, 7)):
             for height, width in ((HEIGHT, WIDTH), (224, 224)):
@@ -74,7 +77,7 @@ def test_op_space_is_torchvision_randaugment():
 
 @pytest.mark.parametrize("kernels", ["batched", "per_image"])
 @pytest.mark.parametrize("magnitude", [14, 30])
-@pytest.mark.parametrize("op", RANDAUGMENT_OPS)
+@pytest.mark.parametrize("op", TORCHVISION_OPS)
 def test_each_drawn_op_equals_torchvision(op, magnitude, kernels):
     module = VideoRandAugment(ops=(op,), num_ops=1, magnitude=magnitude, kernels=kernels, seed=7)
     x = images(16, seed=magnitude)
@@ -96,15 +99,15 @@ def test_each_drawn_op_equals_torchvision(op, magnitude, kernels):
 
 @pytest.mark.parametrize("kernels", ["batched", "per_image"])
 def test_every_op_in_sequence_equals_torchvision(kernels):
-    module = VideoRandAugment(ops=RANDAUGMENT_OPS, num_ops=3, kernels=kernels, seed=11)
+    module = VideoRandAugment(ops=TORCHVISION_OPS, num_ops=3, kernels=kernels, seed=11)
     video = images(64, seed=3).view(32, 2, 3, HEIGHT, WIDTH)
     out = module(video).view(64, 3, HEIGHT, WIDTH)
-    op_ids, drawn = VideoRandAugment(ops=RANDAUGMENT_OPS, num_ops=3, seed=11).draw(
+    op_ids, drawn = VideoRandAugment(ops=TORCHVISION_OPS, num_ops=3, seed=11).draw(
         64, torch.device("cpu"), (HEIGHT, WIDTH))
-    assert len(set(op_ids.flatten().tolist())) == len(RANDAUGMENT_OPS)
+    assert len(set(op_ids.flatten().tolist())) == len(TORCHVISION_OPS)
     for i, image in enumerate(video.view(64, 3, HEIGHT, WIDTH)):
         for code, m in zip(op_ids[i].tolist(), drawn[i].tolist()):
-            image = REFERENCE[RANDAUGMENT_OPS[code]](image, m)
+            image = REFERENCE[TORCHVISION_OPS[code]](image, m)
         assert torch.equal(out[i], image), f"image {i}"
 
 
@@ -129,8 +132,31 @@ def test_config_accepts_every_randaugment_op_and_refuses_unknown_ones(tmp_path):
     augment = BatchAugmentConfig(video_ops=("Identity", "TranslateY"), video_num_ops=1)
     dump_yaml({"batch_augment": augment}, tmp_path / "c.yaml")
     assert load_section(tmp_path / "c.yaml", "batch_augment", BatchAugmentConfig) == augment
-    for unknown in ("Invert", "rotate", "Blur"):
+    for unknown in ("Mirror", "rotate", "Blur"):
         with pytest.raises(ValueError, match=rf"expected video_ops within .* got \['Identity', '{unknown}'\]"):
             BatchAugmentConfig(video_ops=("Identity", unknown))
     with pytest.raises(ValueError, match="expected a non-empty subset"):
-        VideoRandAugment(ops=("Identity", "Invert"))
+        VideoRandAugment(ops=("Identity", "Mirror"))
+
+
+def test_invert_and_cutout_of_the_randaugment_paper():
+    from avsc_pipeline.dataio.video_augment import VideoRandAugment, cutout_batch, magnitude_of
+
+    images = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    # Cutout at M = 14 of 31 bins: a half-side of 14/30 of 40 px on a 224 px image.
+    assert magnitude_of("Cutout", 14, 31, (224, 224)) == pytest.approx(40.0 * 14 / 30)
+    out = cutout_batch(images, torch.full((4,), 10.0), torch.full((4, 2), 0.5))
+    square = torch.zeros(224, 224, dtype=torch.bool)
+    square[102:122, 102:122] = True
+    assert (out[:, :, square] == 128).all() and torch.equal(out[:, :, ~square], images[:, :, ~square])
+    corner = cutout_batch(images, torch.full((4,), 10.0), torch.zeros(4, 2))  # clipped at the border
+    assert (corner[:, :, :10, :10] == 128).all() and torch.equal(corner[:, :, 10:], images[:, :, 10:])
+    for kernels in ("batched", "per_image"):
+        module = VideoRandAugment(ops=("Invert",), num_ops=1, kernels=kernels, seed=0).train()
+        assert torch.equal(module(images), 255 - images)
+        cut = VideoRandAugment(ops=("Cutout",), num_ops=1, kernels=kernels, seed=0).train()(images)
+        grey = (cut == 128).all(dim=1) & (images != 128).any(dim=1)
+        assert 0 < int(grey.sum()) <= 4 * (2 * 18) ** 2
+    batched = VideoRandAugment(ops=("Cutout", "Identity"), num_ops=2, kernels="batched", seed=5).train()(images)
+    per_image = VideoRandAugment(ops=("Cutout", "Identity"), num_ops=2, kernels="per_image", seed=5).train()(images)
+    assert torch.equal(batched, per_image)
