@@ -35,6 +35,11 @@ TRAIN_ARGS ?=
 # 1: `make features` and `make demo` add offline-augmented train shards (OUT/train-aug); 0 skips them.
 AUGMENT ?= 1
 
+# `make ablations TABLE=1|2|3 [ROWS="a b"] FEATURES=DIR RUN=DIR [CONFIG=...]`: a table of the paper,
+# trained and scored beside its figures (RUN/table-N.md); CONFIG is layered on top of every row.
+TABLE ?= 3
+ROWS ?=
+.PHONY: ablations
 .PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help
 
 help:
@@ -142,3 +147,7 @@ bench: install
 
 clean-demo:
 	rm -rf $(DEMO) $(DEMO_FEATURES) $(DEMO_RUNS)
+
+ablations: install
+	$(BIN)/avsc-ablations $(TABLE) $(FEATURES) $(RUN) $(if $(filter-out configs/paper.yaml,$(CONFIG)),--config $(CONFIG)) \
+	  $(if $(ROWS),--rows "$(shell echo $(ROWS) | tr ' ' ',')") --device $(DEVICE)

@@ -2,8 +2,10 @@
 
 DCASE 2021 Task 1b ranks systems by the multi-class log loss (cross-entropy) over the
 evaluation segments; accuracy is the secondary metric. Both are computed here for one-second
-segments; :func:`aggregate_clips` averages segment probabilities into clip scores first when a
-clip-level figure is wanted.
+segments; :func:`aggregate_clips` pools segment probabilities into clip scores first when a
+clip-level figure is wanted (mean probability, or mean log-probability: :data:`CLIP_POOLS`).
+:func:`expected_calibration_error` and :func:`reliability_bins` say how far confidence is from
+accuracy (a reliability diagram's data).
 
 Log loss follows scikit-learn's `sklearn.metrics.log_loss(y, p, labels=range(C))` (checked
 against scikit-learn 1.9): probabilities are clipped to `[eps, 1 - eps]` with `eps` the machine
@@ -22,6 +24,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 _KEPT_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16))
+#: How a clip's segment probabilities become the clip's (:func:`pool_segments`).
+CLIP_POOLS = ("mean-prob", "mean-log-prob")
+#: Equal-width confidence bins of :func:`reliability_bins` and :func:`expected_calibration_error`.
+ECE_BINS = 15
 
 
 def _as_probabilities(probs: Any) -> np.ndarray:
@@ -277,24 +283,27 @@ def score(labels: Any, probs: Any, classes: Sequence[str]) -> Dict[str, Any]:
 
 
 def aggregate_clips(
-    clip_ids: Any, probs: Any, labels: Optional[Any] = None
+    clip_ids: Any, probs: Any, labels: Optional[Any] = None, pool: str = "mean-prob"
 ) -> Tuple[List[str], np.ndarray, Optional[np.ndarray]]:
-    """Average segment probabilities into one row per clip.
+    """Pool segment probabilities into one row per clip (see :func:`pool_segments`).
 
     Args:
         clip_ids: `(N,)` clip id (str) of each segment.
         probs: `(N, C)` float segment probabilities.
         labels: `(N,)` integer segment labels (may include -1 for unknown), or None.
+        pool: one of :data:`CLIP_POOLS`: `mean-prob` (the mean probability) or
+            `mean-log-prob` (the softmax of the mean log-probability).
 
     Returns:
         `(ids, clip_probs, clip_labels)`: the M distinct ids in order of first appearance,
-        `(M, C)` float64 mean probabilities, and `(M,)` int64 clip labels (None when `labels`
-        is None).
+        `(M, C)` float64 pooled probabilities, and `(M,)` int64 clip labels (None when
+        `labels` is None).
 
     Raises:
-        ValueError: mismatched lengths, or a clip whose segments carry different labels
-            (the message names the clip).
+        ValueError: mismatched lengths, an unknown pool, or a clip whose segments carry
+            different labels (the message names the clip).
     """
+    _check_pool(pool)
     probs = _as_probabilities(probs)
     ids = np.asarray(clip_ids)
     if ids.ndim != 1 or ids.shape[0] != probs.shape[0]:
@@ -306,9 +315,12 @@ def aggregate_clips(
     rank[order] = np.arange(order.size)
     row_clip = rank[inverse.reshape(-1)]
     counts = np.bincount(row_clip, minlength=order.size)
+    values = _log_probabilities(probs) if pool == "mean-log-prob" else probs.astype(np.float64)
     sums = np.zeros((order.size, probs.shape[1]), dtype=np.float64)
-    np.add.at(sums, row_clip, probs.astype(np.float64))
+    np.add.at(sums, row_clip, values)
     means = sums / counts[:, None]
+    if pool == "mean-log-prob":
+        means = _softmax_rows(means)
     names = [str(name) for name in unique[order]]
     if labels is None:
         return names, means, None
@@ -325,3 +337,79 @@ def aggregate_clips(
         found = sorted({int(v) for v in seg_labels[row_clip == row_clip[disagree[0]]]})
         raise ValueError(f"expected one label per clip, got labels {found} for the segments of clip {clip!r}")
     return names, means, clip_labels
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in CLIP_POOLS:
+        raise ValueError(f"expected a clip pool in {CLIP_POOLS}, got {pool!r}")
+
+
+def _log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """`log(p)` in float64, zeros floored at the smallest normal float64 (a finite log)."""
+    return np.log(np.clip(probs.astype(np.float64), np.finfo(np.float64).tiny, None))
+
+
+def _softmax_rows(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def pool_segments(probs: Any, pool: str = "mean-prob") -> np.ndarray:
+    """One clip's segment probabilities pooled into the clip's.
+
+    `mean-prob` averages the probabilities; `mean-log-prob` averages the log-probabilities and
+    renormalizes (a normalized geometric mean: it rewards classes on which the segments agree,
+    and a class that one segment all but rules out stays unlikely for the clip).
+
+    Args:
+        probs: `(K, C)` float probabilities of the clip's K segments, K >= 1.
+        pool: one of :data:`CLIP_POOLS`.
+
+    Returns:
+        `(C,)` float64 probabilities summing to 1.
+    """
+    _check_pool(pool)
+    probs = _as_probabilities(probs)
+    if probs.shape[0] == 0:
+        raise ValueError("expected at least one segment to pool, got 0")
+    if pool == "mean-prob":
+        return probs.astype(np.float64).mean(axis=0)
+    return _softmax_rows(_log_probabilities(probs).mean(axis=0, keepdims=True))[0]
+
+
+def reliability_bins(labels: Any, probs: Any, bins: int = ECE_BINS) -> Dict[str, np.ndarray]:
+    """Accuracy against confidence in equal-width bins: the data of a reliability diagram.
+
+    A row's confidence is its largest probability; it falls in bin `b` when
+    `b / bins < confidence <= (b + 1) / bins` (a confidence of 0 goes into bin 0).
+
+    Args:
+        labels: `(N,)` integer class indices in `[0, C)`, N >= 1.
+        probs: `(N, C)` float probabilities.
+        bins: the number of bins, >= 1.
+
+    Returns:
+        `{"edges": (bins + 1,), "count": (bins,) int64, "confidence": (bins,), "accuracy":
+        (bins,)}`, float64 means per bin (NaN in an empty bin).
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"expected bins to be an int >= 1, got {bins!r}")
+    labels, probs = _checked(labels, probs, None)
+    confidence = probs.max(axis=1).astype(np.float64)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, confidence, minlength=bins) / count
+        mean_accuracy = np.bincount(which, correct, minlength=bins) / count
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "count": count.astype(np.int64),
+            "confidence": mean_confidence, "accuracy": mean_accuracy}
+
+
+def expected_calibration_error(labels: Any, probs: Any, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: `sum_b n_b / N * |accuracy_b - confidence_b|` over the
+    bins of :func:`reliability_bins` (Guo et al., 2017)."""
+    table = reliability_bins(labels, probs, bins)
+    filled = table["count"] > 0
+    weights = table["count"][filled] / table["count"].sum()
+    return float(np.sum(weights * np.abs(table["accuracy"][filled] - table["confidence"][filled])))

@@ -1,4 +1,5 @@
-"""Figures for evaluation and training: confusion matrix, per-class accuracy, training curves.
+"""Figures for evaluation and training: confusion matrix, per-class accuracy, reliability
+diagram, training curves.
 
 matplotlib is imported inside each function with the non-interactive Agg backend, so importing
 this module costs nothing and plotting works without a display. Every figure is written to a
@@ -138,6 +139,57 @@ def plot_per_class_accuracy(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Per-class accuracy")
+    return _save(fig, path)
+
+
+def plot_reliability_diagram(curves: Mapping[str, Mapping[str, Any]], path: "str | os.PathLike[str]",
+                             title: str = "Reliability diagram") -> Path:
+    """Accuracy against confidence in bins, one curve per set of probabilities, with its ECE.
+
+    The first curve is drawn as bars (the bin's accuracy over the bin), the others as lines
+    through (mean confidence, accuracy); the diagonal is perfect calibration. A lower panel
+    shows how many rows each bin of the first curve holds.
+
+    Args:
+        curves: name (e.g. `calibrated`, `uncalibrated`) -> the dict of
+            :func:`avsc_pipeline.evaluation.metrics.reliability_bins` plus `ece` (a float).
+        path: the PNG file to write.
+        title: the figure title.
+
+    Returns:
+        `path` as a Path.
+    """
+    if not curves:
+        raise ValueError("expected at least one set of reliability bins, got none")
+    for name, table in curves.items():
+        missing = [k for k in ("edges", "count", "confidence", "accuracy", "ece") if k not in table]
+        if missing:
+            raise ValueError(f"expected reliability bins with keys {missing} for {name!r}, got {sorted(table)}")
+    plt = _pyplot()
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect calibration")
+    for number, (name, table) in enumerate(curves.items()):
+        edges, count = np.asarray(table["edges"]), np.asarray(table["count"])
+        accuracy, confidence = np.asarray(table["accuracy"]), np.asarray(table["confidence"])
+        filled = count > 0
+        label = f"{name} (ECE {100.0 * float(table['ece']):.1f} %)"
+        if number == 0:
+            ax.bar(edges[:-1][filled], accuracy[filled], width=np.diff(edges)[filled], align="edge",
+                   edgecolor="black", alpha=0.6, label=label)
+            ax_count.bar(edges[:-1], count, width=np.diff(edges), align="edge", edgecolor="black", alpha=0.6)
+        else:
+            ax.plot(confidence[filled], accuracy[filled], marker="o", markersize=4, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title)
+    ax_count.set_xlabel("confidence (largest probability)")
+    ax_count.set_ylabel("segments")
+    ax_count.grid(alpha=0.3)
+    fig.tight_layout()
     return _save(fig, path)
 
 

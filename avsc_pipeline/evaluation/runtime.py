@@ -125,6 +125,20 @@ class Scorer:
         logits divided by :attr:`temperature`, computed in float64."""
         return torch.softmax(self.logits(batch).double() / self.temperature, dim=1).cpu()
 
+    def log_probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of one raw batch from one forward: `(calibrated, uncalibrated)`,
+        each `(B, C)` float64 on the CPU (the log-softmax of the logits divided by
+        :attr:`temperature`, and of the logits as they are)."""
+        logits = self.logits(batch).double()
+        return torch.log_softmax(logits / self.temperature, dim=1).cpu(), torch.log_softmax(logits, dim=1).cpu()
+
+    def probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(calibrated, uncalibrated)` probabilities of one raw batch, each `(B, C)` float64 on
+        the CPU, from one forward (what evaluation reports as `log_loss` and
+        `log_loss_uncalibrated`)."""
+        calibrated, uncalibrated = self.log_probability_pair(batch)
+        return calibrated.exp(), uncalibrated.exp()
+
 
 def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device" = "auto",
                 modality: Optional[str] = None, calibrated: bool = True) -> Tuple[Scorer, ModelArtifact]:

@@ -113,8 +113,10 @@ def test_every_op_in_sequence_equals_torchvision(kernels):
 
 @pytest.mark.parametrize("op", ALONE)
 def test_each_ablation_applies_its_op_alone_to_about_half_the_frames(op):
-    path = CONFIGS / "ablations" / f"randaug-{op.lower()}.yaml"
-    augment = load_sections([CONFIGS / "paper.yaml", CONFIGS / "steps" / "joint.yaml", path])["batch_augment"]
+    from avsc_pipeline.ablations import load_tables, row_sections
+
+    row = next(r for r in load_tables()[2] if r.name == op.lower())
+    augment = row_sections(row, Path("runs/audio-plain/best.pt"))["batch_augment"]
     assert (augment.video_ops, augment.video_num_ops, augment.video_magnitude) == (("Identity", op), 1, 14)
     module = VideoRandAugment(augment.video_ops, augment.video_num_ops, augment.video_magnitude,
                               augment.video_magnitude_bins, augment.video_kernels, seed=5)
