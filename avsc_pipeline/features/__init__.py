@@ -13,6 +13,10 @@ Modules:
     pvoc: the phase vocoder behind the pitch shift and the time stretch.
     shard_engine: planning, ordered workers, atomic and resumable shard writing, settings
         files and the run summary, shared by extraction and offline augmentation.
+    clip_records: what defines each clip's rows (`clips.json`): a rerun rewrites the shards of
+        changed clips and refuses, in words, a manifest that adds or removes clips.
+    media_audio: the sound of a video file's own audio track (a lone MP4 in `avsc-predict`).
+    download, unpack: `avsc-features download`: the TAU packages fetched, verified and unpacked.
 
 Nothing is imported here, so `import avsc_pipeline.features` stays cheap.
 """

@@ -1,0 +1,420 @@
+"""Ensembles: several checkpoints scored as one model, from one pass over the inputs.
+
+:class:`Ensemble` has the :class:`~avsc_pipeline.evaluation.runtime.Scorer`'s interface
+(`probabilities(batch)`, `probability_pair(batch)`, `eval_mode()`, `classes`, `with_video`, ...),
+so :func:`~.evaluate.score_rows` and :func:`~.predict.predict_files` take either. Each batch is
+read once (with frames when any member uses them) and handed to every member; each member's
+calibrated probabilities (its checkpoint's temperature) are combined by a weighted mean,
+
+* `arithmetic` (the default): `p = sum_m w_m p_m`;
+* `geometric`: `p = softmax(sum_m w_m log p_m)`,
+
+and the ensemble's own temperature, when one was fitted (`avsc-calibrate` with several
+checkpoints), rescales the result: `softmax(log p / T)`. Weights are normalized to sum to 1.
+Members must share the class list and the feature config; :func:`check_compatible` refuses
+others, naming both files and the differing fields.
+
+The ensemble file. `avsc-calibrate --checkpoint A --checkpoint B SPLIT --out ens.yaml` writes a
+YAML file with one `ensemble:` section (:class:`EnsembleSpec`)::
+
+    ensemble:
+      checkpoints: [../audio-only/best.pt, ../joint/best.pt]   # relative to this file's folder
+      weights: [0.5, 0.5]
+      mean: arithmetic
+      temperature: 1.084                                      # fitted on `fitted_on`
+      member_temperatures: [1.31, 1.12]                        # the members' own, when fitted
+      fitted_on: /data/demo-features/train (validation locations)
+      fitted_rows: 240
+
+`--checkpoint ens.yaml` (alone) scores that ensemble with its weights, mean and temperature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from avsc_pipeline.config import config_diff, from_dict, load_yaml, to_dict
+from avsc_pipeline.devices import pick_device
+from avsc_pipeline.evaluation.predictions import atomic_output
+from avsc_pipeline.evaluation.runtime import Scorer, load_scorer
+from avsc_pipeline.models.checkpoint import ModelArtifact
+
+logger = logging.getLogger(__name__)
+
+#: How member probabilities are combined.
+MEANS = ("arithmetic", "geometric")
+#: File name endings that mark an ensemble file given to `--checkpoint`.
+ENSEMBLE_SUFFIXES = (".yaml", ".yml")
+ENSEMBLE_SECTION = "ensemble"
+
+PathLike = "str | os.PathLike[str]"
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble file's contents (see the module docstring).
+
+    Attributes:
+        checkpoints: the member checkpoints (relative paths are relative to the file's folder).
+        weights: one weight per member (normalized when used); empty for equal weights.
+        mean: `arithmetic` or `geometric` (:data:`MEANS`).
+        temperature: the ensemble's own temperature (1.0: none).
+        member_temperatures: the members' own temperatures when the ensemble's was fitted
+            (a member recalibrated since makes the ensemble's stale: a warning says so).
+        fitted_on: the labeled rows the temperature was fitted on, for the record.
+        fitted_rows: how many rows that was.
+    """
+
+    checkpoints: Tuple[str, ...]
+    weights: Tuple[float, ...] = ()
+    mean: str = "arithmetic"
+    temperature: float = 1.0
+    member_temperatures: Tuple[float, ...] = ()
+    fitted_on: str = ""
+    fitted_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise ValueError("expected at least one checkpoint in the ensemble, got none")
+        if self.weights:
+            normalized_weights(self.weights, len(self.checkpoints), "weights")
+        if self.mean not in MEANS:
+            raise ValueError(f"expected mean in {MEANS}, got {self.mean!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"expected a temperature > 0, got {self.temperature!r}")
+        if self.member_temperatures and len(self.member_temperatures) != len(self.checkpoints):
+            raise ValueError(f"expected {len(self.checkpoints)} member_temperatures, got "
+                             f"{len(self.member_temperatures)}")
+
+
+def normalized_weights(weights: Optional[Sequence[float]], count: int, option: str = "--weights") -> Tuple[float, ...]:
+    """`count` weights scaled to sum to 1 (equal weights for None).
+
+    Raises:
+        ValueError: a list of another length, or weights that are negative, not finite or
+            all zero (naming `option`).
+    """
+    if weights is None or len(weights) == 0:
+        return (1.0 / count,) * count
+    values = tuple(float(w) for w in weights)
+    if len(values) != count:
+        raise ValueError(f"{option}: expected {count} weights, one per checkpoint, got {len(values)} "
+                         f"({','.join(f'{w:g}' for w in values)})")
+    if not all(math.isfinite(w) and w >= 0 for w in values) or sum(values) <= 0:
+        raise ValueError(f"{option}: expected non-negative weights with a positive sum, got "
+                         f"{','.join(f'{w:g}' for w in values)}")
+    total = sum(values)
+    return tuple(w / total for w in values)
+
+
+def parse_weights(text: Optional[str], count: int) -> Optional[Tuple[float, ...]]:
+    """`--weights 0.5,0.3,0.2` for `count` checkpoints, normalized to sum to 1 (None when not given).
+
+    Raises:
+        ValueError: not a comma-separated list of numbers, or one of another length (naming
+            `--weights`).
+    """
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--weights: expected comma-separated numbers, e.g. 0.5,0.5, got {text!r}") from None
+    return normalized_weights(values, count)
+
+
+def is_ensemble_file(path: PathLike) -> bool:
+    """Whether a `--checkpoint` value names an ensemble file (by its ending, :data:`ENSEMBLE_SUFFIXES`)."""
+    return Path(path).suffix.lower() in ENSEMBLE_SUFFIXES
+
+
+def read_ensemble_file(path: PathLike) -> EnsembleSpec:
+    """Read an ensemble file, its member paths made absolute (relative to the file's folder).
+
+    Raises:
+        ValueError: a missing or malformed file, or one without an `ensemble:` section (naming it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: ensemble file not found")
+    data = load_yaml(path)
+    if set(data) != {ENSEMBLE_SECTION}:
+        raise ValueError(f"{path}: expected an ensemble file with one '{ENSEMBLE_SECTION}:' section, got "
+                         f"sections {sorted(data)}")
+    spec = from_dict(EnsembleSpec, data[ENSEMBLE_SECTION], source=str(path), section=ENSEMBLE_SECTION)
+    folder = path.resolve().parent
+    members = tuple(str(Path(c) if Path(c).is_absolute() else (folder / c).resolve()) for c in spec.checkpoints)
+    return EnsembleSpec(members, spec.weights, spec.mean, spec.temperature, spec.member_temperatures,
+                        spec.fitted_on, spec.fitted_rows)
+
+
+def write_ensemble_file(path: PathLike, spec: EnsembleSpec) -> Path:
+    """Write an ensemble file atomically, member paths relative to its folder where they can be.
+
+    Raises:
+        FileExistsError: `path` exists (an ensemble file is never overwritten).
+    """
+    import yaml
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"--out {path}: already exists (avsc-calibrate never overwrites a file)")
+    folder = path.resolve().parent
+    relative = []
+    for member in spec.checkpoints:
+        try:
+            relative.append(os.path.relpath(Path(member).resolve(), folder))
+        except ValueError:  # another drive (Windows): keep it absolute
+            relative.append(str(Path(member).resolve()))
+    data = to_dict(EnsembleSpec(tuple(relative), spec.weights, spec.mean, spec.temperature,
+                                spec.member_temperatures, spec.fitted_on, spec.fitted_rows))
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump({ENSEMBLE_SECTION: data}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def check_compatible(members: Sequence[Scorer], sources: Sequence[str]) -> None:
+    """Refuse members that cannot be averaged: another class list, feature config or device.
+
+    Raises:
+        ValueError: "<first> and <other>: expected the same <what>, got ..." naming the fields.
+    """
+    first, first_source = members[0], sources[0]
+    for member, source in zip(members[1:], sources[1:]):
+        where = f"{first_source} and {source}"
+        if list(member.classes) != list(first.classes):
+            diff = [f"classes[{i}]: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(first.classes, member.classes))
+                    if a != b]
+            if len(member.classes) != len(first.classes):
+                diff.append(f"len(classes): {len(first.classes)} != {len(member.classes)}")
+            raise ValueError(f"{where}: expected the same class list, got different {'; '.join(diff)}")
+        diff = config_diff(to_dict(first.feature_config), to_dict(member.feature_config))
+        if diff:
+            raise ValueError(f"{where}: expected the same feature config, got different "
+                             f"{'; '.join('features.' + line for line in diff)}")
+        if member.device != first.device:
+            raise ValueError(f"{where}: expected members on one device, got {first.device} and {member.device}")
+
+
+class Ensemble:
+    """Several scorers as one model: weighted mean of their calibrated probabilities.
+
+    Args:
+        members: the member scorers (each applies its own temperature unless loaded uncalibrated).
+        sources: one name per member (its checkpoint path), for messages and metrics.
+        weights: one weight per member (normalized); None for equal weights.
+        mean: `arithmetic` or `geometric`.
+        temperature: the ensemble's own temperature, applied after combining (1.0: none).
+
+    Raises:
+        ValueError: no members, mismatched lengths, bad weights, mean or temperature, or
+            members that :func:`check_compatible` refuses.
+    """
+
+    def __init__(self, members: Sequence[Scorer], sources: Sequence[str], weights: Optional[Sequence[float]] = None,
+                 mean: str = "arithmetic", temperature: float = 1.0) -> None:
+        if not members:
+            raise ValueError("expected at least one member checkpoint, got none")
+        if len(sources) != len(members):
+            raise ValueError(f"expected {len(members)} sources, one per member, got {len(sources)}")
+        if mean not in MEANS:
+            raise ValueError(f"--mean: expected one of {', '.join(MEANS)}, got {mean!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"expected an ensemble temperature > 0, got {temperature!r}")
+        check_compatible(members, [str(s) for s in sources])
+        self.members = list(members)
+        self.sources = [str(s) for s in sources]
+        self.weights = normalized_weights(weights, len(members))
+        self.mean = mean
+        self.temperature = float(temperature)
+
+    @property
+    def classes(self) -> List[str]:
+        """The C class names shared by the members."""
+        return self.members[0].classes
+
+    @property
+    def feature_config(self) -> Any:
+        """The stage-one config shared by the members."""
+        return self.members[0].feature_config
+
+    @property
+    def with_video(self) -> bool:
+        """Whether scoring reads frames: when any member uses them."""
+        return any(m.with_video for m in self.members)
+
+    @property
+    def device(self) -> torch.device:
+        """Where every member scores."""
+        return self.members[0].device
+
+    @property
+    def modality(self) -> str:
+        """What the members score, e.g. `joint` or `audio+joint`."""
+        kinds = sorted({m.modality for m in self.members})
+        return "+".join(kinds)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator["Ensemble"]:
+        """Every member in eval mode for the block, as it was afterwards."""
+        with contextlib.ExitStack() as stack:
+            for member in self.members:
+                stack.enter_context(member.eval_mode())
+            yield self
+
+    def combine(self, log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Members' log-probabilities `M x (B, C)` float64 -> the ensemble's `(B, C)`
+        log-probabilities before its temperature (the weighted arithmetic or geometric mean)."""
+        stacked = torch.stack(list(log_probs))
+        weights = torch.tensor(self.weights, dtype=stacked.dtype).view(-1, 1, 1)
+        if self.mean == "geometric":
+            return torch.log_softmax((weights * stacked).sum(dim=0), dim=1)
+        # log(sum_m w_m p_m), exact for probabilities too small for float64 in one member.
+        with torch.no_grad():
+            return torch.logsumexp(stacked + torch.log(weights), dim=0)
+
+    def log_probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(calibrated, uncalibrated)` log-probabilities `(B, C)` float64 on the CPU: each member
+        runs once on the batch; calibrated combines the members' calibrated probabilities and
+        applies the ensemble's temperature, uncalibrated combines their raw ones."""
+        pairs = [member.log_probability_pair(batch) for member in self.members]
+        calibrated = self.combine([p[0] for p in pairs])
+        if self.temperature != 1.0:
+            calibrated = torch.log_softmax(calibrated / self.temperature, dim=1)
+        return calibrated, self.combine([p[1] for p in pairs])
+
+    def probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(calibrated, uncalibrated)` probabilities, each `(B, C)` float64 on the CPU."""
+        calibrated, uncalibrated = self.log_probability_pair(batch)
+        return calibrated.exp(), uncalibrated.exp()
+
+    def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The ensemble's class probabilities of one raw batch: `(B, C)` float64 on the CPU."""
+        return self.probability_pair(batch)[0]
+
+
+@dataclass
+class LoadedModel:
+    """What `--checkpoint` (one or several, or an ensemble file) stands for, loaded.
+
+    Attributes:
+        scorer: a :class:`Scorer` (one checkpoint), an :class:`Ensemble`, or either wrapped in a
+            :class:`~.tta.TTAScorer`.
+        artifacts: each member's checkpoint artifact.
+        sources: each member's checkpoint path.
+        members: each member's scorer.
+        weights: the normalized member weights.
+        mean: how members are combined.
+        temperature: the ensemble's own temperature (a single checkpoint's is its scorer's).
+        ensemble_file: the ensemble file read, or None.
+        tta: the test-time transforms averaged over.
+    """
+
+    scorer: Any
+    artifacts: List[ModelArtifact]
+    sources: List[Path]
+    members: List[Scorer]
+    weights: Tuple[float, ...]
+    mean: str = "arithmetic"
+    temperature: float = 1.0
+    ensemble_file: Optional[Path] = None
+    tta: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Several members, or an ensemble file (which may hold one checkpoint)."""
+        return len(self.members) > 1 or self.ensemble_file is not None
+
+    def members_info(self) -> List[Dict[str, Any]]:
+        """One JSON-ready record per member: checkpoint, run, epoch, weight and temperature."""
+        return [{"checkpoint": str(Path(src).resolve()), "run": Path(src).resolve().parent.name,
+                 "epoch": artifact.epoch, "weight": weight, "temperature": member.temperature,
+                 "modality": member.modality}
+                for src, artifact, weight, member in zip(self.sources, self.artifacts, self.weights, self.members)]
+
+
+def resolve_members(checkpoints: Sequence[PathLike], weights: Optional[Sequence[float]] = None,
+                    mean: Optional[str] = None) -> Tuple[List[Path], Optional[EnsembleSpec], Optional[Path]]:
+    """The member checkpoints that `--checkpoint` values name, and the ensemble file's spec.
+
+    Returns:
+        `(paths, spec, ensemble_file)`: with an ensemble file, its members and spec; else the
+        paths given, a spec of the given weights and mean (None for one checkpoint without
+        them), and None.
+
+    Raises:
+        ValueError: an ensemble file among other checkpoints, `--weights` or `--mean` with an
+            ensemble file, or a weight list of the wrong length.
+    """
+    paths = [Path(c) for c in checkpoints]
+    if not paths:
+        raise ValueError("--checkpoint: expected at least one checkpoint, got none")
+    files = [p for p in paths if is_ensemble_file(p)]
+    if files:
+        if len(paths) > 1:
+            raise ValueError(f"--checkpoint {files[0]}: an ensemble file stands alone, got {len(paths) - 1} "
+                             "other --checkpoint value(s) with it")
+        if weights is not None or mean is not None:
+            option = "--weights" if weights is not None else "--mean"
+            raise ValueError(f"{option}: {files[0]} fixes its members' weights and mean (its temperature was "
+                             f"fitted with them); write a new ensemble with avsc-calibrate to change them")
+        spec = read_ensemble_file(files[0])
+        return [Path(c) for c in spec.checkpoints], spec, files[0]
+    normalized = normalized_weights(weights, len(paths))
+    spec = EnsembleSpec(tuple(str(p) for p in paths), normalized, mean or "arithmetic")
+    return paths, spec, None
+
+
+def load_model(checkpoints: Sequence[PathLike], device: "str | torch.device" = "auto", modality: Optional[str] = None,
+               calibrated: bool = True, weights: Optional[Sequence[float]] = None, mean: Optional[str] = None,
+               tta: Sequence[str] = ()) -> LoadedModel:
+    """Load one checkpoint, several as an ensemble, or an ensemble file, ready to score.
+
+    Args:
+        checkpoints: `--checkpoint` values: checkpoint files, or one ensemble file.
+        device: `auto`, `cpu`, `cuda`, `cuda:N` or a torch.device (one for every member).
+        modality: None, or `audio`/`video`: one modality of every (joint) member.
+        calibrated: apply the checkpoints' and the ensemble's temperatures; False scores the
+            probabilities the models give.
+        weights: one weight per checkpoint (None: equal).
+        mean: `arithmetic` (default) or `geometric`.
+        tta: test-time transforms (:data:`~.tta.TTA_TRANSFORMS`); empty for none.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint (naming it).
+        ValueError: see :func:`resolve_members`, :func:`check_compatible` and :class:`~.tta.TTAScorer`.
+    """
+    from avsc_pipeline.evaluation.tta import TTAScorer
+
+    paths, spec, ensemble_file = resolve_members(checkpoints, weights, mean)
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    loaded = [load_scorer(p, device, modality, calibrated) for p in paths]
+    members, artifacts = [m for m, _ in loaded], [a for _, a in loaded]
+    temperature = spec.temperature if calibrated else 1.0
+    if ensemble_file is not None:
+        _warn_if_stale(ensemble_file, spec, artifacts)
+    if len(members) == 1 and ensemble_file is None:
+        scorer: Any = members[0]
+    else:
+        scorer = Ensemble(members, [str(p) for p in paths], spec.weights or None, spec.mean, temperature)
+    if tta:
+        scorer = TTAScorer(scorer, tta)
+    return LoadedModel(scorer, artifacts, paths, members, normalized_weights(spec.weights or None, len(paths)),
+                       spec.mean, temperature, ensemble_file, tuple(getattr(scorer, "transforms", ())))
+
+
+def _warn_if_stale(path: Path, spec: EnsembleSpec, artifacts: Sequence[ModelArtifact]) -> None:
+    """Warn when a member's temperature is not the one the ensemble's was fitted with."""
+    for member, then, artifact in zip(spec.checkpoints, spec.member_temperatures, artifacts):
+        if abs(float(then) - float(artifact.temperature)) > 1e-9:
+            logger.warning("%s: member %s has temperature %.4g now, %.4g when the ensemble's was fitted; "
+                           "refit it with avsc-calibrate", path, member, artifact.temperature, then)
