@@ -77,3 +77,40 @@ class Group(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             _interrupted(ctx)
+
+
+# ---- Options of the commands that score checkpoints (avsc-eval, avsc-predict, avsc-calibrate) ----
+# The names are the library's (ensemble.MEANS, metrics.CLIP_POOLS, tta.TTA_TRANSFORMS), written
+# out here so that `--help` does not import torch.
+ENSEMBLE_MEANS = ("arithmetic", "geometric")
+CLIP_POOLS = ("mean-prob", "mean-log-prob")
+
+
+def checkpoints_option(command: Callable) -> Callable:
+    """`--checkpoint CKPT`, repeatable: one checkpoint, several (an ensemble) or an ensemble file."""
+    return click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="A checkpoint (RUN_DIR/best.pt). Repeat it for an ensemble of several, or give one "
+                             "ensemble file (.yaml, written by avsc-calibrate).")(command)
+
+
+def ensemble_options(command: Callable) -> Callable:
+    """`--weights W,W,...` and `--mean arithmetic|geometric` of an ensemble."""
+    command = click.option("--mean", type=click.Choice(ENSEMBLE_MEANS), default=None,
+                           help="How an ensemble combines its members' calibrated probabilities  "
+                                "[default: arithmetic]")(command)
+    return click.option("--weights", metavar="W,W,...", default=None,
+                        help="One weight per --checkpoint, comma-separated (normalized to sum to 1)  "
+                             "[default: equal]")(command)
+
+
+def scoring_options(command: Callable) -> Callable:
+    """`--tta`, `--no-calibration` and `--clip-pool` of avsc-eval and avsc-predict."""
+    command = click.option("--clip-pool", type=click.Choice(CLIP_POOLS), default="mean-prob", show_default=True,
+                           help="How a clip's segment probabilities are pooled: their mean, or the softmax of "
+                                "their mean log-probability.")(command)
+    command = click.option("--no-calibration", "no_calibration", is_flag=True,
+                           help="Score the probabilities the models give, without the stored temperatures.")(command)
+    return click.option("--tta", multiple=True, metavar="swap,flip",
+                        help="Test-time augmentation, averaged over every combination: swap (left/right audio "
+                             "channels), flip (frames mirrored); repeatable or comma-separated.")(command)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
 
-from avsc_pipeline_cli.common import Command, device_option, setup_logging
-
+from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
+                                      setup_logging)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The checkpoint to score (RUN_DIR/best.pt).")
+@checkpoints_option
 @click.argument("split_dir", metavar="FEATURES_SPLIT_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder  [default: RUN_DIR/eval/<split>, or <split>-<modality>]")
+              help="Output folder  [default: RUN_DIR/eval/<split>, or <split>-<modality>; an ensemble's "
+                   "<first RUN_DIR>/eval/<split>-ensemble; -tta-..., -uncalibrated appended]")
+@ensemble_options
+@scoring_options
 @click.option("--batch-size", type=click.IntRange(min=1), help="Segments per batch  [default: the run's]")
 @click.option("--workers", type=click.IntRange(min=0), help="Loader worker processes  [default: the run's]")
 @device_option
@@ -27,21 +29,30 @@ from avsc_pipeline_cli.common import Command, device_option, setup_logging
                    "its training-set mean  [default: the model's own]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(checkpoint: Path, split_dir: Path, out_dir: Optional[Path], batch_size: Optional[int],
+def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path], weights: Optional[str],
+         mean: Optional[str], tta: Tuple[str, ...], no_calibration: bool, clip_pool: str, batch_size: Optional[int],
          workers: Optional[int], device: str, modality: Optional[str], progress: bool, verbose: int) -> None:
-    """Score CHECKPOINT on every one-second segment of FEATURES_SPLIT_DIR.
+    """Score CHECKPOINT (or an ensemble of several) on every one-second segment of FEATURES_SPLIT_DIR.
 
     Writes predictions.tsv (the task's output format) and, for a split with labels,
-    metrics.json and confusion_matrix.png; prints segment and clip scores.
+    metrics.json, confusion_matrix.png and calibration.png (a reliability diagram); prints
+    segment and clip scores, and the log loss with and without calibration.
+
+    Each checkpoint's temperature (fitted on its run's validation locations) is applied unless
+    --no-calibration; an ensemble averages its members' calibrated probabilities.
 
     Example: avsc-eval --checkpoint runs/demo/joint/best.pt data/demo-features/evaluate
     """
     setup_logging(verbose)
-    from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
+    from avsc_pipeline.evaluation.ensemble import parse_weights
+    from avsc_pipeline.evaluation.evaluate import evaluate_model
+    from avsc_pipeline.evaluation.tta import parse_tta
 
     try:
-        result = evaluate_checkpoint(checkpoint, split_dir, out_dir=out_dir, batch_size=batch_size, device=device,
-                                     modality=modality, progress=progress, workers=workers)
+        result = evaluate_model(list(checkpoints), split_dir, out_dir=out_dir, batch_size=batch_size, device=device,
+                                modality=modality, progress=progress, workers=workers,
+                                calibrated=not no_calibration, weights=parse_weights(weights),
+                                mean=mean, tta=parse_tta(tta), clip_pool=clip_pool)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     folder = result["files"]["predictions.tsv"].parent
@@ -53,12 +64,29 @@ def main(checkpoint: Path, split_dir: Path, out_dir: Optional[Path], batch_size:
         return
     click.echo(f"{result['run']}, {result['split']} ({result['model_modality']} model, scored on "
                f"{result['modality']}): {speed}")
+    if result["ensemble"]:
+        click.echo(members_line(result))
     click.echo(headline_tables(result))
+    click.echo(calibration_line(result))
     click.echo(f"wrote {', '.join(p.name for p in result['files'].values())} in {folder}")
 
 
+def members_line(result: Dict[str, Any]) -> str:
+    """`ensemble (arithmetic mean) of 2: runs/a/best.pt x 0.5 (T 1.2), ...`."""
+    parts = [f"{m['checkpoint']} x {m['weight']:.3g} (T {m['temperature']:.3g})" for m in result["members"]]
+    return f"ensemble ({result['mean']} mean) of {len(parts)}: " + ", ".join(parts)
+
+
+def calibration_line(result: Dict[str, Any]) -> str:
+    """Segment log loss and ECE, as scored and without any temperature."""
+    how = f"calibrated (T = {result['temperature']:.3g})" if result["calibrated"] else "--no-calibration"
+    tta = f"; TTA over {'+'.join(result['tta'])}" if result["tta"] else ""
+    return (f"log loss {result['log_loss']:.3f} {how}, {result['log_loss_uncalibrated']:.3f} uncalibrated; "
+            f"ECE {100 * result['ece']:.1f} % ({100 * result['ece_uncalibrated']:.1f} % uncalibrated){tta}")
+
+
 def headline_tables(result: Dict[str, Any]) -> str:
-    """Segment scores, then clip scores (segment probabilities averaged per clip)."""
+    """Segment scores, then clip scores (segment probabilities pooled per clip)."""
     header = ["", "n", "accuracy", "log loss", "class-mean accuracy", "class-mean log loss"]
     rows = [
         ["segments", str(result["n_segments"]), _pct(result["accuracy"]), f"{result['log_loss']:.3f}",

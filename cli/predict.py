@@ -11,7 +11,8 @@ import click
 from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
 
 from avsc_pipeline.manifest import TAU_SPLITS
-from avsc_pipeline_cli.common import Command, device_option, setup_logging
+from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
+                                      setup_logging)
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")  # features.media_audio's, without importing it
 
@@ -32,8 +33,7 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The checkpoint (RUN_DIR/best.pt).")
+@checkpoints_option
 @click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--manifest", type=click.Path(exists=True, path_type=Path),
               help="A TAU-layout data set folder or a CSV manifest, instead of INPUTS.")
@@ -41,6 +41,8 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
               help="Which list of a TAU-layout --manifest.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write per-segment rows here (predictions.tsv format) and per-clip rows beside it (NAME.clips.tsv).")
+@ensemble_options
+@scoring_options
 @device_option
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes extracting features.")
@@ -50,8 +52,10 @@ def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
                    "[default: the model's own]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while scoring.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], split: str, out_file: Optional[Path],
-         device: str, jobs: int, batch_size: int, modality: Optional[str], progress: bool, verbose: int) -> None:
+def main(checkpoints: Tuple[Path, ...], inputs: Tuple[Path, ...], manifest: Optional[Path], split: str,
+         out_file: Optional[Path], weights: Optional[str], mean: Optional[str], tta: Tuple[str, ...],
+         no_calibration: bool, clip_pool: str, device: str, jobs: int, batch_size: int, modality: Optional[str],
+         progress: bool, verbose: int) -> None:
     """Predict the scene of each recording: INPUTS are AUDIO [VIDEO] ... or lone videos.
 
     A video file (MP4, ...) right after an audio file (WAV) is that recording's video; a video on
@@ -62,10 +66,15 @@ def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], s
     (with the MP4 that follows it, for a model that uses video); prints each clip's predicted
     scene and its probability. Exits with status 1 when any recording could not be read.
 
+    Several --checkpoint values score as one ensemble (each recording's features are extracted
+    once for all members); the stored temperatures apply unless --no-calibration.
+
     Example: avsc-predict --checkpoint runs/demo/joint/best.pt rec.wav rec.mp4 --out preds.tsv
     """
     setup_logging(verbose)
+    from avsc_pipeline.evaluation.ensemble import parse_weights
     from avsc_pipeline.evaluation.predict import predict_files, write_prediction_files
+    from avsc_pipeline.evaluation.tta import parse_tta
     from avsc_pipeline.manifest import load_manifest
 
     if bool(inputs) == bool(manifest):
@@ -73,8 +82,9 @@ def main(checkpoint: Path, inputs: Tuple[Path, ...], manifest: Optional[Path], s
                                f"{'both' if inputs else 'neither'}")
     try:
         recordings = load_manifest(manifest, split) if manifest else pair_inputs(inputs)
-        result = predict_files(checkpoint, recordings, device=device, jobs=jobs, batch_size=batch_size,
-                               modality=modality, progress=progress)
+        result = predict_files(list(checkpoints), recordings, device=device, jobs=jobs, batch_size=batch_size,
+                               modality=modality, progress=progress, calibrated=not no_calibration,
+                               weights=parse_weights(weights), mean=mean, tta=parse_tta(tta), clip_pool=clip_pool)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     for outcome in result.clips:

@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -55,7 +55,7 @@ MEANS = ("arithmetic", "geometric")
 ENSEMBLE_SUFFIXES = (".yaml", ".yml")
 ENSEMBLE_SECTION = "ensemble"
 
-PathLike = "str | os.PathLike[str]"
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -115,21 +115,19 @@ def normalized_weights(weights: Optional[Sequence[float]], count: int, option: s
     return tuple(w / total for w in values)
 
 
-def parse_weights(text: Optional[str], count: int) -> Optional[Tuple[float, ...]]:
-    """`--weights 0.5,0.3,0.2` for `count` checkpoints, normalized to sum to 1 (None when not given).
+def parse_weights(text: Optional[str]) -> Optional[Tuple[float, ...]]:
+    """`--weights 0.5,0.3,0.2` as numbers (None when not given); :func:`normalized_weights`
+    checks them against the checkpoints when the ensemble is loaded.
 
     Raises:
-        ValueError: not a comma-separated list of numbers, or one of another length (naming
-            `--weights`).
+        ValueError: not a comma-separated list of numbers (naming `--weights`).
     """
     if text is None:
         return None
-    parts = [p.strip() for p in str(text).split(",")]
     try:
-        values = [float(p) for p in parts]
+        return tuple(float(part) for part in str(text).split(","))
     except ValueError:
         raise ValueError(f"--weights: expected comma-separated numbers, e.g. 0.5,0.5, got {text!r}") from None
-    return normalized_weights(values, count)
 
 
 def is_ensemble_file(path: PathLike) -> bool:
@@ -278,9 +276,9 @@ class Ensemble:
         weights = torch.tensor(self.weights, dtype=stacked.dtype).view(-1, 1, 1)
         if self.mean == "geometric":
             return torch.log_softmax((weights * stacked).sum(dim=0), dim=1)
-        # log(sum_m w_m p_m), exact for probabilities too small for float64 in one member.
-        with torch.no_grad():
-            return torch.logsumexp(stacked + torch.log(weights), dim=0)
+        # log(sum_m w_m p_m) without leaving log space: exact where one member's probability
+        # underflows float64.
+        return torch.logsumexp(stacked + torch.log(weights), dim=0)
 
     def log_probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """`(calibrated, uncalibrated)` log-probabilities `(B, C)` float64 on the CPU: each member
@@ -317,6 +315,7 @@ class LoadedModel:
         temperature: the ensemble's own temperature (a single checkpoint's is its scorer's).
         ensemble_file: the ensemble file read, or None.
         tta: the test-time transforms averaged over.
+        calibrated: whether the temperatures are applied.
     """
 
     scorer: Any
@@ -328,6 +327,7 @@ class LoadedModel:
     temperature: float = 1.0
     ensemble_file: Optional[Path] = None
     tta: Tuple[str, ...] = field(default_factory=tuple)
+    calibrated: bool = True
 
     @property
     def is_ensemble(self) -> bool:
@@ -409,7 +409,7 @@ def load_model(checkpoints: Sequence[PathLike], device: "str | torch.device" = "
     if tta:
         scorer = TTAScorer(scorer, tta)
     return LoadedModel(scorer, artifacts, paths, members, normalized_weights(spec.weights or None, len(paths)),
-                       spec.mean, temperature, ensemble_file, tuple(getattr(scorer, "transforms", ())))
+                       spec.mean, temperature, ensemble_file, tuple(getattr(scorer, "transforms", ())), calibrated)
 
 
 def _warn_if_stale(path: Path, spec: EnsembleSpec, artifacts: Sequence[ModelArtifact]) -> None:

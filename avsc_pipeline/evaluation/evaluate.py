@@ -9,9 +9,15 @@ audio|video` on a joint model, where `RUN_DIR` is the checkpoint's folder):
 
 * `predictions.tsv`: one row per segment in the task's format (:mod:`.predictions`);
 * for a split with labels, `metrics.json` (segment scores from :func:`.metrics.score`, clip
-  scores from segment probabilities averaged per clip, and where they came from) and
-  `confusion_matrix.png`. A split without labels (the test list, the evaluation set) gets
-  predictions only.
+  scores from segment probabilities pooled per clip, the log loss and expected calibration
+  error with and without the temperature, and where they came from), `confusion_matrix.png`
+  and `calibration.png` (a reliability diagram). A split without labels (the test list, the
+  evaluation set) gets predictions only.
+
+:func:`evaluate_model` scores what `--checkpoint` names: one checkpoint, several as an
+ensemble (:mod:`.ensemble`; default folder `<first RUN_DIR>/eval/<split>-ensemble`), or an
+ensemble file (`<its folder>/eval/<split>-<its stem>`), optionally with test-time augmentation
+(:mod:`.tta`, folder suffix `-tta-<transforms>`) or without calibration (`-uncalibrated`).
 
 Segment file names. Shards keep a clip's id (its audio file's stem), not its path; a clip's
 audio file name is taken to be `audio/<clip_id>.wav`, as the TAU lists name them
@@ -26,7 +32,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +45,8 @@ from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
 from avsc_pipeline.evaluation.predictions import atomic_output, segment_filename, write_predictions
-from avsc_pipeline.evaluation.runtime import Scorer, checkpoint_config_hash, load_scorer
+from avsc_pipeline.evaluation.ensemble import LoadedModel, load_model
+from avsc_pipeline.evaluation.runtime import Scorer, checkpoint_config_hash
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import load_index
 
@@ -48,6 +55,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_NAME = "predictions.tsv"
 METRICS_NAME = "metrics.json"
 CONFUSION_NAME = "confusion_matrix.png"
+CALIBRATION_NAME = "calibration.png"
 
 
 def clip_filename(clip_id: str) -> str:
@@ -76,11 +84,26 @@ def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int]) -> List[
 
 
 def default_out_dir(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
-                    modality: Optional[str] = None) -> Path:
-    """`RUN_DIR/eval/<split>` (`<split>-<modality>` for one modality of a joint model)."""
+                    modality: Optional[str] = None, suffixes: Sequence[str] = ()) -> Path:
+    """`RUN_DIR/eval/<split>` (`<split>-<modality>` for one modality of a joint model), each of
+    `suffixes` appended with a dash (e.g. `ensemble`, `tta-swap`, `uncalibrated`)."""
     split = Path(split_dir).resolve().name
-    name = split if modality is None else f"{split}-{modality}"
+    name = "-".join([split] + ([modality] if modality is not None else []) + list(suffixes))
     return Path(ckpt_path).resolve().parent / "eval" / name
+
+
+def model_out_dir(model: LoadedModel, split_dir: "str | os.PathLike[str]", modality: Optional[str]) -> Path:
+    """The default output folder of what `--checkpoint` named (see the module docstring)."""
+    suffixes = ([f"tta-{'-'.join(model.tta)}"] if model.tta else []) + ([] if model.calibrated else ["uncalibrated"])
+    own = all(m.modality == m.model.modality for m in model.members)
+    shown = None if own else modality
+    if model.ensemble_file is not None:
+        split = Path(split_dir).resolve().name
+        name = "-".join([split, model.ensemble_file.stem] + ([shown] if shown else []) + suffixes)
+        return model.ensemble_file.resolve().parent / "eval" / name
+    if model.is_ensemble:
+        return default_out_dir(model.sources[0], split_dir, shown, ["ensemble"] + suffixes)
+    return default_out_dir(model.sources[0], split_dir, shown, suffixes)
 
 
 def check_split_folder(split_dir: Path) -> None:
@@ -105,8 +128,14 @@ def check_split_folder(split_dir: Path) -> None:
         raise ValueError(f"{split_dir}: expected a split folder of shards (shard-*.h5 and index.json), got none")
 
 
-def open_split(split_dir: "str | os.PathLike[str]", scorer: Scorer, ckpt_path: Any) -> ShardDataset:
+def open_split(split_dir: "str | os.PathLike[str]", scorer: Any, ckpt_path: Any) -> ShardDataset:
     """The split's shards as the checkpoint needs them: its class list and feature config.
+
+    Args:
+        split_dir: the split folder.
+        scorer: a :class:`Scorer`, an :class:`~.ensemble.Ensemble` or a :class:`~.tta.TTAScorer`
+            (its `with_video`, `classes` and `feature_config` are used).
+        ckpt_path: the checkpoint(s), named in messages.
 
     Raises:
         ValueError: shards made with another feature config or class list (naming the fields),
@@ -119,14 +148,15 @@ def open_split(split_dir: "str | os.PathLike[str]", scorer: Scorer, ckpt_path: A
         raise ValueError(f"{split_dir}: features do not match checkpoint {ckpt_path}: {err}") from None
 
 
-def score_rows(dataset: ShardDataset, scorer: Scorer, loader_config: LoaderConfig,
+def score_rows(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig,
                rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
     """Probabilities of dataset rows, in the order given: how `avsc-eval` scores a split and
     how training scores its validation rows.
 
     Args:
         dataset: the rows, read with the scorer's `with_video`.
-        scorer: the model (put in eval mode for the pass, restored afterwards).
+        scorer: the model (put in eval mode for the pass, restored afterwards): a
+            :class:`Scorer`, an :class:`~.ensemble.Ensemble` or a :class:`~.tta.TTAScorer`.
         loader_config: batch size and workers (`drop_last` is ignored: every row is scored).
         rows: `(M,)` dataset positions; default every row in row order.
         progress: show a progress bar.
@@ -134,6 +164,19 @@ def score_rows(dataset: ShardDataset, scorer: Scorer, loader_config: LoaderConfi
     Returns:
         `(M, C)` float64 probabilities, row i for `rows[i]`.
     """
+    return _score_rows(dataset, scorer, loader_config, rows, progress, pair=False)[0]
+
+
+def score_rows_pair(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig,
+                    rows: Optional[np.ndarray] = None, progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """As :func:`score_rows`, from the same single pass: `(calibrated, uncalibrated)`
+    probabilities, each `(M, C)` float64 (the scorer's `probability_pair`)."""
+    calibrated, uncalibrated = _score_rows(dataset, scorer, loader_config, rows, progress, pair=True)
+    return calibrated, uncalibrated
+
+
+def _score_rows(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig, rows: Optional[np.ndarray],
+                progress: bool, pair: bool) -> List[np.ndarray]:
     from tqdm import tqdm
 
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -141,14 +184,17 @@ def score_rows(dataset: ShardDataset, scorer: Scorer, loader_config: LoaderConfi
     position[rows] = np.arange(len(rows))
     sampler = EpochSampler(rows, shuffle=False, num_replicas=1, rank=0)
     loader = make_loader(dataset, sampler, loader_config, scorer.device, drop_last=False)
-    probs = np.full((len(rows), len(scorer.classes)), np.nan)
+    outputs = [np.full((len(rows), len(scorer.classes)), np.nan) for _ in range(2 if pair else 1)]
     with scorer.eval_mode():
         for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress, leave=False):
-            probs[position[raw["index"].numpy()]] = scorer.probabilities(raw).numpy()
+            got = scorer.probability_pair(raw) if pair else (scorer.probabilities(raw),)
+            where = position[raw["index"].numpy()]
+            for out, part in zip(outputs, got):
+                out[where] = part.numpy()
     loader.release_unreferenced()
-    if np.isnan(probs).any():
-        raise RuntimeError(f"expected every row scored, got {int(np.isnan(probs).any(axis=1).sum())} unscored")
-    return probs
+    if np.isnan(outputs[0]).any():
+        raise RuntimeError(f"expected every row scored, got {int(np.isnan(outputs[0]).any(axis=1).sum())} unscored")
+    return outputs
 
 
 def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers: Optional[int],
@@ -169,7 +215,7 @@ def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers
 
 
 def labeled_metrics(probs: np.ndarray, labels: np.ndarray, clip_ids: np.ndarray,
-                    classes: Sequence[str]) -> Dict[str, Any]:
+                    classes: Sequence[str], clip_pool: str = "mean-prob") -> Dict[str, Any]:
     """Segment scores (:func:`.metrics.score`) of the labeled rows, plus clip scores.
 
     Args:
@@ -177,85 +223,144 @@ def labeled_metrics(probs: np.ndarray, labels: np.ndarray, clip_ids: np.ndarray,
         labels: `(N,)` int class indices, -1 for rows without a label (left out).
         clip_ids: `(N,)` str clip of each row.
         classes: the C class names.
+        clip_pool: how a clip's segments are pooled (:data:`.metrics.CLIP_POOLS`).
 
     Returns:
         The dict of :func:`.metrics.score` plus `clip_accuracy`, `clip_log_loss`,
-        `clip_class_mean_accuracy`, `clip_class_mean_log_loss`, `n_clips` and `n_unlabeled`.
+        `clip_class_mean_accuracy`, `clip_class_mean_log_loss`, `clip_pool`, `n_clips` and
+        `n_unlabeled`.
     """
     known = labels >= 0
     out = metrics.score(labels[known], probs[known], classes)
-    ids, clip_probs, clip_labels = metrics.aggregate_clips(clip_ids[known], probs[known], labels[known])
+    ids, clip_probs, clip_labels = metrics.aggregate_clips(clip_ids[known], probs[known], labels[known], clip_pool)
     clips = metrics.score(clip_labels, clip_probs, classes)
     out.update(
         clip_accuracy=clips["accuracy"], clip_log_loss=clips["log_loss"],
         clip_class_mean_accuracy=clips["class_mean_accuracy"], clip_class_mean_log_loss=clips["class_mean_log_loss"],
-        n_clips=len(ids), n_unlabeled=int((~known).sum()),
+        clip_pool=clip_pool, n_clips=len(ids), n_unlabeled=int((~known).sum()),
     )
     return out
+
+
+def calibration_metrics(probs: np.ndarray, uncalibrated: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
+    """Log loss without the temperature(s), and the expected calibration error with and without.
+
+    Args:
+        probs: `(N, C)` float64 probabilities as scored (calibrated unless switched off).
+        uncalibrated: `(N, C)` float64 the same without any temperature.
+        labels: `(N,)` int class indices, -1 for rows without a label (left out).
+
+    Returns:
+        `log_loss_uncalibrated`, `ece`, `ece_uncalibrated` and `reliability` (the bins of
+        :func:`.metrics.reliability_bins` of both, as lists).
+    """
+    known = labels >= 0
+    bins = {name: metrics.reliability_bins(labels[known], p[known])
+            for name, p in (("calibrated", probs), ("uncalibrated", uncalibrated))}
+    return {
+        "log_loss_uncalibrated": metrics.log_loss(labels[known], uncalibrated[known]),
+        "ece": metrics.expected_calibration_error(labels[known], probs[known]),
+        "ece_uncalibrated": metrics.expected_calibration_error(labels[known], uncalibrated[known]),
+        "reliability": {name: {k: [None if np.isnan(v) else v for v in values.tolist()] for k, values in table.items()}
+                        for name, table in bins.items()},
+    }
 
 
 def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
                         out_dir: "str | os.PathLike[str] | None" = None, batch_size: Optional[int] = None,
                         device: "str | torch.device" = "auto", modality: Optional[str] = None, progress: bool = True,
-                        workers: Optional[int] = None) -> Dict[str, Any]:
-    """Score a checkpoint on one split folder and write predictions (and metrics) files.
+                        workers: Optional[int] = None, **options: Any) -> Dict[str, Any]:
+    """Score one checkpoint (or an ensemble file) on one split folder: :func:`evaluate_model`
+    of `[ckpt_path]`; `options` are its `calibrated`, `tta` and `clip_pool`."""
+    return evaluate_model([ckpt_path], split_dir, out_dir=out_dir, batch_size=batch_size, device=device,
+                          modality=modality, progress=progress, workers=workers, **options)
+
+
+def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "str | os.PathLike[str]",
+                   out_dir: "str | os.PathLike[str] | None" = None, batch_size: Optional[int] = None,
+                   device: "str | torch.device" = "auto", modality: Optional[str] = None, progress: bool = True,
+                   workers: Optional[int] = None, calibrated: bool = True, weights: Optional[Sequence[float]] = None,
+                   mean: Optional[str] = None, tta: Sequence[str] = (), clip_pool: str = "mean-prob") -> Dict[str, Any]:
+    """Score a checkpoint, an ensemble of several or an ensemble file on one split folder and
+    write predictions (and metrics) files.
 
     Args:
-        ckpt_path: the checkpoint (`RUN_DIR/best.pt`).
-        split_dir: a shard folder with an `index.json`, made with the checkpoint's feature
+        checkpoints: `--checkpoint` values (`RUN_DIR/best.pt`, several, or one ensemble file).
+        split_dir: a shard folder with an `index.json`, made with the checkpoints' feature
             config and class list.
-        out_dir: where to write; default :func:`default_out_dir`.
-        batch_size: segments per batch; default the checkpoint's `loader.batch_size`.
+        out_dir: where to write; default :func:`model_out_dir`.
+        batch_size: segments per batch; default the (first) checkpoint's `loader.batch_size`.
         device: `auto`, `cpu`, `cuda`, `cuda:N`.
         modality: None (the model's own), or `audio`/`video` for one modality of a joint
             checkpoint (the other embedding replaced by its training-set mean).
         progress: show a progress bar.
         workers: loader worker processes; default the checkpoint's `loader.num_workers`.
+        calibrated: apply the stored temperatures (False: `--no-calibration`).
+        weights: one weight per checkpoint; None for equal weights.
+        mean: `arithmetic` (default) or `geometric` combination of an ensemble.
+        tta: test-time transforms (:data:`.tta.TTA_TRANSFORMS`).
+        clip_pool: how clip scores pool their segments (:data:`.metrics.CLIP_POOLS`).
 
     Returns:
         For a split with labels, the dict written to `metrics.json` plus `labeled: True` and
         `files`; without labels, `labeled: False`, `n_segments`, `segments_per_s`, `split`,
-        `checkpoint` and `files` (predictions only).
+        `checkpoint`, `members` and `files` (predictions only).
 
     Raises:
         CheckpointError: an unreadable checkpoint (one line naming it).
-        ValueError: features or classes that do not match the checkpoint, naming the fields; a
-            modality the checkpoint cannot give.
+        ValueError: features or classes that do not match the checkpoint, or checkpoints that
+            do not match each other, naming the fields; a modality the checkpoint cannot give;
+            a weight list of the wrong length.
         FileNotFoundError: a split folder without an index.
     """
+    metrics.pool_segments(np.ones((1, 2)) / 2, clip_pool)  # refuse a bad pool before any work
     split_dir = Path(split_dir)
     check_split_folder(split_dir)
-    scorer, artifact = load_scorer(ckpt_path, device, modality)
-    loader_config = loader_config_of(artifact, batch_size, workers, str(ckpt_path))
-    with open_split(split_dir, scorer, ckpt_path) as dataset:
+    model = load_model(checkpoints, device, modality, calibrated, weights, mean, tta)
+    loader_config = loader_config_of(model.artifacts[0], batch_size, workers, str(model.sources[0]))
+    named = model.ensemble_file or ", ".join(str(s) for s in model.sources)
+    with open_split(split_dir, model.scorer, named) as dataset:
         started = time.perf_counter()
-        probs = score_rows(dataset, scorer, loader_config, progress=progress)
+        probs, uncalibrated = score_rows_pair(dataset, model.scorer, loader_config, progress=progress)
         seconds = time.perf_counter() - started
         labels, clip_ids, segments = dataset.labels, dataset.clip_ids, dataset.segments
-    own = scorer.modality == scorer.model.modality
-    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt_path, split_dir, None if own else modality)
+    out = Path(out_dir) if out_dir is not None else model_out_dir(model, split_dir, modality)
     out.mkdir(parents=True, exist_ok=True)
     files = {PREDICTIONS_NAME: write_predictions(out / PREDICTIONS_NAME, segment_filenames(clip_ids, segments),
-                                                 probs, scorer.classes)}
-    info = {
-        "checkpoint": str(Path(ckpt_path).resolve()), "checkpoint_config_hash": checkpoint_config_hash(artifact),
-        "features_config_hash": load_index(split_dir)["config_hash"], "split": split_dir.resolve().name,
-        "run": Path(ckpt_path).resolve().parent.name, "modality": scorer.modality,
-        "model_modality": scorer.model.modality, "epoch": artifact.epoch, "n_segments": len(probs),
-        "temperature": scorer.temperature,
-        "seconds": seconds, "segments_per_s": len(probs) / seconds if seconds > 0 else None,
-    }
+                                                 probs, model.scorer.classes)}
+    info = {**_model_info(model), "features_config_hash": load_index(split_dir)["config_hash"],
+            "split": split_dir.resolve().name, "n_segments": len(probs), "seconds": seconds,
+            "segments_per_s": len(probs) / seconds if seconds > 0 else None}
     logger.info("%s: %d segments scored in %.1f s (%.0f segments/s)", split_dir, len(probs), seconds,
                 info["segments_per_s"] or 0.0)
     if not (labels >= 0).any():
         logger.info("%s: no labels; wrote predictions only, no metrics computed", split_dir)
         return {**info, "labeled": False, "files": files}
-    result = {**labeled_metrics(probs, labels, clip_ids, scorer.classes), **info}
+    result = {**labeled_metrics(probs, labels, clip_ids, model.scorer.classes, clip_pool),
+              **calibration_metrics(probs, uncalibrated, labels), **info}
     with atomic_output(out / METRICS_NAME) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     files[METRICS_NAME] = out / METRICS_NAME
     files[CONFUSION_NAME] = _confusion_figure(result, out / CONFUSION_NAME)
+    files[CALIBRATION_NAME] = _calibration_figure(result, out / CALIBRATION_NAME)
     return {**result, "labeled": True, "files": files}
+
+
+def _model_info(model: LoadedModel) -> Dict[str, Any]:
+    """Where the probabilities came from, for `metrics.json`: the checkpoint (or ensemble
+    file), run, modality, epoch, temperature, members, combination, TTA and calibration."""
+    first, scorer = model.members[0], model.scorer
+    if model.is_ensemble:
+        source = {"checkpoint": None if model.ensemble_file is None else str(model.ensemble_file.resolve()),
+                  "checkpoint_config_hash": None, "run": "ensemble", "epoch": None,
+                  "model_modality": scorer.modality, "temperature": model.temperature}
+    else:
+        source = {"checkpoint": str(Path(model.sources[0]).resolve()),
+                  "checkpoint_config_hash": checkpoint_config_hash(model.artifacts[0]),
+                  "run": Path(model.sources[0]).resolve().parent.name, "epoch": model.artifacts[0].epoch,
+                  "model_modality": first.model.modality, "temperature": first.temperature}
+    return {**source, "modality": scorer.modality, "calibrated": model.calibrated, "ensemble": model.is_ensemble,
+            "members": model.members_info(), "mean": model.mean, "tta": list(model.tta)}
 
 
 def _confusion_figure(result: Dict[str, Any], path: Path) -> Path:
@@ -264,3 +369,18 @@ def _confusion_figure(result: Dict[str, Any], path: Path) -> Path:
     title = (f"{result['run']}, {result['split']} ({result['modality']}): "
              f"accuracy {100 * result['accuracy']:.1f} %")
     return plot_confusion_matrix(np.asarray(result["confusion_matrix"]), result["classes"], path, title=title)
+
+
+def _calibration_figure(result: Dict[str, Any], path: Path) -> Path:
+    from avsc_pipeline.evaluation.plots import plot_reliability_diagram
+
+    curves = {}
+    tables = result["reliability"]
+    if result["calibrated"]:
+        curves[f"calibrated (T = {result['temperature']:.3g})"] = {**tables["calibrated"], "ece": result["ece"]}
+    curves["uncalibrated"] = {**tables["uncalibrated"], "ece": result["ece_uncalibrated"]}
+    curves = {name: {k: (np.array([np.nan if v is None else v for v in values]) if isinstance(values, list) else values)
+                     for k, values in table.items()} for name, table in curves.items()}
+    title = (f"{result['run']}, {result['split']}: log loss {result['log_loss']:.3f} "
+             f"(uncalibrated {result['log_loss_uncalibrated']:.3f})")
+    return plot_reliability_diagram(curves, path, title=title)

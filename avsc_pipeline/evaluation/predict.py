@@ -6,15 +6,18 @@ uses video, its MP4) goes through stage one's own clip code
 its audio features (in the stored dtype) and uint8 frames are bit for bit what a shard would
 hold, and then through the :class:`~avsc_pipeline.evaluation.runtime.Scorer` that `avsc-eval`
 uses: a segment's probabilities equal `avsc-eval`'s for its shard row (up to the float
-rounding of a different batch composition).
+rounding of a different batch composition). Several checkpoints (or an ensemble file) score as
+one :class:`~avsc_pipeline.evaluation.ensemble.Ensemble`, each recording's features extracted
+once for all of them; test-time augmentation and calibration work as in `avsc-eval`.
 
 A recording that cannot be read fails on its own, with a message naming the file; the others
 are still predicted. An audio-only checkpoint ignores videos; a checkpoint that uses video
 needs one for every recording (or `modality="audio"` on a joint checkpoint).
 
 :func:`write_prediction_files` writes the per-segment rows in exactly `avsc-eval`'s
-`predictions.tsv` format and file names, and the per-clip rows (segment probabilities averaged)
-in the same format beside them (`NAME.clips.tsv`).
+`predictions.tsv` format and file names, and the per-clip rows (segment probabilities pooled:
+their mean, or with `clip_pool="mean-log-prob"` the softmax of their mean log) in the same
+format beside them (`NAME.clips.tsv`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from avsc_pipeline.evaluation.ensemble import load_model
 from avsc_pipeline.evaluation.evaluate import clip_filename
+from avsc_pipeline.evaluation.metrics import pool_segments
 from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
-from avsc_pipeline.evaluation.runtime import Scorer, load_scorer
 from avsc_pipeline.manifest import Clip, identifier_from_name
 
 logger = logging.getLogger(__name__)
@@ -49,12 +53,14 @@ class ClipPrediction:
         probs: `(K, C)` float64 probabilities of its K one-second segments, or None when it failed.
         error: why it failed (naming the file), or None.
         dropped: trailing segments left out because the video is shorter than the audio.
+        clip_pool: how :attr:`clip_probs` pools the segments (`mean-prob` or `mean-log-prob`).
     """
 
     clip: Clip
     probs: Optional[np.ndarray] = None
     error: Optional[str] = None
     dropped: int = 0
+    clip_pool: str = "mean-prob"
 
     @property
     def ok(self) -> bool:
@@ -63,10 +69,11 @@ class ClipPrediction:
 
     @property
     def clip_probs(self) -> np.ndarray:
-        """`(C,)` float64: the segment probabilities averaged (the clip-level prediction)."""
+        """`(C,)` float64: the segment probabilities pooled by :attr:`clip_pool` (the clip-level
+        prediction, :func:`.metrics.pool_segments`)."""
         if self.probs is None:
             raise ValueError(f"{self.clip.audio}: no probabilities ({self.error})")
-        return self.probs.mean(axis=0)
+        return pool_segments(self.probs, self.clip_pool)
 
 
 @dataclass
@@ -108,13 +115,15 @@ def as_clips(inputs: Iterable[Recording]) -> List[Clip]:
     return clips
 
 
-def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str | torch.device" = "auto",
-                  jobs: int = 1, batch_size: int = 64, modality: Optional[str] = None,
-                  progress: bool = False) -> PredictionResult:
+def predict_files(ckpt_path: "PathLike | Sequence[PathLike]", inputs: Iterable[Recording],
+                  device: "str | torch.device" = "auto", jobs: int = 1, batch_size: int = 64,
+                  modality: Optional[str] = None, progress: bool = False, calibrated: bool = True,
+                  weights: Optional[Sequence[float]] = None, mean: Optional[str] = None, tta: Sequence[str] = (),
+                  clip_pool: str = "mean-prob") -> PredictionResult:
     """Predict the scene of raw recordings.
 
     Args:
-        ckpt_path: the checkpoint.
+        ckpt_path: the checkpoint; or several (an ensemble), or an ensemble file.
         inputs: `Clip` records (e.g. from :func:`avsc_pipeline.manifest.load_manifest`) or
             `(audio path, video path or None)` pairs.
         device: `auto`, `cpu`, `cuda`, `cuda:N`.
@@ -122,6 +131,11 @@ def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str
         batch_size: segments per model batch.
         modality: None (the model's own), or `audio`/`video` for one modality of a joint checkpoint.
         progress: show a progress bar while scoring.
+        calibrated: apply the stored temperatures (False: `--no-calibration`).
+        weights: one weight per checkpoint of an ensemble; None for equal weights.
+        mean: `arithmetic` (default) or `geometric` combination of an ensemble.
+        tta: test-time transforms (:data:`.tta.TTA_TRANSFORMS`).
+        clip_pool: how each clip's segments are pooled (:data:`.metrics.CLIP_POOLS`).
 
     Returns:
         One :class:`ClipPrediction` per input, in order; failed ones carry the error (for the
@@ -129,20 +143,23 @@ def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str
 
     Raises:
         CheckpointError: an unreadable checkpoint.
-        ValueError: bad arguments, or a modality the checkpoint cannot give.
+        ValueError: bad arguments, checkpoints that do not match each other, or a modality the
+            checkpoint cannot give.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"expected jobs >= 1, got {jobs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
+    pool_segments(np.full((1, 2), 0.5), clip_pool)  # refuse a bad pool before any work
     clips = as_clips(inputs)
-    scorer, _ = load_scorer(ckpt_path, device, modality)
-    outcomes = [ClipPrediction(clip) for clip in clips]
+    paths = [ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path)
+    scorer = load_model(paths, device, modality, calibrated, weights, mean, tta).scorer
+    outcomes = [ClipPrediction(clip, clip_pool=clip_pool) for clip in clips]
     if scorer.with_video:
         for outcome in outcomes:
             if outcome.clip.video is None:
-                outcome.error = (f"{outcome.clip.audio}: no video given, but the {scorer.model.modality!r} checkpoint "
-                                 f"uses video (give AUDIO VIDEO, or --modality audio for a joint checkpoint)")
+                outcome.error = (f"{outcome.clip.audio}: no video given, but the {scorer.modality!r} model uses "
+                                 f"video (give AUDIO VIDEO, or --modality audio for a joint checkpoint)")
     todo = [o for o in outcomes if o.ok]
     segments = _extract(scorer, todo, jobs)
     _score(scorer, todo, segments, batch_size, progress)
@@ -150,7 +167,7 @@ def predict_files(ckpt_path: PathLike, inputs: Iterable[Recording], device: "str
     return PredictionResult(scorer.classes, outcomes)
 
 
-def _extract(scorer: Scorer, outcomes: Sequence[ClipPrediction], jobs: int) -> List[Tuple[np.ndarray, ...]]:
+def _extract(scorer: Any, outcomes: Sequence[ClipPrediction], jobs: int) -> List[Tuple[np.ndarray, ...]]:
     """Stage-one features of each clip: `(audio (K, 6, F, T) stored dtype, video (K, 2, 3, S, S)
     uint8 or None)`; a clip that fails gets its error set and an empty entry."""
     from avsc_pipeline.features.extract import extract_clip
@@ -172,7 +189,7 @@ def _extract(scorer: Scorer, outcomes: Sequence[ClipPrediction], jobs: int) -> L
     return out
 
 
-def _score(scorer: Scorer, outcomes: Sequence[ClipPrediction], segments: Sequence[Tuple[np.ndarray, ...]],
+def _score(scorer: Any, outcomes: Sequence[ClipPrediction], segments: Sequence[Tuple[np.ndarray, ...]],
            batch_size: int, progress: bool) -> None:
     """Score every extracted segment in batches of `batch_size` and hand each clip its rows."""
     from tqdm import tqdm
