@@ -166,6 +166,7 @@ def write_ensemble_file(path: PathLike, spec: EnsembleSpec) -> Path:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"--out {path}: already exists (avsc-calibrate never overwrites a file)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     folder = path.resolve().parent
     relative = []
     for member in spec.checkpoints:

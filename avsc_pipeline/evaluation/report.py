@@ -8,9 +8,16 @@ Backs `avsc-report RUN_OR_EVAL_DIR ... --out DIR`. Each argument is one of
   split found).
 
 `metrics.json` holds the dict of :func:`avsc_pipeline.evaluation.metrics.score` (at least
-`classes`, `accuracy`, `log_loss` and `per_class`). A run is named after its run folder (or the
-evaluation folder outside a run), with ` (<split>)` appended for a split other than `evaluate`;
-runs whose names collide are told apart by their parent folders (`a/run1`, `b/run1`).
+`classes`, `accuracy`, `log_loss` and `per_class`; `log_loss_uncalibrated`, `temperature` and
+`ece` where `avsc-eval` wrote them). A run is named after its run folder (or the evaluation
+folder outside a run), with ` (<split>)` appended for a split other than `evaluate`; an
+ensemble (`"ensemble": true`) is a row of its own named after its evaluation folder (e.g.
+`evaluate-ensemble`); rows whose names collide are told apart by their parent folders
+(`a/run1`, `b/run1`).
+
+The log loss columns: `log loss` as scored (calibrated: each checkpoint's temperature, and an
+ensemble's own, applied, unless evaluated with `--no-calibration`) and `uncal. log loss`, the
+same models at temperature 1; `T` is the temperature applied (an ensemble's own).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ class RunRow:
         log_loss: mean segment log loss.
         per_class_accuracy: C fractions in class order, None for a class without segments.
         classes: the C class names.
+        log_loss_uncalibrated: the log loss at temperature 1 (None where not recorded).
+        temperature: the temperature applied (None where not recorded).
+        ece: the expected calibration error as scored (None where not recorded).
+        ensemble: whether the row is an ensemble of checkpoints.
     """
 
     name: str
@@ -51,6 +62,10 @@ class RunRow:
     log_loss: float
     per_class_accuracy: Tuple[Optional[float], ...]
     classes: Tuple[str, ...]
+    log_loss_uncalibrated: Optional[float] = None
+    temperature: Optional[float] = None
+    ece: Optional[float] = None
+    ensemble: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,8 @@ def _anchor(metrics_path: Path) -> Tuple[Path, Optional[str]]:
     return eval_dir, None
 
 
-def _display_name(metrics_path: Path, depth: int = 1) -> str:
-    folder, split = _anchor(metrics_path)
+def _display_name(metrics_path: Path, depth: int = 1, ensemble: bool = False) -> str:
+    folder, split = (metrics_path.parent, None) if ensemble else _anchor(metrics_path)
     parts = folder.parts[-depth:] if folder.parts else (str(folder),)
     name = "/".join(part for part in parts if part not in ("/", "")) or str(folder)
     return name if split in (None, PREFERRED_SPLIT) else f"{name} ({split})"
@@ -118,11 +133,13 @@ def find_metrics(path: "str | os.PathLike[str]") -> List[Tuple[str, Path]]:
     return [(_display_name(p.resolve()), p) for p in found]
 
 
-def _unique_names(paths: List[Path]) -> List[str]:
-    """Names for `paths` (resolved metrics files), adding parent folders until no two collide."""
+def _unique_names(paths: List[Path], ensembles: Optional[List[bool]] = None) -> List[str]:
+    """Names for `paths` (resolved metrics files; `ensembles` marks the ensembles' files), adding
+    parent folders until no two collide."""
     depth = [1] * len(paths)
+    ensembles = ensembles or [False] * len(paths)
     while True:
-        names = [_display_name(p, d) for p, d in zip(paths, depth)]
+        names = [_display_name(p, d, e) for p, d, e in zip(paths, depth, ensembles)]
         groups: Dict[str, List[int]] = {}
         for index, name in enumerate(names):
             groups.setdefault(name, []).append(index)
@@ -132,7 +149,8 @@ def _unique_names(paths: List[Path]) -> List[str]:
         grew = False
         for members in clashes:
             for index in members:
-                if depth[index] < len(_anchor(paths[index])[0].parts):
+                folder = paths[index].parent if ensembles[index] else _anchor(paths[index])[0]
+                if depth[index] < len(folder.parts):
                     depth[index] += 1
                     grew = True
         if not grew:
@@ -160,7 +178,14 @@ def _row(name: str, path: Path, data: Dict[str, Any]) -> RunRow:
     if absent:
         raise ValueError(f"{path}: expected per_class entries for every class, missing {absent}")
     accs = tuple(None if per_class[c].get("accuracy") is None else float(per_class[c]["accuracy"]) for c in classes)
-    return RunRow(name, path, float(data["accuracy"]), float(data["log_loss"]), accs, classes)
+    return RunRow(name, path, float(data["accuracy"]), float(data["log_loss"]), accs, classes,
+                  _number(data, "log_loss_uncalibrated"), _number(data, "temperature"), _number(data, "ece"),
+                  bool(data.get("ensemble", False)))
+
+
+def _number(data: Dict[str, Any], key: str) -> Optional[float]:
+    value = data.get(key)
+    return None if value is None else float(value)
 
 
 def load_rows(paths: Sequence["str | os.PathLike[str]"]) -> List[RunRow]:
@@ -182,7 +207,9 @@ def load_rows(paths: Sequence["str | os.PathLike[str]"]) -> List[RunRow]:
             files.append(resolved)
     if not files:
         raise ValueError("expected at least one run folder or metrics file, got none")
-    rows = [_row(name, p, _read_metrics(p)) for name, p in zip(_unique_names(files), files)]
+    data = [_read_metrics(p) for p in files]
+    names = _unique_names(files, [bool(d.get("ensemble", False)) for d in data])
+    rows = [_row(name, p, d) for name, p, d in zip(names, files, data)]
     for row in rows[1:]:
         if row.classes != rows[0].classes:
             raise ValueError(
@@ -196,11 +223,17 @@ def _percent(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100.0 * value:.1f} %"
 
 
+def _optional(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None) -> str:
-    """An aligned plain-text table: run, accuracy (%), log loss, and per-class accuracy when
-    `classes` is given (columns in `classes` order, which must be the rows' class list)."""
-    header = ["model", "accuracy", "log loss"]
-    body = [[row.name, _percent(row.accuracy), f"{row.log_loss:.3f}"] for row in rows]
+    """An aligned plain-text table: run, accuracy (%), log loss, uncalibrated log loss,
+    temperature, and per-class accuracy when `classes` is given (columns in `classes` order,
+    which must be the rows' class list)."""
+    header = ["model", "accuracy", "log loss", "uncal. log loss", "T"]
+    body = [[row.name, _percent(row.accuracy), f"{row.log_loss:.3f}", _optional(row.log_loss_uncalibrated),
+             _optional(row.temperature, 2)] for row in rows]
     if classes is not None:
         classes = _checked_classes(rows, classes)
         header += list(classes)
@@ -223,12 +256,14 @@ def _checked_classes(rows: Sequence[RunRow], classes: Sequence[str]) -> List[str
 
 
 def markdown_table(rows: Sequence[RunRow], classes: Sequence[str]) -> str:
-    """A Markdown table: run, accuracy %, log loss, then per-class accuracy % in `classes` order."""
+    """A Markdown table: run, accuracy %, log loss, uncalibrated log loss, temperature, then
+    per-class accuracy % in `classes` order."""
     classes = _checked_classes(rows, classes)
-    header = ["run", "accuracy %", "log loss"] + classes
+    header = ["run", "accuracy %", "log loss", "uncal. log loss", "T"] + classes
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [row.name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}", f"{row.log_loss:.3f}"]
+        cells = [row.name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}", f"{row.log_loss:.3f}",
+                 _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)]
         cells += ["n/a" if v is None else f"{100.0 * v:.1f}" for v in row.per_class_accuracy]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -241,10 +276,13 @@ def write_csv(rows: Sequence[RunRow], classes: Sequence[str], path: "str | os.Pa
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["run", "accuracy_percent", "log_loss"] + [f"{c}_accuracy_percent" for c in classes])
+            writer.writerow(["run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece",
+                             "ensemble"] + [f"{c}_accuracy_percent" for c in classes])
             for row in rows:
                 per_class = ["" if v is None else repr(100.0 * v) for v in row.per_class_accuracy]
-                writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + per_class)
+                extra = ["" if v is None else repr(v) for v in (row.log_loss_uncalibrated, row.temperature, row.ece)]
+                writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + extra
+                                + [int(row.ensemble)] + per_class)
     return path
 
 
@@ -265,7 +303,9 @@ def write_report(paths: Sequence["str | os.PathLike[str]"], out_dir: "str | os.P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows)
-    intro = "# Run comparison\n\nSegment-level scores; log loss is the primary metric.\n\n"
+    intro = ("# Run comparison\n\nSegment-level scores; log loss is the primary metric. `log loss` is "
+             "calibrated (each checkpoint's temperature, an ensemble's own `T` on top), `uncal. log loss` the "
+             "same models at temperature 1.\n\n")
     markdown = intro + markdown_table(rows, classes)
     files = {"report.md": out / "report.md", "report.csv": out / "report.csv"}
     with atomic_output(files["report.md"]) as tmp:
