@@ -40,7 +40,7 @@ AUGMENT ?= 1
 TABLE ?= 3
 ROWS ?=
 .PHONY: ablations
-.PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help
+.PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help gpu-check
 
 help:
 	@echo "make demo      generate the demo data set, extract its features, train and score three small models"
@@ -52,6 +52,7 @@ help:
 	@echo "               (a rerun resumes each step from its last.pt), then score them (make eval)"
 	@echo "make eval      score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
 	@echo "make bench     run the benchmarks in bench/"
+	@echo "make ensemble  score RUNS=\"DIR DIR ...\" (each RUN/best.pt) as one ensemble on FEATURES/evaluate, then report"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -142,6 +143,19 @@ eval: install
 	  $(BIN)/avsc-eval --checkpoint $(RUN)/best.pt $(FEATURES)/test --device $(DEVICE) || exit 1; \
 	fi
 
+# An ensemble of run folders: each RUN/best.pt's calibrated probabilities averaged (avsc-eval with
+# --checkpoint per run; ENSEMBLE_ARGS e.g. "--weights 0.5,0.5 --tta swap") on FEATURES/evaluate into
+# ENSEMBLE_OUT (default: ensemble/ beside the first run), then the runs and the ensemble tabled there.
+RUNS ?=
+ENSEMBLE_OUT ?= $(patsubst %/,%,$(dir $(firstword $(RUNS))))/ensemble
+ENSEMBLE_ARGS ?=
+.PHONY: ensemble
+ensemble: install
+	@if [ -z "$(strip $(RUNS))" ]; then echo "Give the run folders: make ensemble RUNS=\"DIR DIR ...\" FEATURES=DIR"; exit 1; fi
+	$(BIN)/avsc-eval $(foreach run,$(RUNS),--checkpoint $(run)/best.pt) $(FEATURES)/evaluate --out $(ENSEMBLE_OUT) \
+	  --device $(DEVICE) --no-progress $(ENSEMBLE_ARGS)
+	$(BIN)/avsc-report $(RUNS) $(ENSEMBLE_OUT) --out $(ENSEMBLE_OUT)/report
+
 bench: install
 	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
 
@@ -151,3 +165,12 @@ clean-demo:
 ablations: install
 	$(BIN)/avsc-ablations $(TABLE) $(FEATURES) $(RUN) $(if $(filter-out configs/paper.yaml,$(CONFIG)),--config $(CONFIG)) \
 	  $(if $(ROWS),--rows "$(shell echo $(ROWS) | tr ' ' ',')") --device $(DEVICE)
+
+# The prepared GPU check (bench/gpu_check.py): stage two and evaluation on a GPU, correct and
+# fast, within its time budget, on shards it writes itself; OUT/gpu_check.json and .md. On a
+# bare GPU machine without internet (`pip install --no-deps -e .` done), skip the venv set-up:
+#   make gpu-check GPU_CHECK_DEPS= PY=python3 OUT=DIR
+OUT ?= runs/gpu-check
+GPU_CHECK_DEPS ?= install
+gpu-check: $(GPU_CHECK_DEPS)
+	$(PY) bench/gpu_check.py --out $(OUT)

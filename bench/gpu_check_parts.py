@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from avsc_pipeline.config import to_dict
-from avsc_pipeline.dataio.config import LoaderConfig
 from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
 from avsc_pipeline.devices import autocast
 from avsc_pipeline.models.classifier import SceneClassifier
@@ -392,19 +391,18 @@ def measure_host_syncs(setup: Setup) -> Dict[str, Any]:
         batches = endless(inputs)
         try:
             trainer = make_trainer(setup, sections, inputs)
-            variants = [("masked (default)", None)]
-            if inputs.preparer.video_aug is not None:
-                variants.append(("masked=False (before)", False))
+            augment = inputs.preparer.video_aug if sections["model"].uses_video else None
+            variants = [("masked (default)", None)] + ([("masked=False (before)", False)] if augment is not None else [])
             for label, masked in variants:
-                if inputs.preparer.video_aug is not None:
-                    inputs.preparer.video_aug.masked = masked
+                if augment is not None:
+                    augment.masked = masked
                 result = count_syncs(setup, trainer, batches, steps)
                 figures[f"{step} {label}"] = result
                 sites = ", ".join(f"{k} x{v}" for k, v in result["sites"].items())
                 rows.append(row(f"{step} step, host syncs per step, {label}", result["per_step"], note=sites))
         finally:
             if inputs.preparer.video_aug is not None:
-                inputs.preparer.video_aug.masked = None
+                inputs.preparer.video_aug.masked = None  # back to the default (True on CUDA)
             batches.close()
             inputs.close()
     return {"steps_counted": steps, "models": figures, "rows": rows}
@@ -455,7 +453,8 @@ def measure_loader(setup: Setup) -> Dict[str, Any]:
         figures[f"{workers} workers"] = {"batch_ms": batch_ms, "pinned_copy_ms": copy, **pipe}
         rows.append(row(f"loader alone, {workers} workers, ms per batch of {setup.batch}", batch_ms,
                         note=f"pinned copy {fmt(copy, '.2f')} ms per batch"))
-        rows.append(row(f"joint step, {workers} workers, data wait", pipe["data_wait_fraction"],
+        mode = "bf16+CL" if setup.cuda else "fp32"
+        rows.append(row(f"joint step {mode}, {workers} workers, data wait %", 100 * pipe["data_wait_fraction"],
                         note=f"{pipe['samples_per_s']:.1f} samples/s"))
     return {"figures": figures, "rows": rows}
 
@@ -515,82 +514,6 @@ def measure_cache(setup: Setup) -> Dict[str, Any]:
     return {"segments_per_s": best, "bare_segments_per_s": bare, "ratio": best / bare, "segments": distinct,
             "rows": [row("embedding cache (video), segments/s", best, bare, best / bare,
                          f"{distinct} distinct frame pairs, batch {setup.batch}")]}
-
-
-def score_like_avsc_eval(ckpt: Path, folder: Path, device: torch.device, rows: Optional[np.ndarray] = None,
-                         calibrated: bool = True) -> Dict[str, Any]:
-    """What `evaluate_checkpoint` (avsc-eval) does to score: its scorer, the checkpoint's loader
-    section, its split reader and `score_rows`; `seconds` is its own timed region. (Its files
-    are left out: the confusion figure needs matplotlib, which a bare GPU machine lacks.)"""
-    from avsc_pipeline.evaluation.evaluate import loader_config_of, open_split, score_rows
-    from avsc_pipeline.evaluation.runtime import load_scorer
-
-    scorer, artifact = load_scorer(ckpt, device, calibrated=calibrated)
-    config = loader_config_of(artifact, None, None, str(ckpt))
-    with open_split(folder, scorer, ckpt) as dataset:
-        started = time.perf_counter()
-        probs = score_rows(dataset, scorer, config, rows=rows)
-        seconds = time.perf_counter() - started
-        labels = dataset.labels if rows is None else dataset.labels[rows]
-    return {"scorer": scorer, "probs": probs, "labels": labels, "seconds": seconds}
-
-
-def measure_eval(setup: Setup) -> Dict[str, Any]:
-    """avsc-eval's scoring of the speed folder's `train` split (a joint checkpoint, the target
-    batch, the recipe's workers) against the bare forward of the same scorer's model."""
-    from avsc_pipeline.models.video import is_channels_last
-    from avsc_pipeline.testing import write_test_checkpoint
-
-    model_config = step_sections(setup, "joint")["model"]
-    folder = setup.features / "train"
-    loader = LoaderConfig(batch_size=setup.batch, num_workers=setup.workers)
-    ckpt = write_test_checkpoint(setup.work / "eval-run" / "best.pt", folder, model_config, loader=loader)
-    best = 0.0
-    for _ in range(2):  # the first pass autotunes the eval shapes
-        result = score_like_avsc_eval(ckpt, folder, setup.device)
-        best = max(best, len(result["probs"]) / result["seconds"])
-    scorer, segments = result["scorer"], len(result["probs"])
-    shape = scorer.feature_config
-    generator = torch.Generator().manual_seed(0)
-    raw = {"audio": torch.randn((setup.batch,) + shape.audio_shape, generator=generator),
-           "video": torch.randint(0, 256, (setup.batch,) + shape.video_shape, generator=generator,
-                                  dtype=torch.uint8),
-           "label": torch.zeros(setup.batch, dtype=torch.int64)}
-    with scorer.eval_mode():
-        batch = scorer.preparer(raw)
-        bare = bare_forward_rate(scorer.model, batch, segments, setup.batch, setup.device, scorer.precision)
-    channels_last = bool(scorer.model.video is not None and is_channels_last(scorer.model.video.backbone))
-    precision = str(scorer.precision or "float32").replace("torch.", "")
-    return {"segments_per_s": best, "bare_segments_per_s": bare, "ratio": best / bare, "n_segments": segments,
-            "precision": precision, "model_channels_last": channels_last,
-            "rows": [row("avsc-eval, segments/s", best, bare, best / bare,
-                         f"{segments} segments, {precision}, scorer's model channels-last: {channels_last}")]}
-
-
-def measure_validation_vs_eval(setup: Setup, run: Path, validation: Dict[str, Any]) -> Dict[str, Any]:
-    """The last epoch's validation figures of a run against avsc-eval's scoring of its
-    `last.pt` (uncalibrated, as `metrics.csv`) on the same rows."""
-    from avsc_pipeline.config import from_dict
-    from avsc_pipeline.evaluation.metrics import score
-    from avsc_pipeline.models.checkpoint import load_checkpoint
-
-    artifact = load_checkpoint(run / "last.pt").artifact
-    loader = from_dict(LoaderConfig, artifact.config["loader"])
-    inputs = build_training_input(setup.smoke, loader, None, setup.device)
-    rows = inputs.split.validation
-    inputs.close()
-    result = score_like_avsc_eval(run / "last.pt", setup.smoke / "train", setup.device, rows=rows, calibrated=False)
-    expected = score(result["labels"], result["probs"], artifact.classes)
-    loss, accuracy = validation["val_log_loss"], validation["val_accuracy"]
-    difference = abs(loss - expected["log_loss"])
-    # Zero is expected (one scoring path, one precision policy); the tolerance is float rounding
-    # of the same sums, far below the ~1e-3 that a second precision or memory format gives.
-    passed = difference <= 1e-7 * max(1.0, abs(loss)) and accuracy == expected["accuracy"]
-    return {"validation_log_loss": loss, "avsc_eval_log_loss": expected["log_loss"], "difference": difference,
-            "validation_accuracy": accuracy, "avsc_eval_accuracy": expected["accuracy"], "rows_scored": len(rows),
-            "passed": passed,
-            "rows": [row("log loss, validation vs avsc-eval (same rows)", loss, expected["log_loss"], None,
-                         f"difference {difference:.3g} ({'PASS' if passed else 'FAIL'}, should be 0)")]}
 
 
 # -- formatting -----------------------------------------------------------------------------------

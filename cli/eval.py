@@ -32,7 +32,7 @@ from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option
 def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path], weights: Optional[str],
          mean: Optional[str], tta: Tuple[str, ...], no_calibration: bool, clip_pool: str, batch_size: Optional[int],
          workers: Optional[int], device: str, modality: Optional[str], progress: bool, verbose: int) -> None:
-    """Score CHECKPOINT (or an ensemble of several) on every one-second segment of FEATURES_SPLIT_DIR.
+    """Score a --checkpoint (or an ensemble of several) on every one-second segment of FEATURES_SPLIT_DIR.
 
     Writes predictions.tsv (the task's output format) and, for a split with labels,
     metrics.json, confusion_matrix.png and calibration.png (a reliability diagram); prints

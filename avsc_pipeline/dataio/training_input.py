@@ -44,7 +44,9 @@ class TrainingInput:
         dataset: rows of those folders; frames only when `with_video`.
         split: the location-disjoint train / validation positions (unlabeled rows in neither).
         train_sampler: the training epochs' order (call `set_epoch`).
-        audio_stats: per-channel audio mean and std of the `train` folder.
+        audio_stats: per-channel audio mean and std of the `train` folder, when the audio is
+            standardized (`loader.audio_normalize: standardize`), else None: the features go in
+            as stored ([0, 1] under the authors' definition).
         preparer: batch augmentation and normalization on the device.
         loader_config: the `loader:` section.
         device: the training device.
@@ -55,7 +57,7 @@ class TrainingInput:
     dataset: ShardDataset
     split: Split
     train_sampler: EpochSampler
-    audio_stats: AudioStats
+    audio_stats: Optional[AudioStats]
     preparer: BatchPreparer
     loader_config: LoaderConfig
     device: torch.device
@@ -134,10 +136,12 @@ def build_training_input(features_dir: "str | Path", loader: LoaderConfig, augme
                   split.validation[keep[split.validation]], split.held_out)
     if len(split.train) == 0:
         raise ValueError(f"{folders[0]}: no labeled training rows after holding out validation locations")
-    if rank == 0:
-        ensure_audio_stats(folders[0], loader.audio_stats, progress=False)
-    barrier()
-    stats = ensure_audio_stats(folders[0], loader.audio_stats)
+    stats = None
+    if loader.audio_normalize == "standardize":
+        if rank == 0:
+            ensure_audio_stats(folders[0], loader.audio_stats, progress=False)
+        barrier()
+        stats = ensure_audio_stats(folders[0], loader.audio_stats)
     sampler = EpochSampler(split.train, split.augmented, loader.aug_fraction, shuffle=True, seed=seed)
     local_seed = process_seed(seed, rank)
     preparer = BatchPreparer(len(dataset.classes), stats, frame_norm, augment, local_seed).to(device)

@@ -269,11 +269,13 @@ def calibration_metrics(probs: np.ndarray, uncalibrated: np.ndarray, labels: np.
 def evaluate_checkpoint(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
                         out_dir: "str | os.PathLike[str] | None" = None, batch_size: Optional[int] = None,
                         device: "str | torch.device" = "auto", modality: Optional[str] = None, progress: bool = True,
-                        workers: Optional[int] = None, **options: Any) -> Dict[str, Any]:
+                        workers: Optional[int] = None, calibrated: bool = True, tta: Sequence[str] = (),
+                        clip_pool: str = "mean-prob") -> Dict[str, Any]:
     """Score one checkpoint (or an ensemble file) on one split folder: :func:`evaluate_model`
-    of `[ckpt_path]`; `options` are its `calibrated`, `tta` and `clip_pool`."""
+    of `[ckpt_path]`, which documents the arguments."""
     return evaluate_model([ckpt_path], split_dir, out_dir=out_dir, batch_size=batch_size, device=device,
-                          modality=modality, progress=progress, workers=workers, **options)
+                          modality=modality, progress=progress, workers=workers, calibrated=calibrated, tta=tta,
+                          clip_pool=clip_pool)
 
 
 def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "str | os.PathLike[str]",
@@ -313,7 +315,7 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
             a weight list of the wrong length.
         FileNotFoundError: a split folder without an index.
     """
-    metrics.pool_segments(np.ones((1, 2)) / 2, clip_pool)  # refuse a bad pool before any work
+    metrics.check_clip_pool(clip_pool)
     split_dir = Path(split_dir)
     check_split_folder(split_dir)
     model = load_model(checkpoints, device, modality, calibrated, weights, mean, tta)
@@ -342,7 +344,7 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
         tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     files[METRICS_NAME] = out / METRICS_NAME
     files[CONFUSION_NAME] = _confusion_figure(result, out / CONFUSION_NAME)
-    files[CALIBRATION_NAME] = _calibration_figure(result, out / CALIBRATION_NAME)
+    files[CALIBRATION_NAME] = _calibration_figure(result, probs, uncalibrated, labels, out / CALIBRATION_NAME)
     return {**result, "labeled": True, "files": files}
 
 
@@ -371,16 +373,17 @@ def _confusion_figure(result: Dict[str, Any], path: Path) -> Path:
     return plot_confusion_matrix(np.asarray(result["confusion_matrix"]), result["classes"], path, title=title)
 
 
-def _calibration_figure(result: Dict[str, Any], path: Path) -> Path:
+def _calibration_figure(result: Dict[str, Any], probs: np.ndarray, uncalibrated: np.ndarray, labels: np.ndarray,
+                        path: Path) -> Path:
     from avsc_pipeline.evaluation.plots import plot_reliability_diagram
 
+    known = labels >= 0
     curves = {}
-    tables = result["reliability"]
     if result["calibrated"]:
-        curves[f"calibrated (T = {result['temperature']:.3g})"] = {**tables["calibrated"], "ece": result["ece"]}
-    curves["uncalibrated"] = {**tables["uncalibrated"], "ece": result["ece_uncalibrated"]}
-    curves = {name: {k: (np.array([np.nan if v is None else v for v in values]) if isinstance(values, list) else values)
-                     for k, values in table.items()} for name, table in curves.items()}
+        curves[f"calibrated (T = {result['temperature']:.3g})"] = (probs, result["ece"])
+    curves["uncalibrated"] = (uncalibrated, result["ece_uncalibrated"])
+    tables = {name: {**metrics.reliability_bins(labels[known], p[known]), "ece": ece}
+              for name, (p, ece) in curves.items()}
     title = (f"{result['run']}, {result['split']}: log loss {result['log_loss']:.3f} "
              f"(uncalibrated {result['log_loss_uncalibrated']:.3f})")
-    return plot_reliability_diagram(curves, path, title=title)
+    return plot_reliability_diagram(tables, path, title=title)

@@ -303,7 +303,7 @@ def aggregate_clips(
         ValueError: mismatched lengths, an unknown pool, or a clip whose segments carry
             different labels (the message names the clip).
     """
-    _check_pool(pool)
+    check_clip_pool(pool)
     probs = _as_probabilities(probs)
     ids = np.asarray(clip_ids)
     if ids.ndim != 1 or ids.shape[0] != probs.shape[0]:
@@ -339,7 +339,8 @@ def aggregate_clips(
     return names, means, clip_labels
 
 
-def _check_pool(pool: str) -> None:
+def check_clip_pool(pool: str) -> None:
+    """Raise ValueError unless `pool` is one of :data:`CLIP_POOLS`."""
     if pool not in CLIP_POOLS:
         raise ValueError(f"expected a clip pool in {CLIP_POOLS}, got {pool!r}")
 
@@ -368,7 +369,7 @@ def pool_segments(probs: Any, pool: str = "mean-prob") -> np.ndarray:
     Returns:
         `(C,)` float64 probabilities summing to 1.
     """
-    _check_pool(pool)
+    check_clip_pool(pool)
     probs = _as_probabilities(probs)
     if probs.shape[0] == 0:
         raise ValueError("expected at least one segment to pool, got 0")

@@ -34,7 +34,7 @@ import torch
 
 from avsc_pipeline.evaluation.ensemble import load_model
 from avsc_pipeline.evaluation.evaluate import clip_filename
-from avsc_pipeline.evaluation.metrics import pool_segments
+from avsc_pipeline.evaluation.metrics import check_clip_pool, pool_segments
 from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
 from avsc_pipeline.manifest import Clip, identifier_from_name
 
@@ -150,7 +150,7 @@ def predict_files(ckpt_path: "PathLike | Sequence[PathLike]", inputs: Iterable[R
         raise ValueError(f"expected jobs >= 1, got {jobs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
-    pool_segments(np.full((1, 2), 0.5), clip_pool)  # refuse a bad pool before any work
+    check_clip_pool(clip_pool)
     clips = as_clips(inputs)
     paths = [ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path)
     scorer = load_model(paths, device, modality, calibrated, weights, mean, tta).scorer

@@ -207,11 +207,15 @@ def _stand_ins(artifact: ModelArtifact, model: SceneClassifier, modality: str,
     return {dropped: mean.detach().to(torch.float32)}
 
 
-def _audio_stats(artifact: ModelArtifact, model: SceneClassifier, source: str) -> AudioStats:
-    """The checkpoint's audio statistics; a video-only model without them normalizes nothing it uses."""
+def _audio_stats(artifact: ModelArtifact, model: SceneClassifier, source: str) -> Optional[AudioStats]:
+    """The statistics the run standardized its audio with, or None when it fed the features as
+    stored (`loader.audio_normalize: none`) or the model reads no audio."""
+    from avsc_pipeline.dataio.config import LoaderConfig
+
     if artifact.audio_stats is not None:
         return AudioStats.from_json(artifact.audio_stats, f"{source}: audio_stats")
-    if model.uses_audio:
-        raise ValueError(f"{source}: expected audio_stats for a {model.modality!r} checkpoint, got None")
-    channels = from_dict(FeatureConfig, artifact.feature_config, source=f"{source}: config.features").audio_shape[0]
-    return AudioStats((0.0,) * channels, (1.0,) * channels, 0, "", ())
+    loader = from_dict(LoaderConfig, dict(artifact.config.get("loader") or {}), source=f"{source}: config.loader")
+    if model.uses_audio and loader.audio_normalize == "standardize":
+        raise ValueError(f"{source}: expected audio_stats for a {model.modality!r} checkpoint that standardizes its "
+                         "audio, got None")
+    return None

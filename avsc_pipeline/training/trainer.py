@@ -290,7 +290,8 @@ class Trainer:
         return ModelArtifact(
             weights=unwrap(self.model).state_dict(), classes=list(self.inputs.classes),
             config={name: section_dict(value) for name, value in self.sections.items()},
-            audio_stats=self.inputs.audio_stats.to_json() if self.model.uses_audio else None,
+            audio_stats=(self.inputs.audio_stats.to_json()
+                         if self.model.uses_audio and self.inputs.audio_stats is not None else None),
             embedding_means=means, epoch=self.epoch, temperature=float(temperature),
         )
 

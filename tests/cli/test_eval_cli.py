@@ -15,6 +15,7 @@ from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.manifest import load_tau
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.testing import write_random_shard
+from avsc_pipeline_cli.calibrate import main as calibrate_main
 from avsc_pipeline_cli.eval import main as eval_main
 from avsc_pipeline_cli.predict import main as predict_main
 from avsc_pipeline_cli.predict import pair_inputs
@@ -42,7 +43,7 @@ def runner():
     return CliRunner()
 
 
-@pytest.mark.parametrize("command", [eval_main, predict_main, report_main])
+@pytest.mark.parametrize("command", [eval_main, predict_main, report_main, calibrate_main])
 def test_help(runner, command):
     result = runner.invoke(command, ["--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -194,3 +195,113 @@ def test_eval_pointed_at_the_features_root_lists_its_splits(runner, setup):
     result = runner.invoke(eval_main, ["--checkpoint", str(checkpoint), str(root / "features"), "--no-progress"])
     assert result.exit_code != 0 and "expected one split folder" in result.output
     assert "evaluate" in result.output and "Traceback" not in result.output
+
+
+def _one_line_error(result, *parts):
+    """A click error: exit status 1, one line `Error: ...` holding every part, no traceback."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert all(str(part) in lines[0] for part in parts), (lines[0], parts)
+
+
+def test_bad_ensembles_and_calibrations_are_refused_in_one_line(runner, setup, tmp_path):
+    root, ckpt = setup
+    evaluate, test = root / "features" / "evaluate", root / "features" / "test"
+    result = runner.invoke(eval_main, ["--checkpoint", str(ckpt), "--checkpoint", str(ckpt), "--weights", "0.5",
+                                       str(evaluate), "--no-progress"])
+    _one_line_error(result, "--weights: expected 2 weights, one per checkpoint, got 1")
+    other = write_random_shard(tmp_path / "other" / "shard-00000.h5", 10, FEATURES, classes=list("abcdefghij"))
+    build_index(other.parent)
+    foreign = write_test_checkpoint(tmp_path / "foreign" / "best.pt", other.parent)
+    result = runner.invoke(eval_main, ["--checkpoint", str(ckpt), "--checkpoint", str(foreign), str(evaluate)])
+    _one_line_error(result, ckpt, foreign, "expected the same class list", "classes[0]: 'airport' != 'a'")
+    result = runner.invoke(calibrate_main, ["--checkpoint", str(ckpt), str(test), "--out", str(tmp_path / "c.pt"),
+                                            "--no-progress"])
+    _one_line_error(result, test, "expected labeled segments to fit a temperature on, got none")
+    assert not (tmp_path / "c.pt").exists()
+    before = ckpt.read_bytes()
+    result = runner.invoke(calibrate_main, ["--checkpoint", str(ckpt), str(evaluate), "--out", str(ckpt)])
+    _one_line_error(result, f"--out {ckpt}: already exists", "never overwrites")
+    assert ckpt.read_bytes() == before
+    result = runner.invoke(calibrate_main, ["--checkpoint", str(ckpt), "--checkpoint", str(ckpt), str(evaluate),
+                                            "--out", str(tmp_path / "ens.pt")])
+    _one_line_error(result, "--out", "expected an ensemble file name ending in .yaml")
+
+
+@pytest.mark.slow
+def test_calibrate_a_checkpoint_and_an_ensemble_then_score_them(runner, setup, tmp_path):
+    import numpy as np
+    from sklearn.metrics import log_loss
+
+    from avsc_pipeline.evaluation.calibration import apply_temperature
+    from avsc_pipeline.models.checkpoint import load_checkpoint
+
+    root, ckpt = setup
+    evaluate = str(root / "features" / "evaluate")
+    audio = write_test_checkpoint(tmp_path / "audio" / "best.pt", root / "features" / "evaluate", modality="audio")
+    raw_dir = tmp_path / "raw"
+    assert runner.invoke(eval_main, ["--checkpoint", str(ckpt), evaluate, "--no-calibration", "--out", str(raw_dir),
+                                     "--no-progress"]).exit_code == 0
+    names, _, raw, classes = read_predictions(raw_dir / "predictions.tsv")
+    labels = np.array([classes.index(c) for c in _labels_of(root / "features" / "evaluate")])
+    new = tmp_path / "calibrated.pt"
+    result = runner.invoke(calibrate_main, ["--checkpoint", str(ckpt), evaluate, "--out", str(new), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    fitted = load_checkpoint(new).artifact.temperature
+    grid = np.exp(np.linspace(-3, 3, 1201))
+    best = grid[np.argmin([log_loss(labels, apply_temperature(raw, t), labels=range(10)) for t in grid])]
+    assert fitted == pytest.approx(best, rel=0.02) and f"temperature {fitted:.4g}" in result.output
+    assert load_checkpoint(new).resume is None
+    ens = tmp_path / "ens.yaml"
+    result = runner.invoke(calibrate_main, ["--checkpoint", str(new), "--checkpoint", str(audio), "--weights", "1,3",
+                                            evaluate, "--out", str(ens), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ens-eval"
+    result = runner.invoke(eval_main, ["--checkpoint", str(ens), evaluate, "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["weight"] for m in metrics["members"]] == [0.25, 0.75] and metrics["members"][0]["temperature"] == fitted
+    assert "ensemble (arithmetic mean) of 2" in result.output and "uncalibrated" in result.output
+    members = []
+    for member, folder in ((new, tmp_path / "m1"), (audio, tmp_path / "m2")):
+        assert runner.invoke(eval_main, ["--checkpoint", str(member), evaluate, "--out", str(folder),
+                                         "--no-progress"]).exit_code == 0
+        members.append(read_predictions(folder / "predictions.tsv")[2])
+    expected = apply_temperature(0.25 * members[0] + 0.75 * members[1], metrics["temperature"])
+    np.testing.assert_allclose(read_predictions(out / "predictions.tsv")[2], expected, rtol=0, atol=1e-6)
+    assert (out / "calibration.png").is_file() and 0 <= metrics["ece"] <= 1
+    result = runner.invoke(report_main, [str(tmp_path / "m1"), str(out), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "uncal. log loss" in result.output and "ens-eval" in result.output
+    assert f"{metrics['log_loss_uncalibrated']:.3f}" in result.output
+
+
+def _labels_of(split_dir):
+    from avsc_pipeline.storage.index import load_index
+
+    classes = load_index(split_dir)["classes"]
+    with h5py.File(split_dir / "shard-00000.h5", "r") as handle:
+        return [classes[int(k)] for k in handle["label"][()]]
+
+
+@pytest.mark.slow
+def test_predict_an_ensemble_with_tta_and_log_pooling(runner, setup, tau_root, tmp_path):
+    import numpy as np
+
+    _, ckpt = setup
+    clip = load_tau(tau_root, "evaluate")[0]
+    files = [str(clip.audio), str(clip.video), "--no-progress", "--device", "cpu", "--tta", "swap"]
+    single, ens = tmp_path / "single.tsv", tmp_path / "ens.tsv"
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), "--out", str(single)] + files)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), "--checkpoint", str(ckpt), "--weights", "1,2",
+                                          "--clip-pool", "mean-log-prob", "--out", str(ens)] + files)
+    assert result.exit_code == 0, result.output
+    segments = read_predictions(single)[2]
+    np.testing.assert_allclose(read_predictions(ens)[2], segments, rtol=0, atol=1e-6)
+    logs = np.log(segments).mean(axis=0)
+    np.testing.assert_allclose(read_predictions(tmp_path / "ens.clips.tsv")[2][0], np.exp(logs) / np.exp(logs).sum(),
+                               rtol=0, atol=1e-6)
+    result = runner.invoke(predict_main, ["--checkpoint", str(ckpt), "--checkpoint", str(ckpt), "--weights", "1,2,3"]
+                           + files)
+    _one_line_error(result, "--weights: expected 2 weights")

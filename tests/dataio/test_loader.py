@@ -46,7 +46,8 @@ def test_loader_reads_every_item_once_per_epoch(small_pair, workers):
 
 
 def test_build_training_input_end_to_end(small_pair):
-    config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5)
+    config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5,
+                          audio_normalize="standardize")
     inputs = build_training_input(small_pair, config, BatchAugmentConfig(), "cpu", seed=1)
     assert [p.name for p in inputs.folders] == ["train", "train-aug"]
     ids = inputs.dataset.identifiers
@@ -125,3 +126,16 @@ def test_slots_copied_on_a_thread_of_their_own_give_every_item_once(small_pair):
     assert int(loader.dataset.pool.flags.sum()) == 0  # every slot given back at once
     for batch in loader:  # leaving early stops the copying thread
         break
+
+
+def test_audio_goes_in_as_stored_unless_standardization_is_asked_for(small_pair):
+    stored = build_training_input(small_pair, LoaderConfig(num_workers=0, val_fraction=0.0), None, "cpu")
+    assert stored.audio_stats is None
+    raw = stored.dataset.read_batch([0, 1, 2])
+    assert torch.equal(stored.preparer.eval()(dict(raw))["audio"], raw["audio"])
+    stored.close()
+    standardized = build_training_input(small_pair, LoaderConfig(num_workers=0, val_fraction=0.0,
+                                                                 audio_normalize="standardize"), None, "cpu")
+    assert standardized.audio_stats is not None
+    assert not torch.equal(standardized.preparer.eval()(dict(raw))["audio"], raw["audio"])
+    standardized.close()

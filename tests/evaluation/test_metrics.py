@@ -160,3 +160,38 @@ def test_aggregate_clips_refuses_disagreeing_labels():
     probs = np.full((3, 2), 0.5)
     with pytest.raises(ValueError, match="'y'"):
         metrics.aggregate_clips(ids, probs, np.array([0, 1, 0]))
+
+
+def test_mean_log_prob_pooling_against_numpy():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=7)
+    probs[2, 1] = 0.0  # a class one segment rules out stays finite in the log
+    ids = np.array(["a", "b", "a", "a", "b", "c", "b"])
+    names, pooled, _ = metrics.aggregate_clips(ids, probs, pool="mean-log-prob")
+    assert names == ["a", "b", "c"]
+    for name, row in zip(names, pooled):
+        logs = np.log(np.maximum(probs[ids == name], np.finfo(np.float64).tiny)).mean(axis=0)
+        expected = np.exp(logs) / np.exp(logs).sum()
+        np.testing.assert_allclose(row, expected, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(metrics.pool_segments(probs[ids == name], "mean-log-prob"), expected, rtol=1e-12)
+        np.testing.assert_allclose(metrics.pool_segments(probs[ids == name]), probs[ids == name].mean(axis=0))
+    assert pooled[0, 1] < 1e-100  # ruled out by segment 2
+    with pytest.raises(ValueError, match="clip pool in"):
+        metrics.aggregate_clips(ids, probs, pool="median")
+
+
+def test_expected_calibration_error_by_hand():
+    probs = np.array([[0.9, 0.1], [0.85, 0.15], [0.7, 0.3], [0.35, 0.65], [0.55, 0.45]])
+    labels = np.array([0, 1, 0, 0, 0])
+    # Five bins: (0.8, 1] holds rows 0, 1 (accuracy 1/2, confidence 0.875); (0.6, 0.8] rows
+    # 2, 3 (1/2, 0.675); (0.4, 0.6] row 4 (1, 0.55).
+    hand = 2 / 5 * abs(0.5 - 0.875) + 2 / 5 * abs(0.5 - 0.675) + 1 / 5 * abs(1.0 - 0.55)
+    assert metrics.expected_calibration_error(labels, probs, bins=5) == pytest.approx(hand, abs=1e-12)
+    table = metrics.reliability_bins(labels, probs, bins=5)
+    np.testing.assert_array_equal(table["count"], [0, 0, 1, 2, 2])
+    np.testing.assert_allclose(table["accuracy"][2:], [1.0, 0.5, 0.5])
+    assert np.isnan(table["confidence"][0])
+    perfect = np.eye(2)[[0, 1, 1]]
+    assert metrics.expected_calibration_error(np.array([0, 1, 1]), perfect) == 0.0
+    with pytest.raises(ValueError, match="bins to be an int >= 1"):
+        metrics.reliability_bins(labels, probs, bins=0)

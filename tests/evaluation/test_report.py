@@ -14,12 +14,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["bus", "park", "tram"]
 
 
-def _metrics(accuracy, log_loss, per_class_acc, classes=CLASSES):
+def _metrics(accuracy, log_loss, per_class_acc, classes=CLASSES, **extra):
     per_class = {
         name: {"accuracy": acc, "log_loss": None if acc is None else 0.5, "n": 0 if acc is None else 10}
         for name, acc in zip(classes, per_class_acc)
     }
-    return {"accuracy": accuracy, "log_loss": log_loss, "per_class": per_class, "classes": list(classes)}
+    return {"accuracy": accuracy, "log_loss": log_loss, "per_class": per_class, "classes": list(classes), **extra}
 
 
 def _write(folder, data):
@@ -32,7 +32,8 @@ def _write(folder, data):
 def two_runs(tmp_path):
     audio = _write(tmp_path / "runs" / "audio-only" / "eval" / "evaluate", _metrics(0.51, 0.8123, [0.6, 0.42, None]))
     _write(tmp_path / "runs" / "audio-only" / "eval" / "test", _metrics(0.1, 9.0, [0.1, 0.1, 0.1]))
-    joint = _write(tmp_path / "joint-eval", _metrics(0.98, 0.0712, [1.0, 0.96, 0.98]))
+    joint = _write(tmp_path / "joint-eval", _metrics(0.98, 0.0712, [1.0, 0.96, 0.98], log_loss_uncalibrated=0.0931,
+                                                     temperature=1.312, ece=0.02))
     return tmp_path / "runs" / "audio-only", joint, audio
 
 
@@ -58,12 +59,12 @@ def test_format_table(two_runs):
     run_dir, joint, _ = two_runs
     rows = report.load_rows([run_dir, joint])
     assert report.format_table(rows) == (
-        "model        accuracy   log loss\n"
-        "audio-only     51.0 %      0.812\n"
-        "joint-eval     98.0 %      0.071"
+        "model        accuracy   log loss   uncal. log loss      T\n"
+        "audio-only     51.0 %      0.812               n/a    n/a\n"
+        "joint-eval     98.0 %      0.071             0.093   1.31"
     )
     wide = report.format_table(rows, CLASSES).splitlines()
-    assert wide[0].split() == ["model", "accuracy", "log", "loss", "bus", "park", "tram"]
+    assert wide[0].split() == ["model", "accuracy", "log", "loss", "uncal.", "log", "loss", "T", "bus", "park", "tram"]
     assert wide[1].endswith("60.0 %   42.0 %      n/a")
 
 
@@ -71,20 +72,22 @@ def test_write_report(two_runs, tmp_path):
     run_dir, joint, _ = two_runs
     out = tmp_path / "out"
     result = report.write_report([run_dir, joint], out)
-    assert result.table.splitlines()[1].split() == ["audio-only", "51.0", "%", "0.812"]
+    assert result.table.splitlines()[1].split() == ["audio-only", "51.0", "%", "0.812", "n/a", "n/a"]
     assert set(result.files) == {"report.md", "report.csv", "per_class_accuracy.png"}
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert "| run | accuracy % | log loss | bus | park | tram |" in markdown
-    assert "| audio-only | 51.0 | 0.812 | 60.0 | 42.0 | n/a |" in markdown
-    assert "| joint-eval | 98.0 | 0.071 | 100.0 | 96.0 | 98.0 |" in markdown
+    assert "| run | accuracy % | log loss | uncal. log loss | T | bus | park | tram |" in markdown
+    assert "| audio-only | 51.0 | 0.812 | n/a | n/a | 60.0 | 42.0 | n/a |" in markdown
+    assert "| joint-eval | 98.0 | 0.071 | 0.093 | 1.31 | 100.0 | 96.0 | 98.0 |" in markdown
     with open(out / "report.csv", newline="", encoding="utf-8") as handle:
         records = list(csv.reader(handle))
     assert records[0] == [
-        "run", "accuracy_percent", "log_loss", "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent"
+        "run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece", "ensemble",
+        "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent"
     ]
-    assert records[1][0] == "audio-only" and records[1][5] == ""
-    np.testing.assert_allclose([float(v) for v in records[1][1:5]], [51.0, 0.8123, 60.0, 42.0])
-    np.testing.assert_allclose([float(v) for v in records[2][1:]], [98.0, 0.0712, 100.0, 96.0, 98.0])
+    assert records[1][0] == "audio-only" and records[1][3:6] == ["", "", ""] and records[1][9] == ""
+    np.testing.assert_allclose([float(v) for v in records[1][1:3] + records[1][6:9]], [51.0, 0.8123, 0, 60.0, 42.0])
+    np.testing.assert_allclose([float(v) for v in records[2][1:]],
+                               [98.0, 0.0712, 0.0931, 1.312, 0.02, 0, 100.0, 96.0, 98.0])
     assert (out / "per_class_accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in out.iterdir()) == ["per_class_accuracy.png", "report.csv", "report.md"]
 
@@ -114,3 +117,30 @@ def test_confusion_matrix_and_curves_plots(tmp_path):
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match="expected a square"):
         plots.plot_confusion_matrix(matrix[:2], CLASSES, tmp_path / "x.png")
+
+
+def test_an_ensemble_is_a_row_named_after_its_eval_folder(two_runs, tmp_path):
+    run_dir, _, _ = two_runs
+    for parent in ("x", "y"):
+        _write(tmp_path / parent / "eval" / "evaluate-ensemble",
+               _metrics(0.9, 0.2, [0.9, 0.9, 0.9], ensemble=True, log_loss_uncalibrated=0.25, temperature=1.1))
+    _write(tmp_path / "mine", _metrics(0.9, 0.2, [0.9, 0.9, 0.9], ensemble=True))
+    rows = report.load_rows([run_dir, tmp_path / "x" / "eval" / "evaluate-ensemble",
+                             tmp_path / "y" / "eval" / "evaluate-ensemble", tmp_path / "mine"])
+    assert [(row.name, row.ensemble) for row in rows] == [
+        ("audio-only", False), ("x/eval/evaluate-ensemble", True), ("y/eval/evaluate-ensemble", True),
+        ("mine", True)]
+
+
+def test_reliability_diagram(tmp_path):
+    from avsc_pipeline.evaluation import metrics
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3) * 0.3, size=200)
+    labels = rng.integers(0, 3, 200)
+    curves = {name: {**metrics.reliability_bins(labels, p), "ece": metrics.expected_calibration_error(labels, p)}
+              for name, p in (("calibrated", probs), ("uncalibrated", probs ** 2 / (probs ** 2).sum(1, keepdims=True)))}
+    path = plots.plot_reliability_diagram(curves, tmp_path / "calibration.png", title="test")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with pytest.raises(ValueError, match="keys"):
+        plots.plot_reliability_diagram({"x": {"count": []}}, tmp_path / "x.png")
