@@ -129,7 +129,8 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
     import dataclasses
 
     from avsc_pipeline.config import load_yaml
-    from avsc_pipeline.features.offline_augment_shards import AUGMENTED_SUFFIX, augment_split
+    from avsc_pipeline.features.offline_augment_shards import augment_split
+    from avsc_pipeline.storage.shards import augmented_split
     from avsc_pipeline.manifest import load_manifest
 
     try:
@@ -142,7 +143,7 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
                      "copies": copies, "seed": seed}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         summary = augment_split(
-            load_manifest(dataset_root, split), out / split, out / f"{split}{AUGMENTED_SUFFIX}", config,
+            load_manifest(dataset_root, split), out / split, out / augmented_split(split), config,
             feature_config=feature_config, jobs=jobs, backend=backend, scheduler=scheduler,
             shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict, progress=progress,
         )

@@ -44,7 +44,6 @@ from avsc_pipeline.storage.shards import ShardWriter, augment_columns, feature_c
 logger = logging.getLogger(__name__)
 
 AUGMENT_STATE = "augmentation.json"
-AUGMENTED_SUFFIX = "-aug"
 
 
 @dataclass(frozen=True)
