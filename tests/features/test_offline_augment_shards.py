@@ -305,6 +305,7 @@ def test_cli_augment_index_and_verify(extracted, tmp_path):
     assert "--copies" in runner.invoke(main, ["augment", "--help"]).output
 
 
+@pytest.mark.slow
 def test_dask_backend_gives_the_same_bytes(augmented, tmp_path):
     distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
     root, features, config, _ = augmented
