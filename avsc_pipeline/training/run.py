@@ -109,7 +109,7 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
             start_run_dir(run_dir, sections, overwrite)
             handler = add_log_file(run_dir)
         try:
-            logger.info("training a %s model on %s (%d process(es)), run folder %s", model.modality,
+            logger.info("training the %s model on %s (%d process(es)), run folder %s", model.modality,
                         context.device, context.world_size, run_dir)
             if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
                 torch.manual_seed(inputs.seed)
