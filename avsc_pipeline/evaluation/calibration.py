@@ -58,8 +58,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     Raises:
         ValueError: no rows, unknown labels, or shapes that do not match.
     """
-    from scipy.optimize import minimize_scalar
-
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
@@ -67,8 +65,25 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
                          f"{labels.shape}")
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
         raise ValueError("expected labelled rows only (labels in 0..C-1) to fit a temperature, got unknown labels")
-    result = minimize_scalar(lambda log_t: log_loss_at(probs, labels, float(np.exp(log_t))),
-                             bounds=(-LOG_RANGE, LOG_RANGE), method="bounded", options={"xatol": 1e-4})
-    best = float(np.exp(result.x))
+    best = float(np.exp(_golden_section(lambda log_t: log_loss_at(probs, labels, float(np.exp(log_t))),
+                                        -LOG_RANGE, LOG_RANGE)))
     # Never worse than leaving the probabilities as they are.
     return best if log_loss_at(probs, labels, best) <= log_loss_at(probs, labels, 1.0) else 1.0
+
+
+def _golden_section(function, low: float, high: float, tolerance: float = 1e-5) -> float:
+    """The minimum of a unimodal function on [low, high] (numpy only: stage two needs no scipy)."""
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = low, high
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = function(c), function(d)
+    while b - a > tolerance:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = function(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = function(d)
+    return (a + b) / 2.0

@@ -59,6 +59,8 @@ class Scorer:
         cached: embedding tables `(N, D)` float32 on `device` of frozen extractors, indexed by
             the batch's `index` (training's cache); the inputs they replace are not read.
         temperature: the logits are divided by it before the softmax (1.0: uncalibrated).
+        channels_last: the model's weights and the audio features in channels-last memory
+            format (the run's `train.channels_last` on CUDA: the layout training used).
     """
 
     model: SceneClassifier
@@ -71,6 +73,7 @@ class Scorer:
     stand_ins: Dict[str, torch.Tensor] = field(default_factory=dict)
     cached: Dict[str, torch.Tensor] = field(default_factory=dict)
     temperature: float = 1.0
+    channels_last: bool = False
 
     @property
     def with_video(self) -> bool:
@@ -115,9 +118,11 @@ class Scorer:
                 given[part] = self.stand_ins[part].unsqueeze(0).expand(size, -1)
             elif part in self.cached:
                 given[part] = self.cached[part][batch["index"].to(self.device)]
+        audio = prepared["audio"] if "audio" not in given else None
+        if audio is not None and self.channels_last:
+            audio = audio.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            logits = self.model(prepared["audio"] if "audio" not in given else None, prepared.get("video"),
-                                e_audio=given.get("audio"), e_video=given.get("video"))
+            logits = self.model(audio, prepared.get("video"), e_audio=given.get("audio"), e_video=given.get("video"))
         return logits.float()
 
     def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -171,10 +176,14 @@ def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device
     preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std)).to(device).eval()
     features = from_dict(FeatureConfig, artifact.feature_config, source=f"{source}: config.features")
     train = artifact.config.get("train") or {}
+    # The layout and precision training validated with: one policy for both.
+    channels_last = device.type == "cuda" and bool(train.get("channels_last", True))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     scorer = Scorer(model, preparer, list(artifact.classes), features, scored, device,
                     precision=amp_dtype(train.get("amp", "auto"), device),
                     stand_ins={k: v.to(device) for k, v in stand_ins.items()},
-                    temperature=artifact.temperature if calibrated else 1.0)
+                    temperature=artifact.temperature if calibrated else 1.0, channels_last=channels_last)
     return scorer, artifact
 
 

@@ -74,7 +74,8 @@ class Trainer:
         self.precision = amp_dtype(self.train_cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.scorer = Scorer(model, inputs.preparer, list(inputs.classes), inputs.dataset.feature_config,
-                             model.modality, self.device, self.precision, cached=caches)
+                             model.modality, self.device, self.precision, cached=caches,
+                             channels_last=self.device.type == "cuda" and self.train_cfg.channels_last)
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
         self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
         self.history: List[Dict[str, Any]] = []
