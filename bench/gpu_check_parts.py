@@ -66,6 +66,7 @@ class Setup:
         repeat: timed repetitions, the best counting (pipeline and bare step alternate).
         deadline: `time.monotonic()` at which the budget ends.
         work: a scratch folder.
+        threads: torch threads of this process and the ones it starts (0: torch's default).
         models: built models by modality, reused between measurements.
     """
 
@@ -82,6 +83,7 @@ class Setup:
     repeat: int
     deadline: float
     work: Path
+    threads: int = 0
     models: Dict[str, SceneClassifier] = field(default_factory=dict)
 
     @property
@@ -174,7 +176,10 @@ def make_trainer(setup: Setup, sections: Dict[str, Any], inputs: TrainingInput) 
     """A :class:`Trainer` (new optimizer, the mode's precision, format and compilation) over the
     modality's shared model, as `train_run` composes it."""
     model = run_model(setup, sections, inputs)
-    return Trainer(sections, inputs, model, {}, setup.work / "run", Context(setup.device), progress=False)
+    trainer = Trainer(sections, inputs, model, {}, setup.work / "run", Context(setup.device), progress=False)
+    model.train()  # as `train_one_epoch` sets them
+    inputs.preparer.train()
+    return trainer
 
 
 def bare_step(trainer: Trainer, raw: Dict[str, Any]) -> Callable[[], None]:
@@ -392,7 +397,9 @@ def measure_host_syncs(setup: Setup) -> Dict[str, Any]:
         try:
             trainer = make_trainer(setup, sections, inputs)
             augment = inputs.preparer.video_aug if sections["model"].uses_video else None
-            variants = [("masked (default)", None)] + ([("masked=False (before)", False)] if augment is not None else [])
+            variants = [("masked (default)", None)]
+            if augment is not None:
+                variants.append(("masked=False (before)", False))
             for label, masked in variants:
                 if augment is not None:
                     augment.masked = masked

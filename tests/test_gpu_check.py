@@ -18,7 +18,7 @@ SECTIONS = ("environment", "data", "smoke", "validation_vs_eval", "resume", "hos
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    # A generous budget: on a shared 2-core machine the toy run takes one to four minutes, and a
+    # A generous budget: on a shared 2-core machine the toy run takes a minute or two, and a
     # correctness check skipped for time would prove nothing.
     command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out),
                "--budget-s", "1200"]
