@@ -98,7 +98,9 @@ class LoaderConfig:
 
     Attributes:
         batch_size: samples per batch.
-        num_workers: DataLoader worker processes (0 reads in the training process).
+        num_workers: DataLoader worker processes (0 reads in the training process; -1: as many
+            as the machine's cores allow, up to 8 per training process, see
+            `loader.worker_count`).
         pin_memory: page-lock host batches; used only when the device is CUDA.
         persistent_workers: keep workers (and their open shard files) between epochs.
         prefetch_factor: batches loaded ahead by each worker.
@@ -114,7 +116,7 @@ class LoaderConfig:
     """
 
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int = -1
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: int = 2
@@ -130,7 +132,7 @@ class LoaderConfig:
     EARLIER_VALUES: ClassVar[Dict[str, Any]] = {"audio_normalize": "standardize"}
 
     def __post_init__(self) -> None:
-        check_int(self, ("num_workers",))
+        check_int(self, ("num_workers",), minimum=-1)
         check_int(self, ("batch_size", "prefetch_factor"), minimum=1)
         check_unit(self, ("aug_fraction",))
         if not 0.0 <= self.val_fraction < 1.0:

@@ -178,6 +178,19 @@ def _ahead(items: Iterator[Dict[str, Any]], depth: int) -> Iterator[Dict[str, An
         thread.join(timeout=5)
 
 
+def worker_count(configured: int) -> int:
+    """Loader workers for `loader.num_workers`: itself when >= 0; for -1, the cores left per
+    training process on this machine (torchrun's `LOCAL_WORLD_SIZE` processes, one core each for
+    the training loop), at least 1 and at most 8."""
+    import os
+
+    if configured >= 0:
+        return configured
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores // processes - 1))
+
+
 def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config: LoaderConfig,
                 device: "torch.device | str", seed: int = 0,
                 drop_last: Optional[bool] = None) -> ShardLoader:
@@ -201,13 +214,14 @@ def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config
                                             config.drop_last if drop_last is None else drop_last)
     kwargs: Dict[str, Any] = {}
     reads = BatchReads(dataset)
-    if config.num_workers > 0:
+    workers = worker_count(config.num_workers)
+    if workers > 0:
         kwargs.update(persistent_workers=config.persistent_workers, prefetch_factor=config.prefetch_factor)
         # Per worker: the batches in flight, the one in use and the one before it (given back
         # a round late, when the caller's loop variable moves on).
         reads = BatchReads(dataset, slots=config.prefetch_factor + 2, capacity=config.batch_size)
     return ShardLoader(
-        reads, batch_size=None, sampler=batches, num_workers=config.num_workers, collate_fn=keep_batch,
+        reads, batch_size=None, sampler=batches, num_workers=workers, collate_fn=keep_batch,
         pin_memory=pin, pin_slots=pin, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed), **kwargs,
     )

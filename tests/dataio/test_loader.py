@@ -139,3 +139,18 @@ def test_audio_goes_in_as_stored_unless_standardization_is_asked_for(small_pair)
     assert standardized.audio_stats is not None
     assert not torch.equal(standardized.preparer.eval()(dict(raw))["audio"], raw["audio"])
     standardized.close()
+
+
+def test_auto_workers_follow_the_cores_per_training_process(monkeypatch):
+    import os
+
+    from avsc_pipeline.dataio.loader import worker_count
+
+    assert worker_count(0) == 0 and worker_count(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert worker_count(-1) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert worker_count(-1) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert worker_count(-1) == 1
