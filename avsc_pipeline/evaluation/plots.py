@@ -174,12 +174,14 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping[str, Any]], path: "str
         accuracy, confidence = np.asarray(table["accuracy"]), np.asarray(table["confidence"])
         filled = count > 0
         label = f"{name} (ECE {100.0 * float(table['ece']):.1f} %)"
+        colour = f"C{number}"
         if number == 0:
-            ax.bar(edges[:-1][filled], accuracy[filled], width=np.diff(edges)[filled], align="edge",
+            ax.bar(edges[:-1][filled], accuracy[filled], width=np.diff(edges)[filled], align="edge", color=colour,
                    edgecolor="black", alpha=0.6, label=label)
-            ax_count.bar(edges[:-1], count, width=np.diff(edges), align="edge", edgecolor="black", alpha=0.6)
+            ax_count.bar(edges[:-1], count, width=np.diff(edges), align="edge", color=colour, edgecolor="black",
+                         alpha=0.6)
         else:
-            ax.plot(confidence[filled], accuracy[filled], marker="o", markersize=4, label=label)
+            ax.plot(confidence[filled], accuracy[filled], marker="o", markersize=4, color=colour, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
