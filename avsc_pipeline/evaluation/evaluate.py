@@ -197,15 +197,23 @@ def _score_rows(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig,
     return outputs
 
 
+#: `avsc-eval`'s default batch on a GPU: scoring keeps no activations for a backward, so a batch
+#: far larger than training's 32 fits and keeps the GPU busy.
+CUDA_EVAL_BATCH = 256
+
+
 def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers: Optional[int],
-                     source: str) -> LoaderConfig:
+                     source: str, device: Optional[torch.device] = None) -> LoaderConfig:
     """The checkpoint's `loader:` section (the training machine's settings) with this run's
-    batch size and workers; every row is read once, in order."""
+    batch size and workers; every row is read once, in order. Without a batch size, a CUDA
+    device scores `CUDA_EVAL_BATCH` segments at a time (training's batch elsewhere)."""
     section = artifact.config.get("loader") or {}
     config = from_dict(LoaderConfig, dict(section), source=f"{source}: config.loader")
     changes: Dict[str, Any] = {"drop_last": False, "persistent_workers": False}
     if batch_size is not None:
         changes["batch_size"] = batch_size
+    elif device is not None and device.type == "cuda":
+        changes["batch_size"] = max(config.batch_size, CUDA_EVAL_BATCH)
     if workers is not None:
         changes["num_workers"] = workers
     try:
@@ -319,7 +327,8 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
     split_dir = Path(split_dir)
     check_split_folder(split_dir)
     model = load_model(checkpoints, device, modality, calibrated, weights, mean, tta)
-    loader_config = loader_config_of(model.artifacts[0], batch_size, workers, str(model.sources[0]))
+    loader_config = loader_config_of(model.artifacts[0], batch_size, workers, str(model.sources[0]),
+                                     model.members[0].device)
     named = model.ensemble_file or ", ".join(str(s) for s in model.sources)
     with open_split(split_dir, model.scorer, named) as dataset:
         started = time.perf_counter()
@@ -343,8 +352,11 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
     with atomic_output(out / METRICS_NAME) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     files[METRICS_NAME] = out / METRICS_NAME
-    files[CONFUSION_NAME] = _confusion_figure(result, out / CONFUSION_NAME)
-    files[CALIBRATION_NAME] = _calibration_figure(result, probs, uncalibrated, labels, out / CALIBRATION_NAME)
+    try:
+        files[CONFUSION_NAME] = _confusion_figure(result, out / CONFUSION_NAME)
+        files[CALIBRATION_NAME] = _calibration_figure(result, probs, uncalibrated, labels, out / CALIBRATION_NAME)
+    except ImportError as err:  # a bare GPU machine may lack matplotlib: the scores are written
+        logger.warning("%s: figures not drawn (%s)", out, err)
     return {**result, "labeled": True, "files": files}
 
 

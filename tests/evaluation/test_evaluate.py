@@ -203,3 +203,13 @@ def test_the_confusion_matrix_names_the_run_and_the_modality_scored(features, ch
     monkeypatch.setattr(plots, "plot_confusion_matrix", lambda matrix, classes, path, title: titles.append(title) or path)
     evaluate_checkpoint(checkpoints["audio"], features["evaluate"], out_dir=tmp_path, progress=False)
     assert titles and titles[0].startswith("audio, evaluate (audio)")
+
+
+def test_a_gpu_scores_in_larger_batches_than_training():
+    from avsc_pipeline.evaluation.evaluate import CUDA_EVAL_BATCH, loader_config_of
+    from avsc_pipeline.models.checkpoint import ModelArtifact
+
+    artifact = ModelArtifact(weights={}, classes=["a"], config={"model": {}, "loader": {"batch_size": 32}})
+    assert loader_config_of(artifact, None, None, "x", torch.device("cuda")).batch_size == CUDA_EVAL_BATCH
+    assert loader_config_of(artifact, None, None, "x", torch.device("cpu")).batch_size == 32
+    assert loader_config_of(artifact, 8, None, "x", torch.device("cuda")).batch_size == 8
