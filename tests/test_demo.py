@@ -126,6 +126,7 @@ def test_folds_are_location_disjoint(small_root: pathlib.Path) -> None:
     assert {r[2] for r in train} == {r[2] for r in evaluate} == set(TAU_CLASSES)
 
 
+@pytest.mark.slow
 def test_determinism(small_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
     import soundfile
 
@@ -229,10 +230,12 @@ def _scores(predicted: np.ndarray, labels: np.ndarray, pairs: Pairs) -> tuple[fl
     return right_class.mean(), right_pair.mean(), right_class[right_pair].mean()
 
 
+@pytest.mark.slow
 def test_audio_is_never_digitally_silent(teaching_features: dict[str, np.ndarray]) -> None:
     assert teaching_features["audio"].min() > -100.0  # dB; -inf would mean a silent band
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("modality", "pairs"), [("audio", AUDIO_PAIRS), ("video", VIDEO_PAIRS)])
 def test_single_modality_confuses_its_pairs(
     teaching_features: dict[str, np.ndarray], modality: str, pairs: Pairs
@@ -245,6 +248,7 @@ def test_single_modality_confuses_its_pairs(
     assert accuracy <= 0.75
 
 
+@pytest.mark.slow
 def test_audio_and_video_together_separate_all_classes(
     teaching_features: dict[str, np.ndarray],
 ) -> None:
