@@ -177,7 +177,8 @@ def verify(out: Path) -> None:
 
     Exits non-zero with one line per problem.
     """
-    from avsc_pipeline.storage.index import shard_folders, verify_folder
+    from avsc_pipeline.features.verify import verify_folder
+    from avsc_pipeline.storage.index import shard_folders
 
     folders = shard_folders(out)
     if not folders:

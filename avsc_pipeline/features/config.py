@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
-from avsc_pipeline.config import check_choice, check_int, check_range
+from avsc_pipeline.config import check_choice, check_int, check_range, from_dict
+from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
 
 PAD_MODES = ("reflect", "constant")
 LOG_KINDS = ("natural", "db")
@@ -164,7 +165,7 @@ class FeatureConfig:
 
 # The offline augmentation operations, each the `variant` of the rows it writes
 # (re-exported as `storage.shards.AUGMENT_VARIANTS`).
-OFFLINE_OPS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
+OFFLINE_OPS: Tuple[str, ...] = AUGMENT_VARIANTS  # each writes rows whose `variant` is its name
 RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
 SPEED_METHODS = ("stretch", "resample")
 NOISE_KINDS = ("fixed", "snr")
@@ -246,3 +247,18 @@ class OfflineAugmentConfig:
             raise ValueError(f"expected an even n_fft that hop_length divides, got {self.n_fft} and {self.hop_length}")
         check_choice(self, "resample_quality", RESAMPLE_QUALITIES)
         check_choice(self, "dsp", DSP_CHOICES)
+
+
+def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureConfig:
+    """The FeatureConfig stored in a shard's attributes."""
+    return from_dict(FeatureConfig, attrs["feature_config"], source=source)
+
+
+def augment_config_of(attrs: Dict[str, Any], source: str = "shard") -> Optional[OfflineAugmentConfig]:
+    """The OfflineAugmentConfig stored in an augmented shard's attributes (None when absent)."""
+    import json
+
+    stored = attrs.get("augment_config")
+    if stored is None:
+        return None
+    return from_dict(OfflineAugmentConfig, json.loads(stored) if isinstance(stored, str) else stored, source=source)

@@ -39,7 +39,8 @@ from avsc_pipeline.features.shard_engine import (
 )
 from avsc_pipeline.manifest import Clip
 from avsc_pipeline.storage.index import folder_attrs, row_labels
-from avsc_pipeline.storage.shards import ShardWriter, augment_columns, feature_config_of
+from avsc_pipeline.features.config import feature_config_of
+from avsc_pipeline.storage.shards import ShardWriter, augment_columns
 
 logger = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from avsc_pipeline.config import config_diff
 from avsc_pipeline.storage.columns import column_blocks, read_columns
 from avsc_pipeline.storage.shards import (
-    AUGMENT_VARIANTS, SCHEMA_VERSION, augment_columns, list_shards, read_attrs, stage_one_columns,
+    AUGMENT_VARIANTS, SCHEMA_VERSION, Column, list_shards, read_attrs,
 )
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ def shard_folders(root: "str | os.PathLike[str]") -> List[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and list_shards(p)) if root.is_dir() else []
 
 
-def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
+def verify_shards(folder: "str | os.PathLike[str]",
+                  schema_of: Callable[[Dict[str, Any], str], Dict[str, Column]]) -> List[str]:
     """Check every shard of a folder; returns one message per problem (empty when all good).
 
     Checks: each file opens, has the schema attributes, datasets of the right shapes and dtypes
@@ -168,9 +169,13 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
     across shards, and an index that matches the shards. For augmented shards (with a
     `video_source` attribute) also: known variants, and every video reference resolves to a
     source row with the same label (:func:`verify_references`).
-    """
-    from avsc_pipeline.storage.shards import augment_config_of, feature_config_of
 
+    Args:
+        folder: a shard folder.
+        schema_of: `schema_of(attrs, source)` gives the columns a shard with these attributes
+            must hold (stage one knows its feature config: `features.verify.verify_folder`);
+            raises ValueError or KeyError for attributes it cannot read.
+    """
     problems: List[str] = []
     folder = Path(folder)
     shards = list_shards(folder)
@@ -183,15 +188,10 @@ def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:
             if first is None:
                 first = attrs
             _check_same(first, attrs, shards[0], path)
-            config = feature_config_of(attrs, source=str(path))
-            augment = augment_config_of(attrs, source=str(path))
+            columns = schema_of(attrs, str(path))
         except (ValueError, KeyError) as err:
             problems.append(str(err))
             continue
-        if "video_source" in attrs:
-            columns = augment_columns(config, augment)
-        else:
-            columns = stage_one_columns(config, with_video="video" in attrs["datasets"])
         problems.extend(_verify_shard(path, attrs, columns))
     problems.extend(_verify_index(folder, shards))
     if first is not None and "video_source" in first:

@@ -37,7 +37,6 @@ import numpy as np
 
 from avsc_pipeline import __version__
 from avsc_pipeline.config import config_hash, to_dict
-from avsc_pipeline.features.config import OFFLINE_OPS, FeatureConfig, OfflineAugmentConfig
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -57,7 +56,7 @@ def shard_name(number: int) -> str:
     return f"shard-{number:05d}.h5"
 
 
-def stage_one_columns(config: FeatureConfig, with_video: bool = True) -> Dict[str, Column]:
+def stage_one_columns(config: Any, with_video: bool = True) -> Dict[str, Column]:
     """The stage-one schema for a feature config."""
     columns = {"audio": Column(config.audio_dtype, config.audio_shape)}
     if with_video:
@@ -83,10 +82,10 @@ def augmented_split(split: str) -> str:
 
 
 # The offline augmentation operations, each the `variant` of the rows it writes.
-AUGMENT_VARIANTS: Tuple[str, ...] = OFFLINE_OPS
+AUGMENT_VARIANTS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
 
 
-def augment_columns(config: FeatureConfig, augment: Optional[OfflineAugmentConfig] = None) -> Dict[str, Column]:
+def augment_columns(config: Any, augment: Optional[Any] = None) -> Dict[str, Column]:
     """The schema of augmented shards: stage one's without `video`, plus references and parameters.
 
     =====================  ==========  ==========================================================
@@ -133,7 +132,7 @@ def augment_columns(config: FeatureConfig, augment: Optional[OfflineAugmentConfi
 
 
 def shard_attrs(
-    classes: Sequence[str], config: FeatureConfig, plan_hash: str = "", **extra: Any
+    classes: Sequence[str], config: Any, plan_hash: str = "", **extra: Any
 ) -> Dict[str, Any]:
     """The file attributes every shard carries (extra values must be JSON-serializable)."""
     attrs = {
@@ -258,21 +257,3 @@ def read_attrs(path: "str | os.PathLike[str]") -> Dict[str, Any]:
 def list_shards(folder: "str | os.PathLike[str]") -> List[Path]:
     """Complete shard files in a folder, sorted by name (temporary files are ignored)."""
     return sorted(Path(folder).glob(SHARD_GLOB))
-
-
-def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureConfig:
-    """The FeatureConfig stored in a shard's attributes."""
-    from avsc_pipeline.config import from_dict
-
-    return from_dict(FeatureConfig, attrs["feature_config"], source=source)
-
-
-def augment_config_of(attrs: Dict[str, Any], source: str = "shard") -> Optional[OfflineAugmentConfig]:
-    """The OfflineAugmentConfig stored in an augmented shard's attributes (None when absent)."""
-    from avsc_pipeline.config import from_dict
-
-    stored = attrs.get("augment_config")
-    if stored is None:
-        return None
-    return from_dict(OfflineAugmentConfig, json.loads(stored) if isinstance(stored, str) else stored, source=source)
-

@@ -14,7 +14,8 @@ from avsc_pipeline.features.extract import extract_split, plan_shards
 from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.columns import read_columns
-from avsc_pipeline.storage.index import build_index, load_index, verify_folder
+from avsc_pipeline.storage.index import build_index, load_index
+from avsc_pipeline.features.verify import verify_folder
 from avsc_pipeline.storage.shards import list_shards, read_attrs
 from avsc_pipeline.testing import make_tau_dataset, noisy_tone, write_video, write_wav
 

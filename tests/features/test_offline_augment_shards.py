@@ -17,7 +17,8 @@ from avsc_pipeline.features.offline_augment_shards import augment_split
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.features.video import read_frame_pairs
 from avsc_pipeline.manifest import load_tau
-from avsc_pipeline.storage.index import build_index, load_index, row_locations, verify_folder
+from avsc_pipeline.storage.index import build_index, load_index, row_locations
+from avsc_pipeline.features.verify import verify_folder
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.shards import list_shards, read_attrs
 from avsc_pipeline.testing import make_tau_dataset

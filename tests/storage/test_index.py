@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from avsc_pipeline.storage.index import load_index, row_labels, row_locations, verify_folder
+from avsc_pipeline.storage.index import load_index, row_labels, row_locations
+from avsc_pipeline.features.verify import verify_folder
 from avsc_pipeline.storage.shards import list_shards
 from avsc_pipeline.testing import SMALL_FEATURES, write_augmented_folder, write_random_folder
 
