@@ -54,29 +54,24 @@ def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Seque
         raise click.ClickException(str(err)) from err
 
 
-def _interrupted(ctx: click.Context) -> None:
-    click.echo(f"{ctx.command_path}: interrupted (Ctrl-C)", err=True)
-    ctx.exit(130)
-
-
-class Command(click.Command):
-    """A command whose Ctrl-C ends it with one line and exit status 130, never a traceback."""
+class _OneLineInterrupt:
+    """Mixin for click commands: Ctrl-C (in the command or, for a group, any subcommand) ends it
+    with one line and exit status 130, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[misc]
         except KeyboardInterrupt:
-            _interrupted(ctx)
+            click.echo(f"{ctx.command_path}: interrupted (Ctrl-C)", err=True)
+            ctx.exit(130)
 
 
-class Group(click.Group):
-    """A command group whose Ctrl-C, in any subcommand, ends it as :class:`Command` does."""
+class Command(_OneLineInterrupt, click.Command):
+    """A click command that ends on Ctrl-C with one line and status 130."""
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            _interrupted(ctx)
+
+class Group(_OneLineInterrupt, click.Group):
+    """A click group that ends on Ctrl-C, in any subcommand, with one line and status 130."""
 
 
 # ---- Options of the commands that score checkpoints (avsc-eval, avsc-predict, avsc-calibrate) ----

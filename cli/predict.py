@@ -8,13 +8,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import click
 
+from avsc_pipeline.features.media_audio import VIDEO_SUFFIXES
+
 from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
 
 from avsc_pipeline.manifest import TAU_SPLITS
 from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
                                       setup_logging)
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")  # features.media_audio's, without importing it
 
 
 def pair_inputs(paths: Sequence[Path]) -> List[Tuple[Path, Optional[Path]]]:
