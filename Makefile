@@ -120,18 +120,11 @@ features: install
 download: install
 	$(BIN)/avsc-features download $(DATA_ROOT) --jobs $(DOWNLOAD_JOBS)
 
-# Each step resumes from RUN/<step>/last.pt when it is there, so a pre-empted job just reruns
-# `make train`; the joint step starts from the audio step's best.pt.
+# One command runs the recipe's steps (avsc-train --steps): everything is checked before the first
+# step trains, a finished step is kept, a stopped one resumes from its last.pt (a pre-empted job
+# just reruns `make train`), and the joint step starts from RUN/audio/best.pt. Then each step is scored.
 train: install
-	@if [ ! -f "$(FEATURES)/train/index.json" ]; then \
-	  echo "No training features at $(FEATURES)/train: run make features first (FEATURES=$(FEATURES))."; exit 1; \
-	fi
-	for step in $(STEPS); do \
-	  resume=$$( [ -f $(RUN)/$$step/last.pt ] && echo --resume ); \
-	  init=$$( [ $$step = joint ] && echo "--set train.init_from=$(RUN)/audio/best.pt" ); \
-	  $(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN)/$$step --config $(CONFIG) --config configs/steps/$$step.yaml \
-	    --device $(DEVICE) $$resume $$init $(TRAIN_ARGS) || exit 1; \
-	done
+	$(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN) --config $(CONFIG) --steps "$(STEPS)" --device $(DEVICE) $(TRAIN_ARGS)
 	for step in $(STEPS); do $(MAKE) --no-print-directory eval RUN=$(RUN)/$$step FEATURES=$(FEATURES) || exit 1; done
 	$(BIN)/avsc-report $(foreach step,$(STEPS),$(RUN)/$(step)) --out $(RUN)/report
 
@@ -144,11 +137,12 @@ eval: install
 	fi
 
 # An ensemble of run folders: each RUN/best.pt's calibrated probabilities averaged (avsc-eval with
-# --checkpoint per run; ENSEMBLE_ARGS e.g. "--weights 0.5,0.5 --tta swap") on FEATURES/evaluate into
-# ENSEMBLE_OUT (default: ensemble/ beside the first run), then the runs and the ensemble tabled there.
+# --checkpoint per run) on FEATURES/evaluate into ENSEMBLE_OUT (default: ensemble/ beside the first
+# run), then the runs and the ensemble tabled there. ENSEMBLE_ARGS default: the weights that minimize
+# the log loss on the runs' validation locations of FEATURES/train (e.g. "--weights 0.5,0.5 --tta swap").
 RUNS ?=
 ENSEMBLE_OUT ?= $(patsubst %/,%,$(dir $(firstword $(RUNS))))/ensemble
-ENSEMBLE_ARGS ?=
+ENSEMBLE_ARGS ?= --weights auto
 .PHONY: ensemble
 ensemble: install
 	@if [ -z "$(strip $(RUNS))" ]; then echo "Give the run folders: make ensemble RUNS=\"DIR DIR ...\" FEATURES=DIR"; exit 1; fi

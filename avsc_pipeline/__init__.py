@@ -1,11 +1,13 @@
 """avsc-pipeline: audio-visual scene classification (USTC DCASE 2021 Task 1b recipe).
 
-Packages and modules; imports run one way (config, manifest, storage -> features, dataio ->
+Packages and modules; imports run one way (config, atomic, corpus, storage -> features, dataio ->
 models -> training, evaluation), except that the recipe reaches each section's dataclass:
 
 - :mod:`.config`: typed config dataclasses <-> YAML and the shared field validators;
   :mod:`.recipe`: every section of a config file, unknown ones refused.
-- :mod:`.manifest`: TAU layout and generic CSV -> `Clip` records; class lists.
+- :mod:`.atomic`: the one atomic file write (a temporary file beside the target, fsync, rename).
+- :mod:`.corpus`: the data sets themselves: TAU layout and generic CSV -> `Clip` records, class
+  lists; downloading and unpacking the TAU packages.
 - :mod:`.storage`: the shard schema, atomic writer, column reader, row reads, index, verify.
 - :mod:`.features`: stage one: audio features, video frames, offline augmentation, extraction
   and the shard-writing engine they share.

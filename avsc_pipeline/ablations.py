@@ -4,8 +4,10 @@
 sections that set the row up. For a table, :func:`run_table` trains the audio steps its rows
 start from once (`RUN/audio-plain`, `RUN/audio-augmented`), then each row (`RUN/table-N/<row>`:
 a finished row is kept, a stopped one resumes), scores each on `FEATURES/evaluate` and writes
-`RUN/table-N.md` and `RUN/table-N.csv`: the row, the paper's accuracy, ours (accuracy and log
-loss) and the difference. A row's config layers `configs/paper.yaml`, `configs/steps/<step>.yaml`,
+`RUN/table-N.md` and `RUN/table-N.csv`: the row, the paper's accuracy, ours (accuracy, macro
+accuracy and log loss) and the difference (of the accuracies: segment accuracy is the headline,
+macro accuracy the class-wise average DCASE reports); a row whose `best.pt` was selected on
+`evaluate` (`train.validation: evaluate`) is marked "selected on the scored split". A row's config layers `configs/paper.yaml`, `configs/steps/<step>.yaml`,
 the row's own sections and then the user's `--config` files (e.g. `configs/demo.yaml`).
 """
 
@@ -18,12 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from avsc_pipeline.atomic import atomic_open, write_text_atomic
 from avsc_pipeline.config import load_yaml
+from avsc_pipeline.recipe import Step, configs_dir, preflight, run_step, step_layers
+from avsc_pipeline.sections import Recipe, recipe_from_layers
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TABLES_FILE = CONFIGS / "ablations" / "tables.yaml"
+
+def tables_file() -> Path:
+    """`configs/ablations/tables.yaml`, as shipped with the package."""
+    return configs_dir() / "ablations" / "tables.yaml"
+
 AUDIO_STEPS = ("plain", "augmented")
 STEPS = ("audio", "video", "joint")
 
@@ -57,12 +65,13 @@ class Row:
     note: str = ""
 
 
-def load_tables(path: "str | Path" = TABLES_FILE) -> Dict[int, List[Row]]:
+def load_tables(path: "Optional[str | Path]" = None) -> Dict[int, List[Row]]:
     """Every table's rows, with Table 2's `op:` shorthand expanded into sections.
 
     Raises:
         ValueError: a malformed entry, naming the file, table and row.
     """
+    path = tables_file() if path is None else path
     data = load_yaml(path)
     steps = data.get("audio_steps") or {}
     tables: Dict[int, List[Row]] = {}
@@ -86,11 +95,11 @@ def load_tables(path: "str | Path" = TABLES_FILE) -> Dict[int, List[Row]]:
     return tables
 
 
-def audio_step_sections(kind: str, path: "str | Path" = TABLES_FILE) -> Dict[str, Any]:
+def audio_step_sections(kind: str, path: "Optional[str | Path]" = None) -> Dict[str, Any]:
     """The sections of the `plain` or `augmented` audio step, on top of `configs/steps/audio.yaml`."""
     if kind not in AUDIO_STEPS:
         raise ValueError(f"expected an audio step in {AUDIO_STEPS}, got {kind!r}")
-    return dict((load_yaml(path).get("audio_steps") or {}).get(kind) or {})
+    return dict((load_yaml(tables_file() if path is None else path).get("audio_steps") or {}).get(kind) or {})
 
 
 def _single_op(base: Dict[str, Any], op: str) -> Dict[str, Any]:
@@ -114,39 +123,40 @@ def _check_row(row: Row, source: str) -> None:
         raise ValueError(f"{source}: expected score audio_step or nothing, got {row.score!r}")
 
 
-def row_sections(row: Row, init_from: Optional[Path], extra: Sequence[Path] = (),
-                 overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """The resolved sections of a row: paper.yaml, the step's file, the row, `extra` files."""
+def row_recipe(row: Row, init_from: Optional[Path], extra: Sequence[Path] = (),
+               overrides: Sequence[str] = ()) -> Recipe:
+    """The resolved recipe of a row: paper.yaml, the step's file, the row, `extra` files."""
     layer = dict(row.sections)
     if init_from is not None:
         layer["train"] = {**(layer.get("train") or {}), "init_from": str(init_from)}
-    return layered_sections(f"steps/{row.step}.yaml", layer, extra, overrides)
+    return layered_recipe(row.step, layer, extra, overrides)
 
 
-def layered_sections(step_file: str, layer: Dict[str, Any], extra: Sequence[Path] = (),
-                     overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """`configs/paper.yaml`, then `configs/<step_file>`, then `layer`, then the `extra` files and
-    `overrides`, resolved into sections."""
-    import tempfile
+def layered_recipe(step: str, layer: Dict[str, Any], extra: Sequence[Path] = (),
+                   overrides: Sequence[str] = ()) -> Recipe:
+    """`configs/paper.yaml`, then `configs/steps/<step>.yaml`, then `layer`, then the `extra`
+    files and `overrides`, resolved into a Recipe (no file is written to merge the layer)."""
+    from avsc_pipeline.sections import merge_files
 
-    import yaml
-
-    from avsc_pipeline.recipe import load_sections
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "row.yaml"
-        path.write_text(yaml.safe_dump(layer), encoding="utf-8")
-        return load_sections([CONFIGS / "paper.yaml", CONFIGS / step_file, path, *extra], overrides)
+    merged = step_layers(step, [configs_dir() / "paper.yaml"], layer=layer)
+    later, _ = merge_files(list(extra), overrides)
+    for name, values in later.items():
+        merged[name] = {**(merged.get(name) or {}), **values} if isinstance(values, dict) else values
+    return recipe_from_layers(merged, f"paper.yaml + steps/{step}.yaml + row", overrides)
 
 
 @dataclass
 class RowResult:
-    """A row's outcome: accuracy and log loss on `evaluate`, or why there is none."""
+    """A row's outcome on `evaluate`, or why there is none: accuracy (micro, the figure the
+    paper's is compared with), macro accuracy (the class-wise average), log loss, and whether
+    the row's `best.pt` was selected on `evaluate` itself (`train.validation: evaluate`)."""
 
     row: Row
     accuracy: Optional[float] = None
     log_loss: Optional[float] = None
     status: str = ""
+    macro_accuracy: Optional[float] = None
+    selected_on_scored_split: bool = False
 
 
 def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str]] = None,
@@ -166,51 +176,48 @@ def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str
         if unknown:
             raise ValueError(f"table {table}: unknown row(s) {unknown}; known: {[row.name for row in chosen]}")
         chosen = [row for row in chosen if row.name in rows]
-    run = Path(run)
-    steps = {row.audio_step for row in chosen if row.reproducible and row.audio_step}
-    checkpoints = {kind: _train(features, run / f"audio-{kind}",
-                                layered_sections("steps/audio.yaml", audio_step_sections(kind), extra, overrides),
-                                device, progress)
-                   for kind in sorted(steps)}
+    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides)
+    preflight([*audio_steps.values(), *row_steps.values()], Path(features))
+    checkpoints = {kind: _train(step, features, device, progress) for kind, step in audio_steps.items()}
     results = []
     for row in chosen:
-        results.append(_run_row(row, features, run / f"table-{table}", checkpoints, extra, overrides, device,
-                                progress))
-    write_table(table, results, run)
+        if not row.reproducible:
+            results.append(RowResult(row, status=f"not run: {row.reason}"))
+            continue
+        best = checkpoints[row.audio_step] if row.score == "audio_step" else \
+            _train(row_steps[row.name], features, device, progress)
+        results.append(_score(row, best, features))
+    write_table(table, results, Path(run))
     return results
 
 
-def _run_row(row: Row, features: Path, folder: Path, checkpoints: Dict[str, Path], extra: Sequence[Path],
-             overrides: Sequence[str], device: str, progress: bool) -> RowResult:
-    if not row.reproducible:
-        return RowResult(row, status=f"not run: {row.reason}")
-    if row.score == "audio_step":
-        best = checkpoints[row.audio_step]
-    else:
-        init = checkpoints.get(row.audio_step) if row.step == "joint" else None
-        sections = row_sections(row, init, extra, overrides)
-        best = _train(features, folder / row.name, sections, device, progress)
-    return _score(row, best, features)
+def table_steps(table: int, rows: Sequence[Row], run: Path, extra: Sequence[Path] = (),
+                overrides: Sequence[str] = ()) -> "tuple[Dict[str, Step], Dict[str, Step]]":
+    """The training runs a table's rows need: the audio steps they start from (`RUN/audio-<kind>`,
+    each trained once) and each row's own run (`RUN/table-N/<row>`), resolved, nothing trained.
+
+    Returns:
+        `({audio kind: Step}, {row name: Step})`; rows scored as an audio step have no own Step.
+    """
+    kinds = sorted({row.audio_step for row in rows if row.reproducible and row.audio_step})
+    audio_steps = {kind: Step(f"audio-{kind}", run / f"audio-{kind}",
+                              layered_recipe("audio", audio_step_sections(kind), extra, overrides))
+                   for kind in kinds}
+    row_steps = {}
+    for row in rows:
+        if not row.reproducible or row.score == "audio_step":
+            continue
+        init = audio_steps[row.audio_step].produces if row.step == "joint" else None
+        row_steps[row.name] = Step(row.name, run / f"table-{table}" / row.name, row_recipe(row, init, extra, overrides))
+    return audio_steps, row_steps
 
 
-def _train(features: Path, run_dir: Path, sections: Dict[str, Any], device: str, progress: bool) -> Path:
-    """Train into `run_dir` unless it holds a finished run; resume a stopped one. Returns best.pt."""
-    from avsc_pipeline.models.checkpoint import load_checkpoint
-    from avsc_pipeline.training.run import train_run
-
-    last = run_dir / "last.pt"
-    resume = False
-    if last.is_file():
-        state = load_checkpoint(last).resume
-        if state is not None and state.epoch >= sections["train"].epochs:
-            logger.info("%s: finished, kept", run_dir)
-            return run_dir / "best.pt"
-        resume = True
-    row = train_run(features, run_dir, sections, resume=resume, overwrite=not resume, device=device,
-                    progress=progress)
+def _train(step: Step, features: Path, device: str, progress: bool) -> Path:
+    """Train a step (kept when finished, resumed when stopped); returns its best.pt."""
+    row = run_step(step, features, device, progress)
     if "stopped_by" in row:
         raise KeyboardInterrupt  # the run wrote last.pt; rerunning the table resumes it
-    return run_dir / "best.pt"
+    return step.produces
 
 
 def _score(row: Row, checkpoint: Path, features: Path) -> RowResult:
@@ -219,10 +226,15 @@ def _score(row: Row, checkpoint: Path, features: Path) -> RowResult:
     result = evaluate_checkpoint(checkpoint, features / "evaluate", progress=False)
     if not result.get("labeled"):
         return RowResult(row, status="no labels in evaluate")
-    return RowResult(row, accuracy=result["accuracy"], log_loss=result["log_loss"], status="scored")
+    return RowResult(row, accuracy=result["accuracy"], log_loss=result["log_loss"], status="scored",
+                     macro_accuracy=result["class_mean_accuracy"],
+                     selected_on_scored_split=bool(result.get("selected_on_scored_split")))
 
 
-COLUMNS = ("row", "label", "paper_accuracy", "accuracy", "log_loss", "difference", "status")
+COLUMNS = ("row", "label", "paper_accuracy", "accuracy", "log_loss", "difference", "status", "macro_accuracy",
+           "selected_on_scored_split")
+#: The footnote of rows selected on the split they are scored on.
+SELECTED_NOTE = "\\* selected on the scored split: best.pt was chosen on `evaluate` (train.validation: evaluate)"
 
 
 def write_table(table: int, results: Sequence[RowResult], run: Path) -> List[Path]:
@@ -234,21 +246,27 @@ def write_table(table: int, results: Sequence[RowResult], run: Path) -> List[Pat
         records.append({"row": result.row.name, "label": result.row.label, "paper_accuracy": result.row.paper,
                         "accuracy": ours, "log_loss": result.log_loss,
                         "difference": None if ours is None else ours - result.row.paper,
-                        "status": (result.status + (f" ({result.row.note})" if result.row.note else ""))})
+                        "status": (result.status + (f" ({result.row.note})" if result.row.note else "")),
+                        "macro_accuracy": None if result.macro_accuracy is None else 100.0 * result.macro_accuracy,
+                        "selected_on_scored_split": result.selected_on_scored_split})
     csv_path = run / f"table-{table}.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in record.items()} for record in records)
-    lines = [f"# Table {table}", "", "| row | paper accuracy | ours: accuracy | ours: log loss | difference | "
-             "status |", "|---|---|---|---|---|---|"]
+    lines = [f"# Table {table}", "", "| row | paper accuracy | ours: accuracy | ours: macro acc. | ours: log loss | "
+             "difference | status |", "|---|---|---|---|---|---|---|"]
     for record in records:
-        cells = [record["label"], f"{record['paper_accuracy']:.1f} %", _fmt(record["accuracy"], " %", 1),
-                 _fmt(record["log_loss"], "", 3), _fmt(record["difference"], " pt", 1, signed=True), record["status"]]
+        mark = " \\*" if record["selected_on_scored_split"] else ""
+        cells = [record["label"], f"{record['paper_accuracy']:.1f} %", _fmt(record["accuracy"], " %", 1) + mark,
+                 _fmt(record["macro_accuracy"], " %", 1), _fmt(record["log_loss"], "", 3),
+                 _fmt(record["difference"], " pt", 1, signed=True), record["status"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(record["selected_on_scored_split"] for record in records):
+        lines += ["", SELECTED_NOTE]
     md_path = run / f"table-{table}.md"
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (run / f"table-{table}.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
+    write_text_atomic(run / f"table-{table}.json", json.dumps(records, indent=2) + "\n")
     return [csv_path, md_path]
 
 

@@ -13,15 +13,12 @@ A YAML config file holds one mapping per section, e.g.::
     batch_augment:     # on-device batch augmentation in stage two
       mixup_ratio: 0.4
 
-:mod:`avsc_pipeline.recipe` knows every section and reads files; this module holds the
+:mod:`avsc_pipeline.sections` knows every section and reads files; this module holds the
 conversions (:func:`from_dict` rejects unknown keys) and the shared field validators.
 
-A config class may name fields added after artifacts were written with it in a class attribute
-`EARLIER_VALUES` (field -> the value that reproduces the behaviour before the field existed).
-:func:`to_dict` leaves those fields out when all of them hold these values, so such a config is
-written exactly as before the fields existed; :func:`from_dict` reads a mapping that holds every
-other field and none of them (one written before they existed) with these values. A partial
-mapping (a config file's section) still takes the class defaults.
+A mapping means what it says: a missing key takes today's default, whatever the other keys are.
+Artifacts written by earlier versions (shards, checkpoints) are migrated by their readers, one
+function per format version (`storage.shards`, `models.checkpoint`); a user's YAML never is.
 """
 
 from __future__ import annotations
@@ -78,19 +75,7 @@ def to_dict(config: Any) -> Dict[str, Any]:
     """Plain, JSON-safe dict of a config dataclass (tuples become lists)."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"expected a config dataclass instance, got {type(config).__name__}")
-    data = json.loads(json.dumps(dataclasses.asdict(config)))
-    earlier = _earlier_values(type(config))
-    if earlier and all(data.get(name) == value for name, value in earlier.items()):
-        data = {name: value for name, value in data.items() if name not in earlier}
-    return data
-
-
-def section_dict(value: Any) -> Dict[str, Any]:
-    """A section as a plain dict: a config dataclass through :func:`to_dict`, a mapping as it is
-    (e.g. a section recorded from an artifact's own attributes)."""
-    if isinstance(value, dict):
-        return json.loads(json.dumps(value))
-    return to_dict(value)
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def from_dict(cls: Type[T], data: Dict[str, Any], source: str = "config", section: str = "") -> T:
@@ -109,9 +94,6 @@ def from_dict(cls: Type[T], data: Dict[str, Any], source: str = "config", sectio
     if not isinstance(data, dict):
         raise TypeError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    earlier = _earlier_values(cls)
-    if earlier and not set(data) & set(earlier) and set(data) >= set(fields) - set(earlier):
-        data = {**data, **earlier}  # written before those fields existed
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
@@ -165,12 +147,6 @@ def type_problem(hint: Any, value: Any) -> Optional[str]:
     if hint is str and not isinstance(value, str):
         return f"expected a string, got {value!r}"
     return None
-
-
-def _earlier_values(cls: type) -> Dict[str, Any]:
-    """A config class's `EARLIER_VALUES`, JSON-normalized (empty when it has none)."""
-    earlier = getattr(cls, "EARLIER_VALUES", None)
-    return json.loads(json.dumps(earlier)) if earlier else {}
 
 
 def _coerce(hint: Any, value: Any) -> Any:
@@ -231,6 +207,6 @@ def dump_yaml(sections: Dict[str, Any], path: "str | os.PathLike[str]") -> None:
     """Write config dataclasses as a YAML file of sections, e.g. `{"features": FeatureConfig()}`."""
     import yaml
 
-    data = {name: section_dict(cfg) for name, cfg in sections.items()}
+    data = {name: cfg if isinstance(cfg, dict) else to_dict(cfg) for name, cfg in sections.items()}
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle, sort_keys=False)

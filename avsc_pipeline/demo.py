@@ -59,7 +59,9 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
+from avsc_pipeline.atomic import atomic_path
+from avsc_pipeline.corpus.clips import write_tsv
+from avsc_pipeline.corpus.tau import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -335,9 +337,8 @@ def synthesize_audio(config: DemoConfig, class_index: int, rng: np.random.Genera
 def _write_wav(path: pathlib.Path, pcm: np.ndarray, sample_rate: int) -> None:
     import soundfile
 
-    tmp = path.with_name(f".{path.name}.partial")
-    soundfile.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        soundfile.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
 
 
 # --------------------------------------------------------------------------- video
@@ -379,21 +380,20 @@ def synthesize_video(
 def _write_mp4(path: pathlib.Path, frames: Iterator[np.ndarray], config: DemoConfig) -> None:
     import av
 
-    tmp = path.with_name(f".{path.name}.partial")
     time_base = Fraction(1, config.fps)
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=config.fps)
-        stream.width, stream.height, stream.pix_fmt = config.width, config.height, "yuv420p"
-        stream.time_base = time_base
-        stream.options = {"crf": "20", "preset": "veryfast"}
-        # One thread: deterministic bitstreams, and clips are tiny.
-        stream.codec_context.thread_count = 1
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=config.fps)
+            stream.width, stream.height, stream.pix_fmt = config.width, config.height, "yuv420p"
+            stream.time_base = time_base
+            stream.options = {"crf": "20", "preset": "veryfast"}
+            # One thread: deterministic bitstreams, and clips are tiny.
+            stream.codec_context.thread_count = 1
+            for i, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+                frame.pts, frame.time_base = i, time_base
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
 
 
 # --------------------------------------------------------------------------- tables

@@ -1,155 +1,223 @@
-"""The recipe: every section a YAML config file may hold, and the one way configs are loaded.
+"""The recipe run as steps, once, in Python: `avsc-train --steps`, `make train` and the ablations.
 
-A config file is a mapping of sections, each read into its typed, frozen dataclass::
+A recipe is a list of steps, each one training run into `RUN/<step>` from the layered config
+files (the user's files, then `configs/steps/<step>.yaml` shipped with the package, then
+`--set` values). The runner:
 
-    features:          FeatureConfig         stage one (avsc-features extract)
-    offline_augment:   OfflineAugmentConfig  offline audio augmentation (avsc-features augment)
-    batch_augment:     BatchAugmentConfig    on-device batch augmentation in training
-    loader:            LoaderConfig          reading shards in stage two
-    model:             ModelConfig           extractors and fusion head
-    train:             TrainConfig           the training run
+1. resolves every step's :class:`~avsc_pipeline.sections.Recipe` and checks, before the first
+   step trains, everything that would otherwise fail hours later (:func:`preflight`): the
+   features folders, the class coverage of the training rows, every weights file and the
+   `init_from` chain;
+2. runs the steps in order (:func:`run_step`): a finished step is kept, a stopped one resumes
+   from its `last.pt`, a new one starts;
+3. wires `init_from`: a joint step starts from the audio step's `best.pt` of the same run
+   folder (:data:`INIT_FROM`), unless its config names another checkpoint.
 
-An unknown section or key is an error that names the file, the section and the key; a missing
-section takes its defaults. `--set section.key=value` overrides (values parsed as YAML) apply
-on top of the file.
+This module sits above training (it calls :func:`~avsc_pipeline.training.run.train_run`);
+training never imports it.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
-from avsc_pipeline.config import from_dict, load_yaml
+from avsc_pipeline.sections import Recipe, merge_files, merge_layer, recipe_from_layers
 
-T = TypeVar("T")
-PathLike = "str | os.PathLike[str]"
+logger = logging.getLogger(__name__)
 
-
-def section_classes() -> Dict[str, type]:
-    """Every known section name and its dataclass, in the order a resolved config lists them."""
-    # Imported here: the sections live with the code they configure, and some of those modules
-    # are heavy; a caller that only reads `features:` should not import the trainer.
-    from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
-    from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
-
-    classes: Dict[str, type] = {
-        "features": FeatureConfig,
-        "offline_augment": OfflineAugmentConfig,
-        "batch_augment": BatchAugmentConfig,
-        "loader": LoaderConfig,
-    }
-    classes.update(_stage_two_sections())
-    return classes
+#: The step whose `best.pt` initializes another step's extractors (the paper's two steps).
+INIT_FROM: Dict[str, str] = {"joint": "audio"}
+#: The recipe's steps, in the order they run.
+STEPS = ("audio", "video", "joint")
+#: Where the README says to get each kind of weights (named in preflight errors).
+WEIGHTS_HELP = ("the README's \"Pre-trained weights\" (Places365 DenseNet-161: "
+                "http://places2.csail.mit.edu/models_places365/densenet161_places365.pth.tar, "
+                "put at data/weights/densenet161_places365.pth.tar), or --set model.video_weights=null "
+                "for random initialization")
 
 
-def _stage_two_sections() -> Dict[str, type]:
-    from avsc_pipeline.models.config import ModelConfig
-    from avsc_pipeline.training.config import TrainConfig
+def configs_dir() -> Path:
+    """The folder of config files shipped with the package (`paper.yaml`, `steps/`,
+    `ablations/`): package data, so an installed wheel finds them too."""
+    from importlib import resources
 
-    return {"model": ModelConfig, "train": TrainConfig}
+    return Path(str(resources.files("avsc_pipeline") / "configs"))
 
 
-def check_sections(data: Dict[str, Any], source: str) -> None:
-    """Refuse a mapping with a section name the recipe does not know.
+@dataclass(frozen=True)
+class Step:
+    """One training run of the recipe.
+
+    Attributes:
+        name: the step's name (`audio`, `video`, `joint`, or an ablation row's).
+        run_dir: where it trains.
+        recipe: its resolved recipe (with `train.init_from` wired).
+        given_features: the `features:` keys its config files give (checked against the shards).
+        produces: the checkpoint later steps may start from (`run_dir/best.pt`).
+    """
+
+    name: str
+    run_dir: Path
+    recipe: Recipe
+    given_features: Optional[dict] = None
+
+    @property
+    def produces(self) -> Path:
+        """The checkpoint later steps start from."""
+        return self.run_dir / "best.pt"
+
+
+def step_layers(name: str, files: Sequence["str | Path"], overrides: Sequence[str] = (),
+                layer: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The raw sections of one step: the files, then `configs/steps/<name>.yaml`, then `layer`
+    (an ablation row's own sections), then `overrides`."""
+    step_file = configs_dir() / "steps" / f"{name}.yaml"
+    if not step_file.is_file():
+        known = sorted(p.stem for p in (configs_dir() / "steps").glob("*.yaml"))
+        raise ValueError(f"expected a step in {known}, got {name!r}")
+    merged, _ = merge_files([*files, step_file])
+    if layer:
+        merge_layer(merged, layer, f"step {name}")
+    if overrides:
+        from avsc_pipeline.sections import parse_override
+
+        for text in overrides:
+            section, key, value = parse_override(text)
+            merge_layer(merged, {section: {key: value}}, f"--set {text}")
+    return merged
+
+
+def plan_steps(names: Sequence[str], run: Path, files: Sequence["str | Path"] = (),
+               overrides: Sequence[str] = ()) -> List[Step]:
+    """The resolved steps of a recipe run into `RUN/<name>`.
 
     Raises:
-        ValueError: naming `source`, the unknown section(s) and the known ones.
+        ValueError: an unknown step, an unreadable config, a bad value (named).
     """
-    known = section_classes()
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown section(s) {unknown}; known sections: {list(known)}")
+    if not names:
+        raise ValueError("expected at least one step, got none")
+    steps = []
+    for name in names:
+        merged = step_layers(name, files, overrides)
+        source = " + ".join([*(str(f) for f in files), f"steps/{name}.yaml"])
+        recipe = recipe_from_layers(merged, source, overrides)
+        start = INIT_FROM.get(name)
+        given_init = any(o.strip().startswith("train.init_from") for o in overrides)
+        if start is not None and not given_init:
+            recipe = recipe.replace(train=_replace(recipe.train, init_from=str(Path(run) / start / "best.pt")))
+        steps.append(Step(name, Path(run) / name, recipe, merged.get("features") or None))
+    return steps
 
 
-def parse_override(text: str) -> Tuple[str, str, Any]:
-    """`"section.key=value"` -> `(section, key, value)`, the value parsed as YAML.
+def _replace(section: Any, **changes: Any) -> Any:
+    import dataclasses
 
-    Example: `"train.lr=1e-4"` -> `("train", "lr", 0.0001)`; `"model.fusion_hidden=[256, 64]"`.
+    return dataclasses.replace(section, **changes)
+
+
+def preflight(steps: Sequence[Step], features: Path) -> None:
+    """Everything the steps need, checked before the first one trains.
+
+    Checks the training features folder, that every class has training rows, every step's
+    weights file, and every `init_from`: a file that exists, or the `best.pt` an earlier step
+    of this run writes.
+
+    Raises:
+        ValueError: one message listing every problem, each naming the file and what to do.
     """
-    import yaml
+    from avsc_pipeline.storage.index import INDEX_NAME, load_index
 
-    if not isinstance(text, str) or "=" not in text:
-        raise ValueError(f"expected section.key=value, got {text!r}")
-    name, raw = text.split("=", 1)
-    section, _, key = name.strip().partition(".")
-    if not section or not key or "." in key:
-        raise ValueError(f"expected section.key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ValueError(f"--set {text!r}: value is not valid YAML ({err})") from None
-    return section, key, value
+    problems: List[str] = []
+    train = Path(features) / "train"
+    if not (train / INDEX_NAME).is_file():
+        if (Path(features) / INDEX_NAME).is_file():
+            problems.append(f"{features}: this is a split folder; give its parent ({Path(features).parent})")
+        else:
+            problems.append(f"{train}: no training features (no {INDEX_NAME}); run `make features` "
+                            f"(avsc-features extract ... --split train) first")
+    else:
+        problems += class_coverage(load_index(train), train)
+    produced = set()
+    for step in steps:
+        problems += _weights_problems(step)
+        init = step.recipe.train.init_from
+        if init and Path(init) not in produced and not Path(init).is_file():
+            problems.append(f"step {step.name}: train.init_from {init} does not exist and no earlier step of "
+                            f"this run writes it ({_resolved_note(init)}); train that step first or give "
+                            "--set train.init_from=PATH")
+        produced.add(step.produces)
+    if problems:
+        raise ValueError("before training anything:\n  " + "\n  ".join(problems))
 
 
-def merge_files(path: "Optional[PathLike] | Sequence[PathLike]" = None,
-                overrides: Sequence[str] = ()) -> Tuple[Dict[str, Any], str]:
-    """The raw sections that config files and `--set` overrides give, merged in order.
+def class_coverage(index: Dict[str, Any], folder: Path) -> List[str]:
+    """A problem when some classes of the shards' list have no training rows (e.g. a TAU list
+    that fills only some of the ten classes), else nothing."""
+    classes = list(index.get("classes") or [])
+    counts = index.get("class_counts") or {}
+    empty = [name for name in classes if not counts.get(name)]
+    if not empty:
+        return []
+    return [f"{folder}: {len(empty)} of {len(classes)} classes have no training rows ({', '.join(empty[:10])}); "
+            "extract a list that covers every class, or give --classes to avsc-features extract"]
+
+
+def _weights_problems(step: Step) -> List[str]:
+    from avsc_pipeline.sections.model import NAMED_WEIGHTS
+
+    model = step.recipe.model
+    weights = model.video_weights
+    if not model.uses_video or weights is None or weights in NAMED_WEIGHTS:
+        return []
+    if Path(weights).is_file():
+        return []
+    return [f"step {step.name}: model.video_weights {weights} not found ({_resolved_note(weights)}); "
+            f"get it from {WEIGHTS_HELP}"]
+
+
+def _resolved_note(path: str) -> str:
+    if Path(path).is_absolute():
+        return "an absolute path"
+    return f"resolved against the current folder {Path.cwd()}"
+
+
+def run_step(step: Step, features: Path, device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+    """Train one step unless its folder holds a finished run; resume a stopped one.
 
     Returns:
-        `({section: {key: value}}, source)`, where `source` names the files for messages.
-
-    Raises:
-        ValueError: an unreadable file, an unknown section, or a malformed override.
+        The training's last metrics row (`stopped_by` when a signal stopped it), or
+        `{"kept": True}` for a finished run that was kept.
     """
-    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    source = " + ".join(str(p) for p in paths) or "config"
-    merged: Dict[str, Any] = {}
-    for one in paths:
-        data = load_yaml(one)
-        check_sections(data, str(one))
-        for name, values in data.items():
-            if isinstance(values, dict) and isinstance(merged.get(name), dict):
-                merged[name] = {**merged[name], **values}
-            else:
-                merged[name] = dict(values) if isinstance(values, dict) else values
-    for text in overrides:
-        section, key, value = parse_override(text)
-        check_sections({section: None}, f"--set {text}")
-        if not isinstance(merged.get(section) or {}, dict):
-            raise ValueError(f"{source} [{section}]: expected a mapping, got {type(merged[section]).__name__}")
-        merged[section] = dict(merged.get(section) or {}, **{key: value})
-    return merged, source
+    from avsc_pipeline.models.checkpoint import load_checkpoint
+    from avsc_pipeline.training.run import train_run
+
+    last = step.run_dir / "last.pt"
+    resume = False
+    if last.is_file():
+        state = load_checkpoint(last).resume
+        if state is not None and state.epoch >= step.recipe.train.epochs:
+            logger.info("step %s: %s holds a finished run, kept", step.name, step.run_dir)
+            return {"kept": True}
+        resume = True
+        logger.info("step %s: resuming %s", step.name, last)
+    return train_run(features, step.run_dir, step.recipe, given_features=step.given_features, resume=resume,
+                     overwrite=not resume, device=device, progress=progress)
 
 
-def load_sections(path: "Optional[PathLike] | Sequence[PathLike]" = None, overrides: Sequence[str] = (),
-                  only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Read config files and overrides into one dataclass per section.
-
-    Args:
-        path: a YAML file of sections, several (each later file overrides the keys it gives,
-            e.g. the recipe, then a stage, then an ablation), or None for the defaults.
-        overrides: `section.key=value` strings applied on top of the file.
-        only: the sections to build (default: all); the file is still checked in full.
+def run_steps(steps: Sequence[Step], features: Path, device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+    """Check, then run the steps in order; stops at a step stopped by a signal.
 
     Returns:
-        `{section name: dataclass instance}` in the recipe's order.
-
-    Raises:
-        ValueError: an unreadable file, an unknown section or key (file, section and key named),
-            or an invalid value.
+        `{step name: its row}`; the last entry has `stopped_by` when a signal stopped it.
     """
-    merged, source = merge_files(path, overrides)
-    classes = section_classes()
-    wanted = list(classes) if only is None else list(only)
-    out = {}
-    for name in wanted:
-        if name not in classes:
-            raise ValueError(f"expected a section in {list(classes)}, got {name!r}")
-        label = f"{source} [{name}]" + (" with --set" if any(o.startswith(f"{name}.") for o in overrides) else "")
-        values = merged.get(name)
-        out[name] = from_dict(classes[name], {} if values is None else values, source=label, section=name)
-    return out
-
-
-def load_section(path: Optional[PathLike], section: str, cls: Optional[Type[T]] = None) -> T:
-    """Read one section of a config file (defaults when `path` is None or the section absent).
-
-    The whole file is checked: a misspelled section elsewhere is an error too.
-    """
-    value = load_sections(path, only=[section])[section]
-    if cls is not None and not isinstance(value, cls):
-        raise TypeError(f"expected section {section!r} to be read as {cls.__name__}, got {type(value).__name__}")
-    return value
-
-
-
+    preflight(steps, features)
+    rows: Dict[str, Any] = {}
+    for step in steps:
+        logger.info("step %s -> %s", step.name, step.run_dir)
+        rows[step.name] = row = run_step(step, features, device, progress)
+        if "stopped_by" in row:
+            break
+    return rows

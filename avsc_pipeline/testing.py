@@ -12,8 +12,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from avsc_pipeline.features.config import FeatureConfig
-from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER, write_tsv
+from avsc_pipeline.sections.features import FeatureConfig
+from avsc_pipeline.corpus.clips import write_tsv
+from avsc_pipeline.corpus.tau import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
 
 SMALL_FEATURES = FeatureConfig(image_size=32)
 
@@ -168,12 +169,20 @@ def write_augmented_folder(folder: "str | os.PathLike[str]", source: "str | os.P
         clips[3] = "no-such-clip"
     nan = np.full(rows, np.nan, dtype=np.float32)
     variants = [AUGMENT_VARIANTS[k % len(AUGMENT_VARIANTS)] for k in range(rows)]
+    # A `mix` row names its partner: another clip of its class, as the offline augmentation draws.
+    partners, draw = [""] * rows, np.random.default_rng([seed, 1])
+    for k in range(rows):
+        own = str(original["clip_id"][pick[k]])
+        if variants[k] == "mix":
+            same = sorted({str(c) for c, label in zip(original["clip_id"], original["label"])
+                           if label == original["label"][pick[k]] and c != own})
+            partners[k] = same[int(draw.integers(len(same)))] if same else own
     columns = dict(
         audio=rng.standard_normal((rows,) + config.audio_shape).astype(config.audio_dtype),
         label=original["label"][pick], clip_id=original["clip_id"][pick], segment=np.arange(rows) % 10,
         identifier=original["identifier"][pick], variant=variants,
         video_ref_clip=clips, video_ref_segment=original["segment"][pick],
-        copy=np.zeros(rows, np.int16), semitones=nan, speed=nan, snr_db=nan, gain=nan, partner_clip=[""] * rows,
+        copy=np.zeros(rows, np.int16), semitones=nan, speed=nan, snr_db=nan, gain=nan, partner_clip=partners,
     )
     folder.mkdir(parents=True)
     attrs = shard_attrs(TAU_CLASSES, config, "aug", video_source="../train")
@@ -211,11 +220,11 @@ def write_test_checkpoint(path: "str | os.PathLike[str]", folder: "str | os.Path
     import torch
 
     from avsc_pipeline.config import to_dict
-    from avsc_pipeline.dataio.config import LoaderConfig
+    from avsc_pipeline.sections.loading import LoaderConfig
     from avsc_pipeline.dataio.stats import compute_audio_stats
     from avsc_pipeline.models.checkpoint import ModelArtifact, save_checkpoint
     from avsc_pipeline.models.classifier import build_model
-    from avsc_pipeline.models.config import ModelConfig
+    from avsc_pipeline.sections.model import ModelConfig
     from avsc_pipeline.storage.index import load_index
 
     model_config = model_config or ModelConfig(audio_widths=(8, 8, 8), video="small_cnn", fusion_hidden=(16,))

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugment, one_hot
-from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.stats import AudioStats
 from common import int_options

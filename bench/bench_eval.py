@@ -30,13 +30,13 @@ from typing import Dict
 import numpy as np
 import torch
 
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, loader_config_of, open_split
-from avsc_pipeline.evaluation.runtime import load_scorer
+from avsc_pipeline.evaluation.scoring import load_scorer
 from avsc_pipeline.testing import write_test_checkpoint
-from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.sections.model import ModelConfig
 from avsc_pipeline.testing import write_random_folder
 from common import int_options
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import joblib
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.features.extract import extract_split
-from avsc_pipeline.manifest import TAU_CLASSES, load_tau
+from avsc_pipeline.corpus.tau import TAU_CLASSES, load_tau
 from common import int_options, real_or_generated_dataset
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from avsc_pipeline.dataio import loader as loader_mod
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.storage.columns import read_columns

@@ -47,7 +47,7 @@ def best_of(fns: Sequence[Callable[[], object]], repeat: int) -> List[float]:
 
 
 def load_clips(tmp: Path, n: int) -> List:
-    from avsc_pipeline.manifest import load_manifest
+    from avsc_pipeline.corpus.manifest import load_manifest
     from avsc_pipeline.testing import make_tau_dataset
     from common import shared_mini
 
@@ -71,9 +71,9 @@ def main() -> None:
 
     import torch
 
-    from avsc_pipeline.features.config import FeatureConfig
+    from avsc_pipeline.sections.features import FeatureConfig
     from avsc_pipeline.features.audio import load_audio
-    from avsc_pipeline.features.config import OfflineAugmentConfig
+    from avsc_pipeline.sections.features import OfflineAugmentConfig
     from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, add_fixed_noise, add_noise, draw_params, mix
     from avsc_pipeline.features.offline_augment_shards import augment_clip, plan_items
     from avsc_pipeline.features.extract import extract_clip

@@ -16,9 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.features.extract import extract_split
-from avsc_pipeline.manifest import TAU_CLASSES, load_tau
+from avsc_pipeline.corpus.tau import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.shard_io import ShardReaders, open_shard_file
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.shards import list_shards

@@ -45,10 +45,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
 from avsc_pipeline.models.classifier import build_model
-from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.sections.model import ModelConfig
 from avsc_pipeline.recipe import load_sections
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import shard_name

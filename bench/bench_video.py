@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import torch
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.features.video import read_frame_pairs
 from common import best_of_pair, real_or_generated_dataset
 

@@ -40,7 +40,8 @@ def real_or_generated_dataset(folder: Path, n_clips: int) -> Tuple[Path, str]:
     Uses the real clips of ../shared/data/tau-av-street-mini (linked under new names, cycling)
     where present, else generated ones. Returns the root and a description.
     """
-    from avsc_pipeline.manifest import META_HEADER, write_tsv
+    from avsc_pipeline.corpus.clips import write_tsv
+    from avsc_pipeline.corpus.tau import META_HEADER
     from avsc_pipeline.testing import make_tau_dataset
 
     mini = shared_mini()

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 import gpu_check_parts as parts
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.training_input import build_training_input
 from gpu_check_parts import ROOT, STEP_CONFIGS, Setup, fmt, one_line, row
 
@@ -119,7 +119,7 @@ def write_data(setup: Setup) -> Dict[str, Any]:
     """The speed folder (`train`: 4 shards, `train-aug` referring to it) and the smoke folder
     (`train`: two shards whose locations give each class one training and one validation
     location: three training batches, as many validation rows)."""
-    from avsc_pipeline.features.config import FeatureConfig
+    from avsc_pipeline.sections.features import FeatureConfig
     from avsc_pipeline.testing import write_augmented_folder, write_random_folder
 
     config = FeatureConfig(n_mels=32, image_size=32) if setup.quick else FeatureConfig()
@@ -326,7 +326,7 @@ def score_like_avsc_eval(ckpt: Path, folder: Path, device: torch.device, rows: O
     section, its split reader and `score_rows`; `seconds` is its own timed region. (Its files
     are left out: the confusion figure needs matplotlib, which a bare GPU machine lacks.)"""
     from avsc_pipeline.evaluation.evaluate import loader_config_of, open_split, score_rows
-    from avsc_pipeline.evaluation.runtime import load_scorer
+    from avsc_pipeline.evaluation.scoring import load_scorer
 
     scorer, artifact = load_scorer(ckpt, device, calibrated=calibrated)
     config = loader_config_of(artifact, None, None, str(ckpt))

@@ -43,13 +43,13 @@ def device_option(command: Callable) -> Callable:
                         help="auto (CUDA when available), cpu, cuda or cuda:N.")(command)
 
 
-def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Sequence[str] = (),
-                only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Every section of the recipe from a file and `--set` values; errors become click errors."""
-    from avsc_pipeline.recipe import load_sections
+def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Sequence[str] = ()) -> Any:
+    """The :class:`~avsc_pipeline.sections.Recipe` of config files and `--set` values (every
+    file checked in full); errors become click errors."""
+    from avsc_pipeline.sections import load_recipe
 
     try:
-        return load_sections(config_path or None, overrides, only=only)
+        return load_recipe(config_path or None, overrides)
     except (ValueError, TypeError) as err:
         raise click.ClickException(str(err)) from err
 
@@ -89,13 +89,18 @@ def checkpoints_option(command: Callable) -> Callable:
                              "ensemble file (.yaml, written by avsc-calibrate).")(command)
 
 
-def ensemble_options(command: Callable) -> Callable:
-    """`--weights W,W,...` and `--mean arithmetic|geometric` of an ensemble."""
+def ensemble_options(command: Optional[Callable] = None, *, auto: bool = False) -> Callable:
+    """`--weights W,W,...` and `--mean arithmetic|geometric` of an ensemble; with `auto`
+    (`@ensemble_options(auto=True)`), `--weights auto` too."""
+    if command is None:
+        return lambda wrapped: ensemble_options(wrapped, auto=auto)
     command = click.option("--mean", type=click.Choice(ENSEMBLE_MEANS), default=None,
                            help="How an ensemble combines its members' calibrated probabilities  "
                                 "[default: arithmetic]")(command)
-    return click.option("--weights", metavar="W,W,...", default=None,
-                        help="One weight per --checkpoint, comma-separated (normalized to sum to 1)  "
+    fitted = (" or auto: the weights that minimize the log loss on the members' validation locations of "
+              "--validation-split" if auto else "")
+    return click.option("--weights", metavar="auto|W,W,..." if auto else "W,W,...", default=None,
+                        help=f"One weight per --checkpoint, comma-separated (normalized to sum to 1){fitted}  "
                              "[default: equal]")(command)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
+from avsc_pipeline.sections.model import MODALITIES  # imports no model (nor torch)
 
 from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
                                       setup_logging)
@@ -19,7 +19,10 @@ from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder  [default: RUN_DIR/eval/<split>, or <split>-<modality>; an ensemble's "
                    "<first RUN_DIR>/eval/<split>-ensemble; -tta-..., -uncalibrated appended]")
-@ensemble_options
+@ensemble_options(auto=True)
+@click.option("--validation-split", "validation_split", type=click.Path(file_okay=False, path_type=Path),
+              help="An ensemble's training split: its members' validation locations there fit --weights auto and "
+                   "check that the ensemble beats its best member  [default: train beside FEATURES_SPLIT_DIR]")
 @scoring_options
 @click.option("--batch-size", type=click.IntRange(min=1), help="Segments per batch  [default: the run's]")
 @click.option("--workers", type=click.IntRange(min=0), help="Loader worker processes  [default: the run's]")
@@ -30,8 +33,8 @@ from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path], weights: Optional[str],
-         mean: Optional[str], tta: Tuple[str, ...], no_calibration: bool, clip_pool: str, batch_size: Optional[int],
-         workers: Optional[int], device: str, modality: Optional[str], progress: bool, verbose: int) -> None:
+         mean: Optional[str], validation_split: Optional[Path], tta: Tuple[str, ...], no_calibration: bool,
+         clip_pool: str, batch_size: Optional[int], workers: Optional[int], device: str, modality: Optional[str], progress: bool, verbose: int) -> None:
     """Score a --checkpoint (or an ensemble of several) on every one-second segment of FEATURES_SPLIT_DIR.
 
     Writes predictions.tsv (the task's output format) and, for a split with labels,
@@ -39,20 +42,24 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path]
     segment and clip scores, and the log loss with and without calibration.
 
     Each checkpoint's temperature (fitted on its run's validation locations) is applied unless
-    --no-calibration; an ensemble averages its members' calibrated probabilities.
+    --no-calibration; an ensemble averages its members' calibrated probabilities. An ensemble's
+    members are also scored on their validation locations of the training split (--validation-split):
+    --weights auto fits the weights there, and a warning says when the ensemble is worse there
+    than its best member.
 
     Example: avsc-eval --checkpoint runs/demo/joint/best.pt data/demo-features/evaluate
     """
     setup_logging(verbose)
-    from avsc_pipeline.evaluation.ensemble import parse_weights
     from avsc_pipeline.evaluation.evaluate import evaluate_model
     from avsc_pipeline.evaluation.tta import parse_tta
 
     try:
+        check = ensemble_check(list(checkpoints), split_dir, validation_split, weights, mean, device, modality,
+                               batch_size, workers, progress)
         result = evaluate_model(list(checkpoints), split_dir, out_dir=out_dir, batch_size=batch_size, device=device,
                                 modality=modality, progress=progress, workers=workers,
-                                calibrated=not no_calibration, weights=parse_weights(weights),
-                                mean=mean, tta=parse_tta(tta), clip_pool=clip_pool)
+                                calibrated=not no_calibration, weights=check[0], mean=mean, tta=parse_tta(tta),
+                                clip_pool=clip_pool, ensemble_validation=check[1])
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     folder = result["files"]["predictions.tsv"].parent
@@ -66,15 +73,61 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path]
                f"{result['modality']}): {speed}")
     if result["ensemble"]:
         click.echo(members_line(result))
+        if result.get("ensemble_validation"):
+            click.echo(validation_line(result["ensemble_validation"]))
+    if result.get("selected_on_scored_split"):
+        click.echo(f"{result['split']}: {SELECTED_NOTE}")
     click.echo(headline_tables(result))
     click.echo(calibration_line(result))
     click.echo(f"wrote {', '.join(p.name for p in result['files'].values())} in {folder}")
+
+
+SELECTED_NOTE = ("selected on the scored split: best.pt was chosen on this split (train.validation), so its "
+                 "figures are not held out")
 
 
 def members_line(result: Dict[str, Any]) -> str:
     """`ensemble (arithmetic mean) of 2: runs/a/best.pt x 0.5 (T 1.2), ...`."""
     parts = [f"{m['checkpoint']} x {m['weight']:.3g} (T {m['temperature']:.3g})" for m in result["members"]]
     return f"ensemble ({result['mean']} mean) of {len(parts)}: " + ", ".join(parts)
+
+
+def ensemble_check(checkpoints: List[Path], split_dir: Path, validation_split: Optional[Path], weights: Optional[str],
+                   mean: Optional[str], device: str, modality: Optional[str], batch_size: Optional[int],
+                   workers: Optional[int], progress: bool) -> Tuple[Optional[Tuple[float, ...]], Optional[Dict[str, Any]]]:
+    """The weights to score with and the ensemble's validation figures (None for one checkpoint,
+    or where the validation split is missing and the weights are not `auto`)."""
+    import logging
+
+    from avsc_pipeline.evaluation.ensemble import is_ensemble_file
+    from avsc_pipeline.evaluation.ensemble_weights import check_ensemble, parse_weights_option
+    from avsc_pipeline.storage.index import INDEX_NAME
+
+    auto, given = parse_weights_option(weights)
+    if not (len(checkpoints) > 1 or is_ensemble_file(checkpoints[0])):
+        if auto:
+            raise ValueError("--weights auto: expected several --checkpoint values (an ensemble), got one")
+        return given, None
+    train_dir = validation_split or split_dir.resolve().parent / "train"
+    if not auto and not (train_dir / INDEX_NAME).is_file():
+        logging.getLogger(__name__).info("%s: no training split there, so the ensemble is not checked on its "
+                                         "validation locations (--validation-split names one)", train_dir)
+        return given, None
+    if auto and not train_dir.is_dir():
+        raise FileNotFoundError(f"--weights auto: expected the members' training split at {train_dir} (their "
+                                "validation locations fit the weights), got no such folder; give --validation-split")
+    check = check_ensemble(checkpoints, train_dir, given, mean, fit=auto, device=device, modality=modality,
+                           batch_size=batch_size, workers=workers, progress=progress)
+    return (check.weights if auto else given), check.to_dict()
+
+
+def validation_line(check: Dict[str, Any]) -> str:
+    """`validation (240 rows of 6 locations, fitted weights): ensemble log loss 0.210, members 0.290, 1.100`."""
+    members = ", ".join(f"{loss:.3f}" for loss in check["member_log_loss"])
+    how = "fitted weights" if check["fitted"] else "weights as given"
+    line = (f"validation ({check['n_rows']} rows of {check['n_locations']} locations, {how}): ensemble log loss "
+            f"{check['ensemble_log_loss']:.3f}, members {members}")
+    return line + ("; worse than its best member (see the warning)" if check.get("warning") else "")
 
 
 def calibration_line(result: Dict[str, Any]) -> str:
@@ -87,7 +140,7 @@ def calibration_line(result: Dict[str, Any]) -> str:
 
 def headline_tables(result: Dict[str, Any]) -> str:
     """Segment scores, then clip scores (segment probabilities pooled per clip)."""
-    header = ["", "n", "accuracy", "log loss", "class-mean accuracy", "class-mean log loss"]
+    header = ["", "n", "accuracy", "log loss", "macro accuracy", "class-mean log loss"]
     rows = [
         ["segments", str(result["n_segments"]), _pct(result["accuracy"]), f"{result['log_loss']:.3f}",
          _pct(result["class_mean_accuracy"]), f"{result['class_mean_log_loss']:.3f}"],

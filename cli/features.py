@@ -9,7 +9,7 @@ from typing import List, Optional
 import click
 
 from avsc_pipeline.features.shard_engine import BACKENDS, DEFAULT_SHARD_SIZE, RunSummary, parse_part
-from avsc_pipeline.manifest import TAU_SPLITS
+from avsc_pipeline.corpus.tau import TAU_SPLITS
 from avsc_pipeline_cli.common import Group, config_option, load_config, setup_logging, verbose_option
 
 
@@ -67,7 +67,8 @@ def report(summary: RunSummary, rows: str, items: str) -> None:
                    "all; for a CSV with a `split` column, the rows of that split; for a CSV without one, only the "
                    "folder's name (e.g. train, so that avsc-train finds it).")
 @config_option("YAML file whose `features:` section overrides the defaults.")
-@click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels).")
+@click.option("--classes", help="Comma-separated class list (default: the 10 TAU scenes, or the data's own labels; "
+                                "of every split of a CSV with a `split` column).")
 @run_options
 @verbose_option
 def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Path], classes: Optional[str],
@@ -82,15 +83,15 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
     avsc-features extract my_clips.csv data/my-features --split train
     """
     from avsc_pipeline.features.extract import extract_split
-    from avsc_pipeline.manifest import load_manifest, resolve_classes
+    from avsc_pipeline.corpus.manifest import load_manifest, resolve_classes
 
     setup_logging(verbose)
-    config = load_config(config_path, only=["features"])["features"]
+    config = load_config(config_path).features
     try:
         if dataset_root.is_dir() and split not in TAU_SPLITS:
             raise ValueError(f"--split: expected one of {list(TAU_SPLITS)} for a TAU-layout data set, got {split!r}")
         clips = load_manifest(dataset_root, split)
-        class_list = resolve_classes(clips, parse_classes(classes))
+        class_list = resolve_classes(clips, parse_classes(classes), dataset_root)
         summary = extract_split(
             clips, out / split, config, class_list, jobs=jobs, backend=backend, scheduler=scheduler,
             shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict,
@@ -131,14 +132,14 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
     from avsc_pipeline.config import load_yaml
     from avsc_pipeline.features.offline_augment_shards import augment_split
     from avsc_pipeline.storage.shards import augmented_split
-    from avsc_pipeline.manifest import load_manifest
+    from avsc_pipeline.corpus.manifest import load_manifest
 
     try:
-        sections = load_config(config_path, only=["features", "offline_augment"])
+        recipe = load_config(config_path)
         # Without a `features:` section the stage-one folder's own settings are used.
         given = load_yaml(config_path) if config_path else {}
-        feature_config = sections["features"] if given.get("features") else None
-        config = sections["offline_augment"]
+        feature_config = recipe.features if given.get("features") else None
+        config = recipe.offline_augment
         overrides = {"ops": tuple(o.strip() for o in ops.split(",") if o.strip()) if ops else None,
                      "copies": copies, "seed": seed}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -224,7 +225,7 @@ def demo_data(out: Path, clips_per_class: int, seed: int, duration: float) -> No
               help="New attempts, each resuming the .part file, after a transfer breaks off.")
 @click.option("--keep-packages", is_flag=True, help="Keep the zips in ROOT/packages after unpacking them.")
 @click.option("--package-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A JSON package list of the same format as the shipped one (avsc_pipeline/features/"
+              help="A JSON package list of the same format as the shipped one (avsc_pipeline/corpus/"
                    "tau_packages.json, taken from dcase_util).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def download(root: Path, dataset: str, parts: str, jobs: int, retries: int, keep_packages: bool,
@@ -238,8 +239,8 @@ def download(root: Path, dataset: str, parts: str, jobs: int, retries: int, keep
 
     Example: avsc-features download data --jobs 4   (then: make features)
     """
-    from avsc_pipeline.features.download import (DownloadError, DownloadOptions, download_dataset,
-                                                 load_package_list, parse_parts)
+    from avsc_pipeline.corpus.download import (DownloadError, DownloadOptions, download_dataset,
+                                               load_package_list, parse_parts)
 
     try:
         packages = load_package_list(dataset, package_list, parse_parts(parts))

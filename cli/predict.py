@@ -10,9 +10,9 @@ import click
 
 from avsc_pipeline.features.media_audio import VIDEO_SUFFIXES
 
-from avsc_pipeline.models.config import MODALITIES  # imports no model (nor torch)
+from avsc_pipeline.sections.model import MODALITIES  # imports no model (nor torch)
 
-from avsc_pipeline.manifest import TAU_SPLITS
+from avsc_pipeline.corpus.tau import TAU_SPLITS
 from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
                                       setup_logging)
 
@@ -76,7 +76,7 @@ def main(checkpoints: Tuple[Path, ...], inputs: Tuple[Path, ...], manifest: Opti
     from avsc_pipeline.evaluation.ensemble import parse_weights
     from avsc_pipeline.evaluation.predict import predict_files, write_prediction_files
     from avsc_pipeline.evaluation.tta import parse_tta
-    from avsc_pipeline.manifest import load_manifest
+    from avsc_pipeline.corpus.manifest import load_manifest
 
     if bool(inputs) == bool(manifest):
         raise click.UsageError("expected recordings (AUDIO [VIDEO] ...) or --manifest, got "

@@ -20,11 +20,16 @@ from avsc_pipeline_cli.common import Command, config_option, device_option, set_
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last.pt (--set train.epochs=N "
                                               "extends a finished run).")
 @click.option("--overwrite", is_flag=True, help="Replace a run that RUN_DIR holds.")
+@click.option("--steps", default=None, metavar="STEP,STEP",
+              help="Run the recipe's steps in order (e.g. audio,joint), each into RUN_DIR/<step> from the --config "
+                   "files plus the packaged configs/steps/<step>.yaml: a finished step is kept, a stopped one "
+                   "resumes, the joint step starts from RUN_DIR/audio/best.pt; everything is checked before the "
+                   "first step trains.")
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...], resume: bool,
-         overwrite: bool, device: str, progress: bool, verbose: int) -> None:
+         overwrite: bool, steps: Optional[str], device: str, progress: bool, verbose: int) -> None:
     """Train one model of the recipe on FEATURES_DIR/train (+ train-aug) into RUN_DIR.
 
     Holds out 10% of each class's recording locations for validation, writes config.yaml,
@@ -32,12 +37,26 @@ def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overr
     The model's modality (audio, video or joint) is the config's model.modality.
 
     Example: avsc-train data/features runs/paper/audio --config configs/paper.yaml --config configs/steps/audio.yaml
+
+    The whole recipe: avsc-train data/features runs/paper --config configs/paper.yaml --steps audio,joint
     """
     setup_logging(max(verbose, 1))
-    row = _train(features_dir, run_dir, config_path, overrides, resume, overwrite, device, progress)
+    if steps is not None:
+        if resume or overwrite:
+            raise click.UsageError("--steps resumes stopped steps and keeps finished ones by itself; "
+                                   "give neither --resume nor --overwrite")
+        row = _run_steps(features_dir, run_dir, config_path, overrides, steps, device, progress)
+    else:
+        row = _train(features_dir, run_dir, config_path, overrides, resume, overwrite, device, progress)
     if "stopped_by" in row:
-        click.echo(f"{run_dir}: stopped by signal {row['stopped_by']}; continue with --resume", err=True)
+        again = "run the same command again" if steps is not None else "continue with --resume"
+        click.echo(f"{run_dir}: stopped by signal {row['stopped_by']}; {again}", err=True)
         sys.exit(128 + int(row["stopped_by"]))
+    if row and steps is None:
+        _summary(run_dir, row)
+
+
+def _summary(run_dir: Path, row: Dict[str, Any]) -> None:
     if row:
         best = row.get("best") or {}
         click.echo(f"{run_dir}: last epoch {row['epoch']}: validation accuracy {_pct(row.get('val_accuracy'))}, "
@@ -45,10 +64,34 @@ def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overr
                    f"accuracy {_pct(best.get('val_accuracy'))}, log loss {_num(best.get('val_log_loss'))}")
 
 
+def _run_steps(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...],
+               steps: str, device: str, progress: bool) -> Dict[str, Any]:
+    from avsc_pipeline.models.checkpoint import CheckpointError
+    from avsc_pipeline.recipe import plan_steps, run_steps
+
+    names = [name.strip() for name in steps.replace(" ", ",").split(",") if name.strip()]
+    try:
+        _refuse_feature_overrides(overrides)
+        rows = run_steps(plan_steps(names, run_dir, list(config_path), overrides), features_dir, device, progress)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
+    for name, row in rows.items():
+        if "stopped_by" not in row and not row.get("kept"):
+            _summary(run_dir / name, row)
+    return list(rows.values())[-1] if rows else {}
+
+
+def _refuse_feature_overrides(overrides: Tuple[str, ...]) -> None:
+    bad = [o for o in overrides if o.strip().startswith("features.")]
+    if bad:
+        raise ValueError(f"--set {bad[0]}: features come from the shards, not from training; re-extract them "
+                         "with `avsc-features extract --config` to change the features")
+
+
 def _train(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...],
            resume: bool, overwrite: bool, device: str, progress: bool) -> Dict[str, Any]:
     from avsc_pipeline.models.checkpoint import CheckpointError
-    from avsc_pipeline.recipe import load_sections, merge_files
+    from avsc_pipeline.sections import merge_files, recipe_from_layers
     from avsc_pipeline.training.run import train_run
     from avsc_pipeline.training.run_dir import CONFIG_NAME
 
@@ -56,13 +99,10 @@ def _train(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], ove
         paths = list(config_path)
         if resume and not paths and (run_dir / CONFIG_NAME).is_file():
             paths = [run_dir / CONFIG_NAME]
-        bad = [o for o in overrides if o.strip().startswith("features.")]
-        if bad:
-            raise ValueError(f"--set {bad[0]}: features come from the shards, not from training; re-extract them "
-                             "with `avsc-features extract --config` to change the features")
-        raw, _ = merge_files(paths, overrides)
-        sections = load_sections(paths, overrides)
-        return train_run(features_dir, run_dir, sections, given_features=raw.get("features") or None,
+        _refuse_feature_overrides(overrides)
+        raw, source = merge_files(paths, overrides)
+        recipe = recipe_from_layers(raw, source, overrides)
+        return train_run(features_dir, run_dir, recipe, given_features=raw.get("features") or None,
                          resume=resume, overwrite=overwrite, device=device, progress=progress)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as err:
         raise click.ClickException(str(err)) from None

@@ -1,7 +1,7 @@
 import pytest
 
 from avsc_pipeline.config import config_diff, config_hash, dump_yaml, from_dict, to_dict
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.recipe import load_section, load_sections, parse_override
 
 
@@ -44,10 +44,10 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_section(configs / "paper.yaml", "features", FeatureConfig) == FeatureConfig()
     assert load_section(configs / "demo.yaml", "features", FeatureConfig) == FeatureConfig()
-    from avsc_pipeline.features.config import OfflineAugmentConfig
+    from avsc_pipeline.sections.features import OfflineAugmentConfig
 
     assert load_section(configs / "paper.yaml", "offline_augment", OfflineAugmentConfig) == OfflineAugmentConfig()
-    from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+    from avsc_pipeline.sections.loading import BatchAugmentConfig, LoaderConfig
 
     assert load_section(configs / "paper.yaml", "batch_augment", BatchAugmentConfig) == BatchAugmentConfig()
     assert load_section(configs / "paper.yaml", "loader", LoaderConfig) == LoaderConfig()

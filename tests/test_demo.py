@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from avsc_pipeline.demo import AUDIO_PAIRS, VIDEO_PAIRS, DemoConfig, write_demo_dataset
-from avsc_pipeline.manifest import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
+from avsc_pipeline.corpus.tau import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
 
 SMALL = DemoConfig(clips_per_class=2, duration=2.0)
 TEACHING = DemoConfig(clips_per_class=4, duration=2.0)
@@ -79,7 +79,7 @@ def test_layout_and_tables(small_root: pathlib.Path) -> None:
         ("fold1_test.csv", TEST_HEADER),
     ):
         assert tuple(_read_tsv(setup / name)[0]) == expected
-    assert not list(small_root.rglob("*.partial"))
+    assert not list(small_root.rglob("*.tmp"))
 
 
 def test_wav_format(small_root: pathlib.Path) -> None:

@@ -16,7 +16,7 @@ MODULES = (
     "avsc_pipeline.training.run",
     "avsc_pipeline.training.trainer",
     "avsc_pipeline.evaluation.evaluate",
-    "avsc_pipeline.evaluation.runtime",
+    "avsc_pipeline.evaluation.scoring",
     "avsc_pipeline.evaluation.predict",
     "avsc_pipeline_cli.train",
     "avsc_pipeline_cli.eval",

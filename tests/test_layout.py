@@ -12,6 +12,9 @@ FORBIDDEN = {
     "evaluation": ("avsc_pipeline.training",),
     "dataio": ("avsc_pipeline.models", "avsc_pipeline.training", "avsc_pipeline.evaluation"),
     "storage": ("avsc_pipeline.features", "avsc_pipeline.dataio", "avsc_pipeline.models", "avsc_pipeline.training"),
+    # The data sets sit on the bottom floor: what stage one reads, knowing nothing of stages.
+    "corpus": ("avsc_pipeline.storage", "avsc_pipeline.features", "avsc_pipeline.dataio", "avsc_pipeline.models",
+               "avsc_pipeline.training", "avsc_pipeline.evaluation"),
 }
 
 
@@ -86,6 +89,10 @@ def test_no_import_circle_inside_the_package():
     for module in sorted(graph):
         visit(module)
     assert not circles, "import circle(s): " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_the_atomic_write_imports_nothing_of_the_package():
+    assert not import_graph()["avsc_pipeline.atomic"], "avsc_pipeline.atomic must stay on the bottom floor"
 
 
 def test_training_never_imports_the_recipe():

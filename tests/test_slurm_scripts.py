@@ -21,7 +21,7 @@ from typing import Dict
 import pytest
 
 from avsc_pipeline.demo import DemoConfig, write_demo_dataset
-from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.corpus.tau import load_tau
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from avsc_pipeline.dataio.config import MASK_FILLS
+from avsc_pipeline.sections.loading import MASK_FILLS
 from avsc_pipeline.dataio.rng import SeededModule, beta_sample, randint_inclusive
 from avsc_pipeline.errors import describe
 

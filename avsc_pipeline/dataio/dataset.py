@@ -1,9 +1,10 @@
 """A training dataset over shard folders: originals plus `train-aug`, video references resolved.
 
 :class:`ShardDataset` maps every item to `(shard, row)` through each folder's `index.json`.
-Metadata columns (label, clip id, segment, identifier, variant) are read once, when the dataset
-is made (:func:`~avsc_pipeline.storage.columns.read_columns`), and kept as numpy arrays
-(fixed-width strings, so forked workers do not copy them).
+Metadata columns (label, clip id, segment, identifier, variant, and an augmented row's mix
+partner where the shard stores it) are read once, when the dataset is made
+(:func:`~avsc_pipeline.storage.columns.read_columns`), and kept as numpy arrays (fixed-width
+strings, so forked workers do not copy them).
 Feature rows are read on demand:
 
 - Shards are opened lazily in the process that reads them (each DataLoader worker opens its own)
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from avsc_pipeline.config import config_diff, from_dict, to_dict
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import load_index
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 META_COLUMNS = ("label", "clip_id", "segment", "identifier", "variant")
 REF_COLUMNS = ("video_ref_clip", "video_ref_segment")
+#: Read where a shard has it: the clip an offline-augmented `mix` row was mixed with.
+PARTNER_COLUMN = "partner_clip"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Folder:
     row_of: np.ndarray
     video_source: Optional[str] = None
     refs: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    partners: Optional[np.ndarray] = None
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -116,6 +120,11 @@ class ShardDataset(torch.utils.data.Dataset):
         self.identifiers: np.ndarray = meta["identifier"]
         self.variants: np.ndarray = meta["variant"]
         self.is_augmented: np.ndarray = self.variants != ORIGINAL_VARIANT
+        # The offline-mixing partner of each row ('' for none or not recorded), so that training
+        # can keep a mix with a held-out location's clip out (training_input).
+        self.partner_clips: np.ndarray = np.concatenate([f.partners for f in scanned])
+        self.folder_of: np.ndarray = np.concatenate(
+            [np.full(len(f.row_of), k, dtype=np.int64) for k, f in enumerate(scanned)])
 
     def _add_shards(self, folder: _Folder) -> int:
         base = len(self._shards)
@@ -275,7 +284,8 @@ class _Expectation:
             self.config, self.config_from = dict(attrs["feature_config"]), str(path)
         if list(attrs["classes"]) != self.classes:
             raise ConfigMismatchError(
-                f"{path}: expected the class list of {self.classes_from} {self.classes}, got {attrs['classes']}"
+                f"{path}: expected the class list of {self.classes_from} {self.classes}, got {attrs['classes']} "
+                f"(extract every split with one list: avsc-features extract ... --classes {','.join(self.classes)})"
             )
         diff = config_diff(self.config, attrs["feature_config"])
         if diff:
@@ -287,7 +297,7 @@ def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
     index = load_index(folder)
     if not index["shards"]:
         raise ValueError(f"{folder}: expected shards in the index, got none")
-    shards, metas, shard_of, row_of, refs = [], [], [], [], []
+    shards, metas, shard_of, row_of, refs, partners = [], [], [], [], [], []
     video_source = None
     for number, entry in enumerate(index["shards"]):
         path = folder / entry["file"]
@@ -297,8 +307,11 @@ def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
         if shard.rows != entry["rows"]:
             raise ValueError(f"{path}: {shard.rows} rows, but the index lists {entry['rows']}; rebuild the index")
         has_refs = REF_COLUMNS[0] in attrs["datasets"]
-        columns = read_columns(path, META_COLUMNS + (REF_COLUMNS if has_refs else ()))
+        has_partner = PARTNER_COLUMN in attrs["datasets"]
+        columns = read_columns(path, META_COLUMNS + (REF_COLUMNS if has_refs else ())
+                               + ((PARTNER_COLUMN,) if has_partner else ()))
         metas.append(columns)
+        partners.append(columns[PARTNER_COLUMN] if has_partner else np.full(shard.rows, "", dtype="U1"))
         if has_refs:
             refs.append(columns)
             video_source = _video_source(attrs, path, video_source)
@@ -311,7 +324,8 @@ def _scan_folder(folder: Path, expected: _Expectation) -> _Folder:
     ref = None
     if refs:
         ref = tuple(np.concatenate([r[name] for r in refs]) for name in REF_COLUMNS)
-    return _Folder(folder, shards, meta, np.concatenate(shard_of), np.concatenate(row_of), video_source, ref)
+    return _Folder(folder, shards, meta, np.concatenate(shard_of), np.concatenate(row_of), video_source, ref,
+                   np.concatenate(partners))
 
 
 def _check_blocks(shard: ShardFile, config: FeatureConfig) -> None:

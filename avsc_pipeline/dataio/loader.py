@@ -5,21 +5,31 @@ training process owns and hands out without a copy (:mod:`~avsc_pipeline.dataio.
 frames stay uint8, and audio in its stored dtype, until they reach the device: a quarter of
 the float32 traffic for the frames. :class:`~avsc_pipeline.dataio.preparation.BatchPreparer`
 then prepares them on the device.
+
+Workers leave SIGINT and SIGTERM to the training process (:func:`init_worker`): a scheduler's
+pre-emption signals the whole process group, and the training process must finish its step and
+write `last.pt` before its workers go.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import threading
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from avsc_pipeline.dataio.slot_pool import NO_SLOT, PendingSlots, SlotPool
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 
 SMALL_KEYS = ("label", "segment", "index")
+#: The signals that stop a training run (the trainer finishes its step and writes last.pt).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class BatchReads(torch.utils.data.Dataset):
@@ -75,6 +85,61 @@ def seed_worker(worker_id: int) -> None:
     random.seed(int(state[1]))
 
 
+def init_worker(worker_id: int) -> None:
+    """The `worker_init_fn` of every loader: :func:`leave_stop_signals_to_parent`, then
+    :func:`seed_worker`."""
+    leave_stop_signals_to_parent()
+    seed_worker(worker_id)
+
+
+def leave_stop_signals_to_parent() -> None:
+    """In a loader worker: SIGINT and SIGTERM from anyone but the parent leave the worker alone.
+
+    Ctrl-C, `kill -- -PGID` and a scheduler's pre-emption signal the whole process group. The
+    training process then finishes its step, writes `last.pt` and shuts its workers down; a
+    worker must not die first (torch's worker handler re-raises a SIGTERM that does not come
+    from the parent, and the parent then fails with "DataLoader worker ... is killed by signal:
+    Terminated"). A SIGTERM from the parent (the loader's last-resort `terminate()`) still ends
+    the worker at once, as torch's handler does. The signals stay blocked (workers start with
+    them blocked: :func:`_stop_signals_blocked`) and a thread takes them with `sigwaitinfo`,
+    which tells who sent them; where that call is missing they are ignored.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: ignored (discards pending ones), then unblocked
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        return
+    parent = os.getppid()
+
+    def take_signals() -> None:
+        while True:
+            info = signal.sigwaitinfo(STOP_SIGNALS)
+            if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take_signals, name="stop-signals", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread while it starts loader workers, so that a worker
+    starts with them blocked and meets none before :func:`init_worker` runs. One arriving
+    meanwhile goes to another thread of this process, or waits for this one."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class ShardLoader(torch.utils.data.DataLoader):
     """A DataLoader of :class:`BatchReads` batches, with a slot pool for its workers.
 
@@ -108,12 +173,16 @@ class ShardLoader(torch.utils.data.DataLoader):
         return _ahead(batches, self.depth)
 
     def _batches(self) -> Iterator[Dict[str, Any]]:
+        # The previous pass's last batches were still referenced when it ended; free them now.
+        self._pending.release_unreferenced()
         reads = self.dataset
         if isinstance(reads, BatchReads) and reads.slots > 0 and self.num_workers > 0:
             if reads.pool is None or not self.persistent_workers:  # a new set of workers
                 reads.pool = SlotPool(self.num_workers, reads.slots, reads.capacity,
                                       reads.dataset.buffer_specs())
-        for batch in super().__iter__():
+        with _stop_signals_blocked():  # a new set of workers starts here
+            batches = super().__iter__()
+        for batch in batches:
             for key in SMALL_KEYS:
                 batch[key] = torch.as_tensor(batch[key])
             slot = batch.pop("slot", NO_SLOT)
@@ -122,6 +191,7 @@ class ShardLoader(torch.utils.data.DataLoader):
             self._pending.release_unreferenced()
             yield batch
             del batch  # so that the previous batch can be released on the next round
+        self._pending.release_unreferenced()
 
     def _from_slot(self, pool: SlotPool, slot: int, rows: int) -> Dict[str, torch.Tensor]:
         tensors = pool.view(slot, rows)
@@ -133,8 +203,9 @@ class ShardLoader(torch.utils.data.DataLoader):
         return tensors
 
     def release_unreferenced(self) -> int:
-        """Give back the slots of handed-out batches that nothing refers to any more (done on
-        every batch; call it after the last one to free the rest). Returns how many."""
+        """Give back the slots of handed-out batches that nothing refers to any more. Iteration
+        does it on every batch, at the end of a pass and at the start of the next, so callers
+        need not; returns how many."""
         return self._pending.release_unreferenced()
 
 
@@ -222,6 +293,6 @@ def make_loader(dataset: ShardDataset, sampler: torch.utils.data.Sampler, config
         reads = BatchReads(dataset, slots=config.prefetch_factor + 2, capacity=config.batch_size)
     return ShardLoader(
         reads, batch_size=None, sampler=batches, num_workers=workers, collate_fn=keep_batch,
-        pin_memory=pin, pin_slots=pin, worker_init_fn=seed_worker,
+        pin_memory=pin, pin_slots=pin, worker_init_fn=init_worker,
         generator=torch.Generator().manual_seed(seed), **kwargs,
     )

@@ -21,19 +21,10 @@ import torch
 from torch import nn
 
 from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugment, one_hot
-from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.stats import AudioStats
 from avsc_pipeline.dataio.video_augment import VideoRandAugment
 from avsc_pipeline.errors import describe
-
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# Frame mean and std per name. The Places365 CNNs (CSAILVision/places365) were trained with the
-# ImageNet values, so both names give the same numbers; the name records which backbone it is.
-FRAME_NORMS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
-    "imagenet": _IMAGENET,
-    "places365": _IMAGENET,
-}
-
 
 class FrameNormalize(nn.Module):
     """uint8 frames -> float32 `(x / 255 - mean) / std` per RGB channel.
@@ -120,32 +111,25 @@ class BatchPreparer(nn.Module):
         audio_stats: the training audio statistics to standardize the audio with, or None to
             feed it as stored (only cast to float32), as the authors feed their [0, 1]-scaled
             features (`loader.audio_normalize: none`).
-        frame_norm: the frames' mean and std, as the video backbone needs them (its
-            `frame_mean`, `frame_std`), or a name in `FRAME_NORMS`.
+        frame_norm: the frames' `(mean, std)` per RGB channel, read from the model that will
+            consume them (`(model.frame_mean, model.frame_std)`, as timm's
+            `resolve_data_config` reads a model's own): build the model first.
         augment: augmentation settings; None for none (evaluation only).
         seed: the run seed; each augmentation gets its own stream derived from it.
     """
 
     def __init__(self, num_classes: int, audio_stats: Optional[AudioStats],
-                 frame_norm: "str | Tuple[Sequence[float], Sequence[float]]" = "imagenet",
+                 frame_norm: Tuple[Sequence[float], Sequence[float]],
                  augment: Optional[BatchAugmentConfig] = None, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"expected num_classes >= 1, got {num_classes!r}")
-        if isinstance(frame_norm, str):
-            if frame_norm not in FRAME_NORMS:
-                raise ValueError(f"expected frame_norm in {sorted(FRAME_NORMS)} or a (mean, std) pair, "
-                                 f"got {frame_norm!r}")
-            frame_norm = FRAME_NORMS[frame_norm]
+        if not isinstance(frame_norm, (tuple, list)) or len(frame_norm) != 2:
+            raise TypeError(f"expected frame_norm as the model's (mean, std) pair, got {frame_norm!r}")
         self.num_classes = num_classes
         self.audio_norm = None if audio_stats is None else AudioNormalize(audio_stats.mean, audio_stats.std)
         self.frame_norm = FrameNormalize(*frame_norm)
         self.video_aug, self.spec_aug, self.channel_swap, self.mixup = _augmentations(augment, seed)
-
-    def set_frame_norm(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Normalize frames with the video backbone's own mean and std from now on."""
-        device = self.frame_norm.scale.device
-        self.frame_norm = FrameNormalize(mean, std).to(device)
 
     def forward(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         """Prepare one batch.

@@ -2,8 +2,9 @@
 
 - :func:`location_split` holds out a fraction of each class's recording locations
   (`identifier`) for validation, as the official DCASE 2021 Task 1b baseline does (10%), with a
-  fixed seed; :func:`split_items` applies it to a dataset, keeping augmented rows of held-out
-  locations out of both sides.
+  fixed seed; :func:`split_items` applies it to a dataset (or takes a separate selection split's
+  rows as the validation rows), keeping out of training every augmented row whose own location,
+  or whose offline-mixing partner's, is held out.
 - :class:`EpochSampler` shuffles each epoch, adds a fresh random `aug_fraction` of the augmented
   rows every epoch, and shards the epoch over `num_replicas` processes exactly as
   `torch.utils.data.DistributedSampler` does (padding by wrapping around, or dropping the tail).
@@ -75,32 +76,65 @@ class Split:
 
 
 def split_items(identifiers: np.ndarray, labels: np.ndarray, is_augmented: np.ndarray,
-                val_fraction: float = 0.1, seed: int = 0) -> Split:
+                val_fraction: float = 0.1, seed: int = 0, partner_locations: Optional[Sequence[Optional[str]]] = None,
+                selection: Optional[np.ndarray] = None) -> Split:
     """Split a dataset's items by location (see :func:`location_split`).
 
-    The held-out locations are chosen among the original items only; augmented items of a
-    held-out location are dropped (they would leak it into training).
+    The held-out locations are chosen among the original items only (or, with `selection`, are
+    the locations of the selection split's items). No item of a held-out location trains, and
+    no augmented item whose offline-mixing partner comes from one, or whose partner is unknown
+    (it could): either would put a held-out location's audio into training.
 
     Args:
         identifiers: `(N,)` str location per item (e.g. `ShardDataset.identifiers`).
         labels: `(N,)` int class per item.
         is_augmented: `(N,)` bool, True for augmented items.
-        val_fraction: fraction of each class's locations held out.
+        val_fraction: fraction of each class's locations held out (not used with `selection`).
         seed: seed of the split.
+        partner_locations: `(N,)` the location of each item's mixing partner: '' for an item
+            without one, None where a partner exists but is unknown. None: no item has one.
+        selection: `(N,)` bool, True for the items of a separate selection split (e.g. the
+            `evaluate` folder): they are the validation items and their locations the held-out
+            ones. None: hold out `val_fraction` of the training locations.
+
+    Raises:
+        ValueError: arrays of other shapes, or augmented items in the selection split.
     """
     identifiers, labels = np.asarray(identifiers), np.asarray(labels)
     is_augmented = np.asarray(is_augmented, dtype=bool)
     if is_augmented.shape != identifiers.shape:
         raise ValueError(f"expected is_augmented of shape {identifiers.shape}, got {is_augmented.shape}")
     original = ~is_augmented
-    held = location_split(identifiers[original], labels[original], val_fraction, seed)
-    in_val = np.isin(identifiers, held)
+    if selection is None:
+        held = location_split(identifiers[original], labels[original], val_fraction, seed)
+        validation = original & np.isin(identifiers, held)
+    else:
+        validation = np.asarray(selection, dtype=bool)
+        if validation.shape != identifiers.shape:
+            raise ValueError(f"expected selection of shape {identifiers.shape}, got {validation.shape}")
+        if (validation & is_augmented).any():
+            raise ValueError(f"expected original items in the selection split, got "
+                             f"{int((validation & is_augmented).sum())} augmented")
+        held = np.unique(identifiers[validation])
+    training = ~validation & ~np.isin(identifiers, held)
     return Split(
-        train=np.flatnonzero(original & ~in_val),
-        augmented=np.flatnonzero(is_augmented & ~in_val),
-        validation=np.flatnonzero(original & in_val),
+        train=np.flatnonzero(training & original),
+        augmented=np.flatnonzero(training & is_augmented & _partner_outside(partner_locations, held, len(identifiers))),
+        validation=np.flatnonzero(validation),
         held_out=held,
     )
+
+
+def _partner_outside(partner_locations: Optional[Sequence[Optional[str]]], held: np.ndarray, count: int) -> np.ndarray:
+    """`(N,)` bool: True where an item has no partner or a known one outside `held`."""
+    if partner_locations is None:
+        return np.ones(count, dtype=bool)
+    partners = np.asarray(partner_locations, dtype=object)
+    if partners.shape != (count,):
+        raise ValueError(f"expected partner_locations of shape ({count},), got {partners.shape}")
+    known = np.array([p is not None for p in partners], dtype=bool)
+    named = np.where(known, partners, "").astype(str)
+    return known & ((named == "") | ~np.isin(named, held.astype(str)))
 
 
 class EpochSampler(torch.utils.data.Sampler):

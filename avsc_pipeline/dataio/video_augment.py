@@ -48,7 +48,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from avsc_pipeline.dataio.config import RANDAUGMENT_OPS, VIDEO_KERNELS, VIDEO_OPS
+from avsc_pipeline.sections.loading import RANDAUGMENT_OPS, VIDEO_KERNELS, VIDEO_OPS
 from avsc_pipeline.dataio.rng import SeededModule
 
 MagnitudeScale = Callable[[int, int, int], torch.Tensor]

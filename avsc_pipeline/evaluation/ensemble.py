@@ -1,6 +1,6 @@
 """Ensembles: several checkpoints scored as one model, from one pass over the inputs.
 
-:class:`Ensemble` has the :class:`~avsc_pipeline.evaluation.runtime.Scorer`'s interface
+:class:`Ensemble` has the :class:`~avsc_pipeline.evaluation.scoring.Scorer`'s interface
 (`probabilities(batch)`, `probability_pair(batch)`, `eval_mode()`, `classes`, `with_video`, ...),
 so :func:`~.evaluate.score_rows` and :func:`~.predict.predict_files` take either. Each batch is
 read once (with frames when any member uses them) and handed to every member; each member's
@@ -42,9 +42,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from avsc_pipeline.config import config_diff, from_dict, load_yaml, to_dict
+from avsc_pipeline.atomic import write_text_atomic
 from avsc_pipeline.devices import pick_device
-from avsc_pipeline.evaluation.predictions import atomic_output
-from avsc_pipeline.evaluation.runtime import Scorer, load_scorer
+from avsc_pipeline.evaluation.scoring import Scorer, load_scorer
 from avsc_pipeline.models.checkpoint import ModelArtifact
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,7 @@ def write_ensemble_file(path: PathLike, spec: EnsembleSpec) -> Path:
             relative.append(str(Path(member).resolve()))
     data = to_dict(EnsembleSpec(tuple(relative), spec.weights, spec.mean, spec.temperature,
                                 spec.member_temperatures, spec.fitted_on, spec.fitted_rows))
-    with atomic_output(path) as tmp:
-        tmp.write_text(yaml.safe_dump({ENSEMBLE_SECTION: data}, sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump({ENSEMBLE_SECTION: data}, sort_keys=False))
     return path
 
 
@@ -336,10 +335,11 @@ class LoadedModel:
         return len(self.members) > 1 or self.ensemble_file is not None
 
     def members_info(self) -> List[Dict[str, Any]]:
-        """One JSON-ready record per member: checkpoint, run, epoch, weight and temperature."""
+        """One JSON-ready record per member: checkpoint, run, epoch, weight, temperature and how
+        training decided it (`calibration`)."""
         return [{"checkpoint": str(Path(src).resolve()), "run": Path(src).resolve().parent.name,
                  "epoch": artifact.epoch, "weight": weight, "temperature": member.temperature,
-                 "modality": member.modality}
+                 "modality": member.modality, "calibration": artifact.calibration}
                 for src, artifact, weight, member in zip(self.sources, self.artifacts, self.weights, self.members)]
 
 

@@ -2,7 +2,7 @@
 
 :func:`evaluate_checkpoint` backs `avsc-eval`. It reads every segment of one split folder
 (`FEATURES/evaluate`, `FEATURES/test`, ...) in row order through the shard loader, scores it
-with the checkpoint's model (:class:`~avsc_pipeline.evaluation.runtime.Scorer`, the path that
+with the checkpoint's model (:class:`~avsc_pipeline.evaluation.scoring.Scorer`, the path that
 training's validation takes too, through :func:`score_rows`) and writes into the output folder
 (default `RUN_DIR/eval/<split>/`, `RUN_DIR/eval/<split>-<modality>/` with `--modality
 audio|video` on a joint model, where `RUN_DIR` is the checkpoint's folder):
@@ -37,16 +37,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from avsc_pipeline.atomic import write_text_atomic
 from avsc_pipeline.config import from_dict
-from avsc_pipeline.dataio.config import LoaderConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.loader import make_loader
-from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
-from avsc_pipeline.evaluation.predictions import atomic_output, segment_filename, write_predictions
+from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
 from avsc_pipeline.evaluation.ensemble import LoadedModel, load_model
-from avsc_pipeline.evaluation.runtime import Scorer, checkpoint_config_hash
+from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows, score_rows_pair
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import load_index
 
@@ -128,7 +127,7 @@ def check_split_folder(split_dir: Path) -> None:
         raise ValueError(f"{split_dir}: expected a split folder of shards (shard-*.h5 and index.json), got none")
 
 
-def open_split(split_dir: "str | os.PathLike[str]", scorer: Any, ckpt_path: Any) -> ShardDataset:
+def open_split(split_dir: "str | os.PathLike[str]", scorer: ScorerLike, ckpt_path: Any) -> ShardDataset:
     """The split's shards as the checkpoint needs them: its class list and feature config.
 
     Args:
@@ -146,55 +145,6 @@ def open_split(split_dir: "str | os.PathLike[str]", scorer: Any, ckpt_path: Any)
                             feature_config=scorer.feature_config)
     except ConfigMismatchError as err:
         raise ValueError(f"{split_dir}: features do not match checkpoint {ckpt_path}: {err}") from None
-
-
-def score_rows(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig,
-               rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
-    """Probabilities of dataset rows, in the order given: how `avsc-eval` scores a split and
-    how training scores its validation rows.
-
-    Args:
-        dataset: the rows, read with the scorer's `with_video`.
-        scorer: the model (put in eval mode for the pass, restored afterwards): a
-            :class:`Scorer`, an :class:`~.ensemble.Ensemble` or a :class:`~.tta.TTAScorer`.
-        loader_config: batch size and workers (`drop_last` is ignored: every row is scored).
-        rows: `(M,)` dataset positions; default every row in row order.
-        progress: show a progress bar.
-
-    Returns:
-        `(M, C)` float64 probabilities, row i for `rows[i]`.
-    """
-    return _score_rows(dataset, scorer, loader_config, rows, progress, pair=False)[0]
-
-
-def score_rows_pair(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig,
-                    rows: Optional[np.ndarray] = None, progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """As :func:`score_rows`, from the same single pass: `(calibrated, uncalibrated)`
-    probabilities, each `(M, C)` float64 (the scorer's `probability_pair`)."""
-    calibrated, uncalibrated = _score_rows(dataset, scorer, loader_config, rows, progress, pair=True)
-    return calibrated, uncalibrated
-
-
-def _score_rows(dataset: ShardDataset, scorer: Any, loader_config: LoaderConfig, rows: Optional[np.ndarray],
-                progress: bool, pair: bool) -> List[np.ndarray]:
-    from tqdm import tqdm
-
-    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
-    position = np.full(len(dataset), -1, dtype=np.int64)
-    position[rows] = np.arange(len(rows))
-    sampler = EpochSampler(rows, shuffle=False, num_replicas=1, rank=0)
-    loader = make_loader(dataset, sampler, loader_config, scorer.device, drop_last=False)
-    outputs = [np.full((len(rows), len(scorer.classes)), np.nan) for _ in range(2 if pair else 1)]
-    with scorer.eval_mode():
-        for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress, leave=False):
-            got = scorer.probability_pair(raw) if pair else (scorer.probabilities(raw),)
-            where = position[raw["index"].numpy()]
-            for out, part in zip(outputs, got):
-                out[where] = part.numpy()
-    loader.release_unreferenced()
-    if np.isnan(outputs[0]).any():
-        raise RuntimeError(f"expected every row scored, got {int(np.isnan(outputs[0]).any(axis=1).sum())} unscored")
-    return outputs
 
 
 #: `avsc-eval`'s default batch on a GPU: scoring keeps no activations for a backward, so a batch
@@ -290,7 +240,8 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
                    out_dir: "str | os.PathLike[str] | None" = None, batch_size: Optional[int] = None,
                    device: "str | torch.device" = "auto", modality: Optional[str] = None, progress: bool = True,
                    workers: Optional[int] = None, calibrated: bool = True, weights: Optional[Sequence[float]] = None,
-                   mean: Optional[str] = None, tta: Sequence[str] = (), clip_pool: str = "mean-prob") -> Dict[str, Any]:
+                   mean: Optional[str] = None, tta: Sequence[str] = (), clip_pool: str = "mean-prob",
+                   ensemble_validation: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Score a checkpoint, an ensemble of several or an ensemble file on one split folder and
     write predictions (and metrics) files.
 
@@ -310,6 +261,8 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
         mean: `arithmetic` (default) or `geometric` combination of an ensemble.
         tta: test-time transforms (:data:`.tta.TTA_TRANSFORMS`).
         clip_pool: how clip scores pool their segments (:data:`.metrics.CLIP_POOLS`).
+        ensemble_validation: the ensemble's figures on its validation rows
+            (:meth:`.ensemble_weights.EnsembleCheck.to_dict`), recorded in `metrics.json`.
 
     Returns:
         For a split with labels, the dict written to `metrics.json` plus `labeled: True` and
@@ -339,8 +292,10 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
     out.mkdir(parents=True, exist_ok=True)
     files = {PREDICTIONS_NAME: write_predictions(out / PREDICTIONS_NAME, segment_filenames(clip_ids, segments),
                                                  probs, model.scorer.classes)}
-    info = {**_model_info(model), "features_config_hash": load_index(split_dir)["config_hash"],
-            "split": split_dir.resolve().name, "n_segments": len(probs), "seconds": seconds,
+    info = {**_model_info(model), "features_dir": str(split_dir.resolve()),
+            "features_config_hash": load_index(split_dir)["config_hash"],
+            "split": split_dir.resolve().name, **selection_info(model.artifacts, split_dir.resolve().name),
+            "n_segments": len(probs), "seconds": seconds,
             "segments_per_s": len(probs) / seconds if seconds > 0 else None}
     logger.info("%s: %d segments scored in %.1f s (%.0f segments/s)", split_dir, len(probs), seconds,
                 info["segments_per_s"] or 0.0)
@@ -349,8 +304,9 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
         return {**info, "labeled": False, "files": files}
     result = {**labeled_metrics(probs, labels, clip_ids, model.scorer.classes, clip_pool),
               **calibration_metrics(probs, uncalibrated, labels), **info}
-    with atomic_output(out / METRICS_NAME) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if ensemble_validation is not None:
+        result["ensemble_validation"] = ensemble_validation
+    write_text_atomic(out / METRICS_NAME, json.dumps(result, indent=2) + "\n")
     files[METRICS_NAME] = out / METRICS_NAME
     try:
         files[CONFUSION_NAME] = _confusion_figure(result, out / CONFUSION_NAME)
@@ -360,6 +316,28 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
     return {**result, "labeled": True, "files": files}
 
 
+#: How `metrics.json`, `avsc-report` and the ablation tables mark a figure scored on the split
+#: that its checkpoint was selected on (`train.validation`).
+SELECTED_ON_SCORED_SPLIT = "selected on the scored split"
+
+
+def selection_info(artifacts: Sequence[ModelArtifact], split: str) -> Dict[str, Any]:
+    """What each checkpoint's `best.pt` was selected on, and whether that is the scored split.
+
+    Args:
+        artifacts: the scored checkpoints (an ensemble's members).
+        split: the scored split folder's name (e.g. `evaluate`).
+
+    Returns:
+        `selected_on`: each checkpoint's `train.validation` (`locations`, or the features split
+        folder it was selected on; `locations` for a checkpoint written before the field
+        existed), and `selected_on_scored_split`: True when one of them is `split`, the figure
+        then being "selected on the scored split" (:data:`SELECTED_ON_SCORED_SPLIT`).
+    """
+    chosen = [str((artifact.config.get("train") or {}).get("validation", "locations")) for artifact in artifacts]
+    return {"selected_on": chosen, "selected_on_scored_split": split in chosen}
+
+
 def _model_info(model: LoadedModel) -> Dict[str, Any]:
     """Where the probabilities came from, for `metrics.json`: the checkpoint (or ensemble
     file), run, modality, epoch, temperature, members, combination, TTA and calibration."""
@@ -367,12 +345,13 @@ def _model_info(model: LoadedModel) -> Dict[str, Any]:
     if model.is_ensemble:
         source = {"checkpoint": None if model.ensemble_file is None else str(model.ensemble_file.resolve()),
                   "checkpoint_config_hash": None, "run": "ensemble", "epoch": None,
-                  "model_modality": scorer.modality, "temperature": model.temperature}
+                  "model_modality": scorer.modality, "temperature": model.temperature, "calibration": None}
     else:
         source = {"checkpoint": str(Path(model.sources[0]).resolve()),
                   "checkpoint_config_hash": checkpoint_config_hash(model.artifacts[0]),
                   "run": Path(model.sources[0]).resolve().parent.name, "epoch": model.artifacts[0].epoch,
-                  "model_modality": first.model.modality, "temperature": first.temperature}
+                  "model_modality": first.model.modality, "temperature": first.temperature,
+                  "calibration": model.artifacts[0].calibration}
     return {**source, "modality": scorer.modality, "calibrated": model.calibrated, "ensemble": model.is_ensemble,
             "members": model.members_info(), "mean": model.mean, "tta": list(model.tta)}
 

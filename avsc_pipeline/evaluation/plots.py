@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from avsc_pipeline.evaluation.predictions import atomic_output
+from avsc_pipeline.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _save(fig: Any, path: "str | os.PathLike[str]") -> Path:
     plt = _pyplot()
     path = Path(path)
     try:
-        with atomic_output(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)

@@ -4,7 +4,7 @@
 uses video, its MP4) goes through stage one's own clip code
 (:func:`avsc_pipeline.features.extract.extract_clip`) under the checkpoint's feature config, so
 its audio features (in the stored dtype) and uint8 frames are bit for bit what a shard would
-hold, and then through the :class:`~avsc_pipeline.evaluation.runtime.Scorer` that `avsc-eval`
+hold, and then through the :class:`~avsc_pipeline.evaluation.scoring.Scorer` that `avsc-eval`
 uses: a segment's probabilities equal `avsc-eval`'s for its shard row (up to the float
 rounding of a different batch composition). Several checkpoints (or an ensemble file) score as
 one :class:`~avsc_pipeline.evaluation.ensemble.Ensemble`, each recording's features extracted
@@ -36,7 +36,8 @@ from avsc_pipeline.evaluation.ensemble import load_model
 from avsc_pipeline.evaluation.evaluate import clip_filename
 from avsc_pipeline.evaluation.metrics import check_clip_pool, pool_segments
 from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
-from avsc_pipeline.manifest import Clip, identifier_from_name
+from avsc_pipeline.corpus.clips import Clip
+from avsc_pipeline.corpus.tau import identifier_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def predict_files(ckpt_path: "PathLike | Sequence[PathLike]", inputs: Iterable[R
 
     Args:
         ckpt_path: the checkpoint; or several (an ensemble), or an ensemble file.
-        inputs: `Clip` records (e.g. from :func:`avsc_pipeline.manifest.load_manifest`) or
+        inputs: `Clip` records (e.g. from :func:`avsc_pipeline.corpus.manifest.load_manifest`) or
             `(audio path, video path or None)` pairs.
         device: `auto`, `cpu`, `cuda`, `cuda:N`.
         jobs: processes extracting features (joblib's loky backend, as stage one).

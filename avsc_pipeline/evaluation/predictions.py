@@ -20,30 +20,15 @@ round trip through :func:`read_predictions` and a cast back to float32) and 17 f
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
+from avsc_pipeline.atomic import atomic_open
+
 _FIXED_COLUMNS = ("filename", "scene_label")
-
-
-@contextlib.contextmanager
-def atomic_output(path: "str | os.PathLike[str]") -> Iterator[Path]:
-    """Yield a temporary path beside `path` and rename it to `path` when the block succeeds.
-
-    A block that raises leaves no file at the temporary name and `path` untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def segment_filename(audio_filename: str, segment: int, n_segments: int) -> str:
@@ -112,12 +97,11 @@ def write_predictions(
     digits = 17 if probs.dtype.itemsize > 4 else 9
     best = np.argmax(probs, axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\t".join(_FIXED_COLUMNS + tuple(classes)) + "\n")
-            for name, row, index in zip(filenames, probs, best):
-                name = _check_field(str(name), "file name")
-                handle.write(f"{name}\t{classes[index]}\t{_format_row(row, digits)}\n")
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write("\t".join(_FIXED_COLUMNS + tuple(classes)) + "\n")
+        for name, row, index in zip(filenames, probs, best):
+            name = _check_field(str(name), "file name")
+            handle.write(f"{name}\t{classes[index]}\t{_format_row(row, digits)}\n")
     return path
 
 

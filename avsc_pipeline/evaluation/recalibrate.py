@@ -24,19 +24,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.samplers import split_items
 from avsc_pipeline.devices import pick_device
-from avsc_pipeline.evaluation.calibration import fit_temperature, log_loss_at
+from avsc_pipeline.evaluation.calibration import TemperatureDecision, fit_temperature, log_loss_at
 from avsc_pipeline.evaluation.ensemble import (Ensemble, EnsembleSpec, is_ensemble_file, normalized_weights,
                                                resolve_members, write_ensemble_file)
+from avsc_pipeline.evaluation.ensemble_weights import validation_rows
 from avsc_pipeline.evaluation.evaluate import check_split_folder, loader_config_of, open_split, score_rows
-from avsc_pipeline.evaluation.runtime import load_scorer
+from avsc_pipeline.evaluation.scoring import load_scorer
 from avsc_pipeline.models.checkpoint import ModelArtifact, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -114,12 +113,13 @@ def calibrate(checkpoints: Sequence[PathLike], split_dir: PathLike, out: PathLik
     scorer = Ensemble(members, [str(p) for p in paths], spec.weights or None, spec.mean) if ensemble else members[0]
     loader_config = loader_config_of(artifacts[0], batch_size, workers, str(paths[0]))
     with open_split(split_dir, scorer, ensemble_file or ", ".join(str(p) for p in paths)) as dataset:
-        rows = _validation_rows(dataset, artifacts, paths) if validation else np.flatnonzero(dataset.labels >= 0)
+        rows = validation_rows(dataset, artifacts, paths) if validation else np.flatnonzero(dataset.labels >= 0)
         if len(rows) == 0:
             raise ValueError(f"{split_dir}: expected labeled segments to fit a temperature on, got none "
                              f"({'no validation locations' if validation else 'an unlabeled split'})")
         probs = score_rows(dataset, scorer, loader_config, rows=rows, progress=progress)
         labels = np.asarray(dataset.labels)[rows].astype(np.int64)
+        n_locations = len(np.unique(np.asarray(dataset.identifiers)[rows]))
     temperature = fit_temperature(probs, labels)
     previous = (spec.temperature if ensemble_file is not None else 1.0) if ensemble else artifacts[0].temperature
     fitted_on = f"{split_dir.resolve()}{' (validation locations)' if validation else ''}"
@@ -129,7 +129,10 @@ def calibrate(checkpoints: Sequence[PathLike], split_dir: PathLike, out: PathLik
                                               temperature, tuple(float(a.temperature) for a in artifacts),
                                               fitted_on, int(len(rows))))
     else:
-        _write_checkpoint(out, artifacts[0], temperature)
+        reason = (f"temperature {temperature:.3g} fitted by avsc-calibrate on {len(rows)} rows of {fitted_on} "
+                  f"(log loss {log_loss_at(probs, labels, 1.0):.4f} -> {log_loss_at(probs, labels, temperature):.4f})")
+        record = TemperatureDecision(temperature, temperature != 1.0, reason, int(len(rows)), n_locations, temperature)
+        _write_checkpoint(out, artifacts[0], temperature, record.to_dict())
     result = CalibrationResult(out, "ensemble" if ensemble else "checkpoint", temperature, float(previous),
                                int(len(rows)), log_loss_at(probs, labels, 1.0), log_loss_at(probs, labels, previous),
                                log_loss_at(probs, labels, temperature))
@@ -138,26 +141,6 @@ def calibrate(checkpoints: Sequence[PathLike], split_dir: PathLike, out: PathLik
     return result
 
 
-def _write_checkpoint(out: Path, artifact: ModelArtifact, temperature: float) -> None:
+def _write_checkpoint(out: Path, artifact: ModelArtifact, temperature: float, calibration: Dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, dataclasses.replace(artifact, temperature=float(temperature)))
-
-
-def _validation_rows(dataset: ShardDataset, artifacts: Sequence[ModelArtifact], paths: Sequence[Path]) -> np.ndarray:
-    """The labeled rows of the checkpoints' validation locations, as training holds them out.
-
-    Raises:
-        ValueError: checkpoints whose `loader.val_fraction` or `loader.split_seed` differ (their
-            validation locations differ, so one's validation rows are another's training rows).
-    """
-    settings = []
-    for artifact, path in zip(artifacts, paths):
-        loader = loader_config_of(artifact, None, None, str(path))
-        settings.append((loader.val_fraction, loader.split_seed))
-    for setting, path in zip(settings[1:], paths[1:]):
-        if setting != settings[0]:
-            raise ValueError(f"{paths[0]} and {path}: expected the same validation split (loader.val_fraction, "
-                             f"loader.split_seed), got {settings[0]} and {setting}")
-    labels = np.asarray(dataset.labels)
-    split = split_items(dataset.identifiers, labels, dataset.is_augmented, *settings[0])
-    return split.validation[labels[split.validation] >= 0]
+    save_checkpoint(out, dataclasses.replace(artifact, temperature=float(temperature), calibration=calibration))

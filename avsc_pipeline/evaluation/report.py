@@ -15,6 +15,11 @@ ensemble (`"ensemble": true`) is a row of its own named after its evaluation fol
 `evaluate-ensemble`); rows whose names collide are told apart by their parent folders
 (`a/run1`, `b/run1`).
 
+The accuracy columns: `accuracy`, the share of segments classified right (micro accuracy, the
+headline figure, as the paper reports it), and `macro acc.`, the mean of the per-class
+accuracies (the class-wise average that DCASE reports). A run whose `best.pt` was selected on
+the split it is scored on (`train.validation`) is marked `*`: "selected on the scored split".
+
 The log loss columns: `log loss` as scored (calibrated: each checkpoint's temperature, and an
 ensemble's own, applied, unless evaluated with `--no-calibration`) and `uncal. log loss`, the
 same models at temperature 1; `T` is the temperature applied (an ensemble's own).
@@ -30,13 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from avsc_pipeline.evaluation.predictions import atomic_output
+from avsc_pipeline.atomic import atomic_open, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
 PREFERRED_SPLIT = "evaluate"
 _REQUIRED_KEYS = ("classes", "accuracy", "log_loss", "per_class")
+SELECTED_MARK = "*"
+#: The footnote of the marked rows.
+SELECTED_NOTE = f"{SELECTED_MARK} selected on the scored split: best.pt was chosen on the split it is scored on"
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class RunRow:
         temperature: the temperature applied (None where not recorded).
         ece: the expected calibration error as scored (None where not recorded).
         ensemble: whether the row is an ensemble of checkpoints.
+        selected_on_scored_split: whether a checkpoint of the row was selected on the split the
+            row is scored on (`metrics.json`'s `selected_on_scored_split`).
     """
 
     name: str
@@ -66,6 +76,19 @@ class RunRow:
     temperature: Optional[float] = None
     ece: Optional[float] = None
     ensemble: bool = False
+    selected_on_scored_split: bool = False
+
+    @property
+    def macro_accuracy(self) -> Optional[float]:
+        """The mean of the per-class accuracies over the classes present (DCASE's class-wise
+        average), None when no class has segments."""
+        present = [value for value in self.per_class_accuracy if value is not None]
+        return sum(present) / len(present) if present else None
+
+    @property
+    def shown_name(self) -> str:
+        """The name in the tables, `*` appended when selected on the scored split."""
+        return f"{self.name} {SELECTED_MARK}" if self.selected_on_scored_split else self.name
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,7 @@ def _row(name: str, path: Path, data: Dict[str, Any]) -> RunRow:
     accs = tuple(None if per_class[c].get("accuracy") is None else float(per_class[c]["accuracy"]) for c in classes)
     return RunRow(name, path, float(data["accuracy"]), float(data["log_loss"]), accs, classes,
                   _number(data, "log_loss_uncalibrated"), _number(data, "temperature"), _number(data, "ece"),
-                  bool(data.get("ensemble", False)))
+                  bool(data.get("ensemble", False)), bool(data.get("selected_on_scored_split", False)))
 
 
 def _number(data: Dict[str, Any], key: str) -> Optional[float]:
@@ -228,12 +251,12 @@ def _optional(value: Optional[float], digits: int = 3) -> str:
 
 
 def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None) -> str:
-    """An aligned plain-text table: run, accuracy (%), log loss, uncalibrated log loss,
-    temperature, and per-class accuracy when `classes` is given (columns in `classes` order,
-    which must be the rows' class list)."""
-    header = ["model", "accuracy", "log loss", "uncal. log loss", "T"]
-    body = [[row.name, _percent(row.accuracy), f"{row.log_loss:.3f}", _optional(row.log_loss_uncalibrated),
-             _optional(row.temperature, 2)] for row in rows]
+    """An aligned plain-text table: run, accuracy (%), macro accuracy (%), log loss, uncalibrated
+    log loss, temperature, and per-class accuracy when `classes` is given (columns in `classes`
+    order, which must be the rows' class list); a footnote under it when a row is marked."""
+    header = ["model", "accuracy", "macro acc.", "log loss", "uncal. log loss", "T"]
+    body = [[row.shown_name, _percent(row.accuracy), _percent(row.macro_accuracy), f"{row.log_loss:.3f}",
+             _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)] for row in rows]
     if classes is not None:
         classes = _checked_classes(rows, classes)
         header += list(classes)
@@ -244,6 +267,8 @@ def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None
     for line in [header] + body:
         cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
         lines.append("   ".join(cells).rstrip())
+    if any(row.selected_on_scored_split for row in rows):
+        lines += ["", SELECTED_NOTE]
     return "\n".join(lines)
 
 
@@ -256,16 +281,19 @@ def _checked_classes(rows: Sequence[RunRow], classes: Sequence[str]) -> List[str
 
 
 def markdown_table(rows: Sequence[RunRow], classes: Sequence[str]) -> str:
-    """A Markdown table: run, accuracy %, log loss, uncalibrated log loss, temperature, then
-    per-class accuracy % in `classes` order."""
+    """A Markdown table: run, accuracy %, macro accuracy %, log loss, uncalibrated log loss,
+    temperature, then per-class accuracy % in `classes` order; a footnote when a row is marked."""
     classes = _checked_classes(rows, classes)
-    header = ["run", "accuracy %", "log loss", "uncal. log loss", "T"] + classes
+    header = ["run", "accuracy %", "macro acc. %", "log loss", "uncal. log loss", "T"] + classes
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [row.name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}", f"{row.log_loss:.3f}",
+        cells = [row.shown_name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}",
+                 "n/a" if row.macro_accuracy is None else f"{100.0 * row.macro_accuracy:.1f}", f"{row.log_loss:.3f}",
                  _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)]
         cells += ["n/a" if v is None else f"{100.0 * v:.1f}" for v in row.per_class_accuracy]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.selected_on_scored_split for row in rows):
+        lines += ["", SELECTED_NOTE.replace("*", "\\*", 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -273,16 +301,17 @@ def write_csv(rows: Sequence[RunRow], classes: Sequence[str], path: "str | os.Pa
     """Write the Markdown table's columns as numbers (percent for accuracies; empty for n/a)."""
     classes = _checked_classes(rows, classes)
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece",
-                             "ensemble"] + [f"{c}_accuracy_percent" for c in classes])
-            for row in rows:
-                per_class = ["" if v is None else repr(100.0 * v) for v in row.per_class_accuracy]
-                extra = ["" if v is None else repr(v) for v in (row.log_loss_uncalibrated, row.temperature, row.ece)]
-                writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + extra
-                                + [int(row.ensemble)] + per_class)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece",
+                         "ensemble", "macro_accuracy_percent", "selected_on_scored_split"]
+                        + [f"{c}_accuracy_percent" for c in classes])
+        for row in rows:
+            per_class = ["" if v is None else repr(100.0 * v) for v in row.per_class_accuracy]
+            extra = ["" if v is None else repr(v) for v in (row.log_loss_uncalibrated, row.temperature, row.ece)]
+            macro = "" if row.macro_accuracy is None else repr(100.0 * row.macro_accuracy)
+            writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + extra
+                            + [int(row.ensemble), macro, int(row.selected_on_scored_split)] + per_class)
     return path
 
 
@@ -305,11 +334,12 @@ def write_report(paths: Sequence["str | os.PathLike[str]"], out_dir: "str | os.P
     table = format_table(rows)
     intro = ("# Run comparison\n\nSegment-level scores; log loss is the primary metric. `log loss` is "
              "calibrated (each checkpoint's temperature, an ensemble's own `T` on top), `uncal. log loss` the "
-             "same models at temperature 1.\n\n")
+             "same models at temperature 1. `accuracy` (over segments) is the headline accuracy, as the paper "
+             "reports it; `macro acc.` is the mean of the per-class accuracies, the class-wise average DCASE "
+             "reports.\n\n")
     markdown = intro + markdown_table(rows, classes)
     files = {"report.md": out / "report.md", "report.csv": out / "report.csv"}
-    with atomic_output(files["report.md"]) as tmp:
-        tmp.write_text(markdown, encoding="utf-8")
+    write_text_atomic(files["report.md"], markdown)
     write_csv(rows, classes, files["report.csv"])
     runs = {row.name: list(row.per_class_accuracy) for row in rows}
     files["per_class_accuracy.png"] = plot_per_class_accuracy(runs, classes, out / "per_class_accuracy.png")

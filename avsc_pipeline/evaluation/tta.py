@@ -51,7 +51,7 @@ def flip_frames(video: torch.Tensor) -> torch.Tensor:
 
 
 class TTAScorer:
-    """A scorer (a :class:`~avsc_pipeline.evaluation.runtime.Scorer` or an
+    """A scorer (a :class:`~avsc_pipeline.evaluation.scoring.Scorer` or an
     :class:`~avsc_pipeline.evaluation.ensemble.Ensemble`) whose probabilities are the mean over
     the variants of each batch.
 

@@ -1,6 +1,6 @@
 """Audio features: per-second log-mel filter banks with deltas, both channels.
 
-The definition (the contract with stage two) is :class:`~avsc_pipeline.features.config.FeatureConfig`;
+The definition (the contract with stage two) is :class:`~avsc_pipeline.sections.features.FeatureConfig`;
 :func:`reference_features` computes it with librosa and numpy one segment and channel at a time,
 as its fields state. :class:`FastLogMel` is the default implementation: the same arithmetic
 batched in PyTorch (framed real FFT in float64, librosa's mel filter bank, min-max scaling,
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import BadClipError, check_media_file
 
 logger = logging.getLogger(__name__)

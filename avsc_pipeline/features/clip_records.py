@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from avsc_pipeline.errors import ConfigMismatchError
-from avsc_pipeline.manifest import Clip
+from avsc_pipeline.corpus.clips import Clip
 from avsc_pipeline.storage.index import write_json_atomic
 
 logger = logging.getLogger(__name__)

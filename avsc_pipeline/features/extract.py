@@ -19,13 +19,14 @@ import numpy as np
 
 from avsc_pipeline.config import config_hash, to_dict
 from avsc_pipeline.features.clip_records import changed_clips, write_records
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import BadClipError
 from avsc_pipeline.features.shard_engine import (
     DEFAULT_SHARD_SIZE, RunSummary, ShardJob, ShardPlan, check_run_args, check_state, group_into_shards,
     hash_strings, plan_attrs, set_worker_threads, write_shards,
 )
-from avsc_pipeline.manifest import Clip, label_index
+from avsc_pipeline.corpus.clips import Clip
+from avsc_pipeline.corpus.manifest import label_index
 from avsc_pipeline.storage.index import INDEX_NAME
 from avsc_pipeline.storage.shards import ORIGINAL_VARIANT, ShardWriter, stage_one_columns
 

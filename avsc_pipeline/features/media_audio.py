@@ -15,7 +15,7 @@ from typing import Tuple
 import numpy as np
 
 from avsc_pipeline.errors import BadClipError, check_media_file
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 
 logger = logging.getLogger(__name__)
 

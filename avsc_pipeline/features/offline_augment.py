@@ -2,7 +2,7 @@
 
 The paper enlarges the audio training data before training with (i) pitch shifting, (ii) speed
 changing, (iii) Gaussian noise and (iv) mixing two recordings of the same scene class, with the
-authors' values as the defaults of :class:`~avsc_pipeline.features.config.OfflineAugmentConfig`
+authors' values as the defaults of :class:`~avsc_pipeline.sections.features.OfflineAugmentConfig`
 (`offline_augment:`). Each operation maps a `(C, n)` float32 waveform at the feature sample rate
 to a new waveform, every channel alike:
 
@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 # OfflineAugmentConfig lives with FeatureConfig (the recipe's sections); imported here for its users.
-from avsc_pipeline.features.config import OfflineAugmentConfig
+from avsc_pipeline.sections.features import OfflineAugmentConfig
 from avsc_pipeline.features.pvoc import STFTAnalysis, stretch
 from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
 

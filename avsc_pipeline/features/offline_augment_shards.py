@@ -29,7 +29,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avsc_pipeline.config import config_diff, config_hash, to_dict
-from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
+from avsc_pipeline.sections.features import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.offline_augment import AugmentError, Augmenter, AugmentParams, draw_params, output_samples
 from avsc_pipeline.features.extract import audio_extractor, planned_samples
@@ -37,9 +37,9 @@ from avsc_pipeline.features.shard_engine import (
     DEFAULT_SHARD_SIZE, RunSummary, ShardJob, check_run_args, check_state, group_into_shards, hash_strings,
     plan_attrs, set_worker_threads, write_shards,
 )
-from avsc_pipeline.manifest import Clip
+from avsc_pipeline.corpus.clips import Clip
 from avsc_pipeline.storage.index import folder_attrs, row_labels
-from avsc_pipeline.features.config import feature_config_of
+from avsc_pipeline.sections.features import feature_config_of
 from avsc_pipeline.storage.shards import ShardWriter, augment_columns
 
 logger = logging.getLogger(__name__)

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from avsc_pipeline.config import config_diff
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atomic
-from avsc_pipeline.storage.shards import SHARD_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name
+from avsc_pipeline.storage.shards import (
+    SHARD_GLOB, TEMPORARY_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ BACKENDS = ("loky", "dask")
 class ShardPlan:
     """The work items planned into one shard and how many rows they should give.
 
-    Items are :class:`~avsc_pipeline.manifest.Clip` records for extraction; any record with a
+    Items are :class:`~avsc_pipeline.corpus.clips.Clip` records for extraction; any record with a
     `clip_id` works (offline augmentation plans its own items).
     """
 
@@ -137,7 +139,7 @@ def check_state(folder: Path, state: Dict[str, Any], overwrite: bool, name: str)
     """
     path = folder / name
     if overwrite and folder.exists():
-        for old in list(folder.glob(SHARD_GLOB)) + list(folder.glob("shard-*.h5.tmp")):
+        for old in list(folder.glob(SHARD_GLOB)) + list(folder.glob(TEMPORARY_GLOB)):
             old.unlink()
         for stale in (INDEX_NAME, name):
             (folder / stale).unlink(missing_ok=True)

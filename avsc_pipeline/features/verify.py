@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-from avsc_pipeline.features.config import augment_config_of, feature_config_of
+from avsc_pipeline.sections.features import augment_config_of, feature_config_of
 from avsc_pipeline.storage.index import verify_shards
 from avsc_pipeline.storage.shards import Column, augment_columns, stage_one_columns
 

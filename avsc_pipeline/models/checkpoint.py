@@ -4,18 +4,21 @@ A checkpoint file is a `torch.save`d dict that `torch.load(weights_only=True)` r
 dicts, lists, tuples, str, int, float, bool, None only)::
 
     format           "avsc-pipeline-checkpoint"
-    format_version   2
+    format_version   3
     artifact         ModelArtifact as a dict: what evaluation and prediction need
     resume           ResumeState as a dict (training's `last.pt` and `best.pt`), or None
 
 :func:`save_checkpoint` is the one writer (trainer and tests alike), atomically;
-:func:`load_checkpoint` the one reader, which also reads format 1 (the flat dict of earlier
-versions). Evaluation needs only the artifact, never the trainer.
+:func:`load_checkpoint` the one reader, which migrates older formats on purpose, one function per
+version: format 1 (the flat dict of earlier versions) and format 2 (whose config sections left out
+the fields added with the authors' definitions when they held the earlier values). Evaluation
+needs only the artifact, never the trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -24,17 +27,27 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_open
 from ..config import from_dict
 from .classifier import SceneClassifier, build_model
-from .config import MODALITIES, ModelConfig
+from avsc_pipeline.sections import Recipe
+from avsc_pipeline.sections.model import MODALITIES, ModelConfig
 from .weights import describe_error, needs_full_unpickler
 
 FORMAT = "avsc-pipeline-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Format 2 wrote a section without these keys when all of them held these values (the
+# definitions before the keys existed); format 3 writes every key.
+_FORMAT_2_OMITTED = {
+    "features": {"pad_mode": "constant", "log": "db", "log_offset": 1e-8, "scaling": "none", "delta": "librosa"},
+    "offline_augment": {"speed_method": "resample", "noise": "snr", "noise_std": 0.01, "mix": "one_gain"},
+    "loader": {"audio_normalize": "standardize"},
+}
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/DataParallel wrappers
 _SAFE_LEAVES = (Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
 
 PathLike = Union[str, "os.PathLike[str]"]
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -53,8 +66,9 @@ class ModelArtifact:
     Attributes:
         weights: the :class:`SceneClassifier`'s state dict (no wrapper prefixes).
         classes: the C class names, in the logits' order.
-        config: every resolved config section as a dict; `config["model"]` builds the model and
-            `config["features"]` is the feature config of the shards the run read (the one
+        config: the run's :class:`~avsc_pipeline.sections.Recipe` as a dict
+            (`Recipe.to_dict`, read back by :attr:`recipe`); `config["model"]` builds the model
+            and `config["features"]` is the feature config of the shards the run read (the one
             place a checkpoint holds it).
         audio_stats: the per-channel audio statistics the run normalized with (a dict of
             `AudioStats.to_json`), or None for a video model.
@@ -63,6 +77,10 @@ class ModelArtifact:
             or None.
         epoch: the epochs trained when it was written.
         temperature: the calibration temperature the logits are divided by (1.0: none).
+        calibration: how training decided the temperature (the dict of
+            :class:`~avsc_pipeline.evaluation.calibration.TemperatureDecision`: `temperature`,
+            `fitted`, `reason` and the leave-one-location-out figures), or None (a checkpoint
+            written before the decision was recorded, or not calibrated by training).
     """
 
     weights: Dict[str, Tensor]
@@ -72,6 +90,7 @@ class ModelArtifact:
     embedding_means: Optional[Dict[str, Tensor]] = None
     epoch: int = 0
     temperature: float = 1.0
+    calibration: Optional[Dict[str, Any]] = None
 
     @property
     def modality(self) -> str:
@@ -82,6 +101,16 @@ class ModelArtifact:
     def feature_config(self) -> Dict[str, Any]:
         """The feature config (as a dict) of the shards the model was trained on."""
         return self.config.get("features") or {}
+
+    @property
+    def recipe(self) -> Recipe:
+        """:attr:`config` read back into the run's typed :class:`~avsc_pipeline.sections.Recipe`
+        (`offline_augment` is None when the run read no offline-augmented shards).
+
+        Raises:
+            ValueError: a section or value the recipe does not know, named.
+        """
+        return Recipe.from_dict(self.config, source="checkpoint config", absent=("offline_augment",))
 
 
 @dataclass
@@ -145,17 +174,8 @@ def save_checkpoint(path: PathLike, artifact: ModelArtifact, resume: Optional[Re
     resume_fields = None if resume is None else {f.name: getattr(resume, f.name) for f in dataclasses.fields(resume)}
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact": fields, "resume": resume_fields}
     check_weights_only_safe(state)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def check_weights_only_safe(obj: Any, where: str = "checkpoint") -> None:
@@ -213,7 +233,9 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
         raise CheckpointError(path, f"not an avsc-pipeline checkpoint (format {found!r}, expected {FORMAT!r})")
     version = state.get("format_version")
     if version == 1:
-        state = _from_format_1(state, path)
+        state = _from_format_2(_from_format_1(state, path), path)
+    elif version == 2:
+        state = _from_format_2(state, path)
     elif version != FORMAT_VERSION:
         raise CheckpointError(path, f"expected format_version 1..{FORMAT_VERSION}, got {version!r}")
     artifact = state.get("artifact")
@@ -261,6 +283,22 @@ def _from_format_1(state: Dict[str, Any], path: str) -> Dict[str, Any]:
                 "audio_stats": state.get("audio_stats"), "embedding_means": state.get("embedding_means"),
                 "epoch": int(state.get("epoch", 0))}
     return {"artifact": artifact, "resume": None}
+
+
+def _from_format_2(state: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """A format-2 checkpoint as format 3: a config section that holds none of the keys format 2
+    left out gets their earlier values (what the section meant when it was written)."""
+    artifact = state.get("artifact")
+    if not isinstance(artifact, dict) or not isinstance(artifact.get("config"), dict):
+        return state
+    config = dict(artifact["config"])
+    for name, omitted in _FORMAT_2_OMITTED.items():
+        section = config.get(name)
+        if isinstance(section, dict) and section and not set(section) & set(omitted):
+            config[name] = {**section, **omitted}
+            logger.info("%s: format-2 config.%s migrated (%s)", path, name,
+                        ", ".join(f"{k}={v!r}" for k, v in omitted.items()))
+    return {**state, "artifact": {**artifact, "config": config}}
 
 
 def strip_prefixes(state: Dict[str, Tensor], prefixes: Iterable[str] = _PREFIXES) -> Dict[str, Tensor]:

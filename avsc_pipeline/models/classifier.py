@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import MODALITIES, ModelConfig
+from avsc_pipeline.sections.model import MODALITIES, ModelConfig
 from .fusion import MLPHead
 from .registry import create_audio_extractor, create_video_extractor
 from .video import IMAGENET_MEAN, IMAGENET_STD, VideoExtractor

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import AUDIO_EMBEDDINGS
+from avsc_pipeline.sections.model import AUDIO_EMBEDDINGS
 
 
 class ChannelAttention(nn.Module):

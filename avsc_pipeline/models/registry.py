@@ -1,6 +1,6 @@
 """Model builders by name, as timm's `create_model`: a config names a model, this builds it.
 
-`models/config.py` imports nothing from here; a name this module does not know is refused when
+`sections/model.py` imports nothing from here; a name this module does not know is refused when
 the model is built, naming the known ones.
 """
 
@@ -11,7 +11,7 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from .config import NAMED_WEIGHTS, ModelConfig
+from avsc_pipeline.sections.model import NAMED_WEIGHTS, ModelConfig
 from .fcnn import FCNN
 from .video import VIDEO_BACKBONES, VideoExtractor, build_backbone, named_weights_library
 from .weights import load_backbone_weights

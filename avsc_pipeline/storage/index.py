@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from avsc_pipeline.atomic import atomic_open
 from avsc_pipeline.config import config_diff
 from avsc_pipeline.storage.columns import column_blocks, read_columns
 from avsc_pipeline.storage.shards import (
@@ -74,12 +75,9 @@ def folder_attrs(folder: "str | os.PathLike[str]") -> Dict[str, Any]:
 
 
 def write_json_atomic(data: Any, path: "str | os.PathLike[str]") -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    """Write JSON to `path` atomically (:func:`avsc_pipeline.atomic.atomic_open`)."""
+    with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _class_counts(path: Path, classes: List[str]) -> Dict[str, int]:

@@ -36,10 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avsc_pipeline import __version__
+from avsc_pipeline.atomic import TEMPORARY_SUFFIX, atomic_path
 from avsc_pipeline.config import config_hash, to_dict
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
+#: A shard being written (or left by a killed run): `shard-*.h5.tmp`, never a complete shard.
+TEMPORARY_GLOB = SHARD_GLOB + TEMPORARY_SUFFIX
 STRING = "str"
 
 
@@ -202,8 +205,9 @@ class ShardWriter:
         """Write everything added so far to the shard file (atomically); returns its path."""
         import h5py
 
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
+        # One fixed temporary name per shard: a rerun after a kill writes over the killed run's
+        # leftover (and `--overwrite` finds it by TEMPORARY_GLOB) instead of leaving it behind.
+        with atomic_path(self.path, temporary=self.path.with_name(self.path.name + TEMPORARY_SUFFIX)) as tmp:
             with h5py.File(tmp, "w") as handle:
                 for name, column in self.columns.items():
                     self._write_column(handle, name, column)
@@ -211,10 +215,6 @@ class ShardWriter:
                     handle.attrs[key] = value
                 handle.attrs["skipped"] = json.dumps(self.skipped)
                 handle.attrs["rows"] = self.rows
-            os.replace(tmp, self.path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return self.path
 
     def _write_column(self, handle: Any, name: str, column: Column) -> None:

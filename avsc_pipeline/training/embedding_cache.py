@@ -4,7 +4,9 @@ training-set mean embeddings that a joint model's checkpoint carries.
 A frozen extractor that sees no augmentation gives every row the same embedding every epoch,
 so :func:`build_caches` runs it once over the rows a run reads (each distinct frame pair once:
 offline-augmented rows share their source row's frames), and training and validation read the
-tables instead (:class:`~avsc_pipeline.evaluation.runtime.Scorer` takes them as `cached`).
+tables instead (:class:`~avsc_pipeline.evaluation.scoring.Scorer` takes them as `cached`). The
+embeddings come from the run's one forward path (:class:`~avsc_pipeline.inference.Inference`, in
+eval mode: normalized, not augmented), under the run's precision and memory format.
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.loader import make_loader
-from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.dataio.training_input import TrainingInput
-from avsc_pipeline.devices import autocast
-from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.training.config import TrainConfig
+from avsc_pipeline.inference import Inference
+from avsc_pipeline.sections.train import TrainConfig
 from avsc_pipeline.training.distributed import Context, all_max, all_sum
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,8 @@ def cacheable(frozen_audio: bool, frozen_video: bool, train: TrainConfig,
     return {"audio": frozen_audio and not audio_augmented, "video": frozen_video and not video_augmented}
 
 
-def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConfig, augment: BatchAugmentConfig,
-                 precision: Optional[torch.dtype] = None, progress: bool = False,
-                 context: Optional[Context] = None) -> Dict[str, torch.Tensor]:
+def build_caches(inference: Inference, inputs: TrainingInput, train: TrainConfig, augment: BatchAugmentConfig,
+                 progress: bool = False, context: Optional[Context] = None) -> Dict[str, torch.Tensor]:
     """The embedding tables of the cacheable frozen extractors, over every row the run reads
     (under several processes each embeds its share and the tables are summed across them).
 
@@ -57,21 +56,22 @@ def build_caches(model: SceneClassifier, inputs: TrainingInput, train: TrainConf
     """
     caches = {}
     rows = np.concatenate([inputs.split.train, inputs.split.augmented, inputs.split.validation])
+    model = inference.model
     for part, ok in cacheable(model.frozen_audio, model.frozen_video, train, augment).items():
         if ok:
             started = time.perf_counter()
-            caches[part] = compute_embeddings(model, part, inputs, rows, precision, progress, context)
+            logger.info("frozen %s extractor: caching the embeddings of %d rows", part, len(rows))
+            caches[part] = compute_embeddings(inference, part, inputs, rows, progress, context)
             logger.info("frozen %s extractor: embeddings of %d rows cached in %.1f s", part, len(rows),
                         time.perf_counter() - started)
     return caches
 
 
 @torch.no_grad()
-def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput, rows: Sequence[int],
-                       precision: Optional[torch.dtype] = None, progress: bool = False,
-                       context: Optional[Context] = None) -> torch.Tensor:
-    """One extractor's embeddings of the given dataset rows, in eval mode, without augmentation,
-    under the run's autocast.
+def compute_embeddings(inference: Inference, part: str, inputs: TrainingInput, rows: Sequence[int],
+                       progress: bool = False, context: Optional[Context] = None) -> torch.Tensor:
+    """One extractor's embeddings of the given dataset rows through the run's forward path in
+    eval mode (normalized, not augmented).
 
     Video embeddings are computed once per distinct frame pair: an offline-augmented row shares
     its source row's frames, so its embedding is copied from the source's. Under several
@@ -96,23 +96,16 @@ def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput,
     if distributed:
         distinct = distinct[context.rank::context.world_size]
     device = inputs.device
-    preparer = BatchPreparer(len(inputs.classes), inputs.audio_stats,
-                             (model.frame_mean, model.frame_std)).to(device).eval()
     sampler = EpochSampler(distinct, shuffle=False, num_replicas=1, rank=0)
     batches = make_loader(dataset, sampler, inputs.loader_config, device, drop_last=False)
-    embed = model.embed_audio if part == "audio" else model.embed_video
-    was_training = model.training
-    model.eval()
     table: Optional[torch.Tensor] = None
-    for raw in tqdm(batches, desc=f"caching {part} embeddings", disable=not progress, leave=False):
-        batch = preparer(raw)
-        with autocast(device, precision):
-            values = embed(batch[part]).float()
-        if table is None:
-            table = torch.zeros(len(dataset), values.shape[1], device=device)
-        table[batch["index"].to(device)] = values
-    batches.release_unreferenced()
-    model.train(was_training)
+    with inference.eval_mode():
+        for raw in tqdm(batches, desc=f"caching {part} embeddings", disable=not progress, leave=False):
+            batch = inference.prepare(raw)
+            values = inference.embeddings(part, batch)
+            if table is None:
+                table = torch.zeros(len(dataset), values.shape[1], device=device)
+            table[batch["index"].to(device)] = values
     if distributed:
         width = torch.tensor([0 if table is None else table.shape[1]], device=device)
         all_max(width, context)
@@ -127,8 +120,8 @@ def compute_embeddings(model: SceneClassifier, part: str, inputs: TrainingInput,
 
 
 @torch.no_grad()
-def embedding_means(model: SceneClassifier, inputs: TrainingInput, caches: Dict[str, torch.Tensor], seed: int,
-                    precision: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+def embedding_means(inference: Inference, inputs: TrainingInput, caches: Dict[str, torch.Tensor],
+                    seed: int) -> Dict[str, torch.Tensor]:
     """Mean E_A and E_V of a joint model over (up to 4,096 of) the original training rows.
 
     Returns:
@@ -142,6 +135,6 @@ def embedding_means(model: SceneClassifier, inputs: TrainingInput, caches: Dict[
     means = {}
     for part in ("audio", "video"):
         # Rank 0 alone computes the means (for the checkpoint it writes): no collective here.
-        table = caches[part] if part in caches else compute_embeddings(model, part, inputs, rows, precision)
+        table = caches[part] if part in caches else compute_embeddings(inference, part, inputs, rows)
         means[part] = table[index].mean(0).cpu()
     return means

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 from avsc_pipeline.config import config_diff
 from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.models.classifier import SceneClassifier, build_model
-from avsc_pipeline.models.config import ModelConfig
-from avsc_pipeline.training.config import TrainConfig
+from avsc_pipeline.sections.model import ModelConfig
+from avsc_pipeline.sections.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, List
+from typing import Iterable, Sequence
 
 import torch
 
-from avsc_pipeline.training.config import TrainConfig
+from avsc_pipeline.sections.train import TrainConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -27,42 +27,76 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def warm_restart_factor(epoch: float, restarts: List[int], min_factor: float) -> float:
-    """The learning rate as a fraction of the initial one at fractional `epoch`.
+def warm_restart_lr(step: int, steps_per_epoch: int, max_lr: float, min_lr: float,
+                    restarts: Sequence[int], period: float = 2.0) -> float:
+    """The rate Hu et al.'s `LR_WarmRestart` callback sets for one optimizer step.
 
-    Cosine annealing from 1 to `min_factor` within each period; periods end at `restarts`
-    (e.g. 3, 7, 15, 31: periods of 3, 4, 8, 16 epochs) and repeat the last period's length
-    after the last restart, as in SGDR (Loshchilov and Hutter) and Hu et al.'s FCNN recipe.
+    The callback (their `DCASE_training_functions.py`) numbers epochs as `epoch` below
+    `restarts[0] - 1` and `epoch + 1` from there on (it skips one number); each restart it
+    reaches starts a new cosine from `max_lr` and doubles the period, which is `period` epochs
+    before the first. Within an epoch it moves by `batch / steps_per_epoch` every step::
+
+        pts = current_epoch + batch / nbatch - start
+        rate = min_lr + 0.5 (max_lr - min_lr)(1 + cos(pts / T * pi))
+
+    With restarts 3, 7, 15, 31, 63, 127 and period 2 the 0-based epochs 0-1, 2-5, 6-13, 14-29,
+    30-61, 62-125 and 126-253 are one period each (2, 4, ..., 128 epochs): 254 epochs end just
+    before the last period does. Past a period's end (no restart left) the cosine rises again,
+    as the callback's does.
+
+    Args:
+        step: 0-based optimizer step since the start of the run.
+        steps_per_epoch: optimizer steps per epoch (the callback's `nbatch`).
+        max_lr: the rate at each (re)start.
+        min_lr: the rate at each period's end.
+        restarts: the callback's `epochs_restart`, in its numbering, increasing.
+        period: the first period in epochs (the callback's `Tmult`).
     """
-    start, end = 0.0, float(restarts[0])
-    for boundary in restarts[1:]:
-        if epoch < end:
-            break
-        start, end = end, float(boundary)
-    while epoch >= end:  # past the last listed restart: keep the last period's length
-        start, end = end, end + (end - start)
-    progress = (epoch - start) / (end - start)
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    epoch, batch = divmod(int(step), int(steps_per_epoch))
+    current = epoch if epoch + 1 < restarts[0] else epoch + 1
+    start, length = 0, float(period)
+    for restart in restarts:  # every restart the callback has met by this epoch
+        if restart <= current:
+            start, length = restart, 2 * length
+    pts = current + batch / steps_per_epoch - start
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(pts / length * math.pi))
+
+
+def keras_decay(step: int, decay: float) -> float:
+    """Keras' (2.x) inverse-time decay of `SGD(decay=...)`: the factor `1 / (1 + decay * step)`
+    applied to the rate at optimizer step `step` (0 for the first)."""
+    return 1.0 / (1.0 + decay * step)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-optimizer-step schedule (call `step()` after every optimizer step).
 
+    The factor is a function of the global optimizer step alone (the scheduler's `last_epoch`,
+    saved in its state dict), so a resumed run continues the same curve, Keras' decay included.
+
     Args:
         optimizer: the optimizer.
-        config: `scheduler`, `epochs`, `lr`, `min_lr`, `restart_epochs`.
+        config: `scheduler`, `epochs`, `lr`, `min_lr`, `restart_epochs`, `restart_period`,
+            `lr_decay`.
         steps_per_epoch: optimizer steps per epoch.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"expected steps_per_epoch >= 1, got {steps_per_epoch}")
-    min_factor = min(1.0, config.min_lr / config.lr)
+    lr, decay = config.lr, config.lr_decay
+    min_factor = min(1.0, config.min_lr / lr)
     total = config.epochs * steps_per_epoch
     if config.scheduler == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    restarts = list(config.restart_epochs)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warm_restart_factor(step / steps_per_epoch, restarts, min_factor))
+        def schedule(step: int) -> float:
+            return 1.0
+    elif config.scheduler == "cosine":
+        def schedule(step: int) -> float:
+            return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    else:
+        restarts, period, min_lr = tuple(config.restart_epochs), config.restart_period, min(config.min_lr, lr)
+
+        def schedule(step: int) -> float:
+            return warm_restart_lr(step, steps_per_epoch, lr, min_lr, restarts, period) / lr
+    if decay == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * keras_decay(step, decay))

@@ -1,7 +1,8 @@
 """One training run from a features folder into a run folder: the steps `avsc-train` takes.
 
 Each step is one library factory, composed here as timm's `train.py` composes its own: join the
-process group, read the training input, build the model, cache frozen embeddings, train.
+process group, read what the shards hold, build the model for them, build the training input
+with the model's own frame statistics, cache frozen embeddings, train.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any, Dict, Optional
 import torch
 
 from avsc_pipeline.config import from_dict, to_dict
-from avsc_pipeline.dataio.training_input import build_training_input
+from avsc_pipeline.dataio.training_input import build_training_input, shard_info, training_folders
 from avsc_pipeline.devices import amp_dtype
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.inference import Inference
+from avsc_pipeline.sections import Recipe
+from avsc_pipeline.sections.features import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.storage.index import load_index
 from avsc_pipeline.training import rng_state
@@ -40,7 +43,7 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
+def train_run(features_dir: Path, run_dir: Path, recipe: Recipe, *,
               given_features: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
               device: str = "auto", progress: bool = True) -> Dict[str, Any]:
     """Train one model from `FEATURES_DIR/train` (+ `train-aug`) into `run_dir`.
@@ -48,7 +51,8 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
     Args:
         features_dir: the stage-one output folder.
         run_dir: the run folder.
-        sections: every resolved config section.
+        recipe: the resolved recipe (its `features` and `offline_augment` are replaced by what
+            the shards were made with before anything is written).
         given_features: the `features:` keys the config files give, if any (checked against
             the shards; the run records the shards' own feature config).
         resume: continue from `run_dir/last.pt`.
@@ -63,11 +67,12 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
     Raises:
         ValueError: bad input (named): features, weights, init_from, run folder, config.
     """
-    context = join(device, sections["train"].dist_timeout_s)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"expected a Recipe, got {type(recipe).__name__}")
+    context = join(device, recipe.train.dist_timeout_s)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        row = _train(context, Path(features_dir), Path(run_dir), dict(sections), given_features, resume,
-                     overwrite, progress)
+        row = _train(context, Path(features_dir), Path(run_dir), recipe, given_features, resume, overwrite, progress)
         barrier(context)  # no process leaves the group while another still uses it
         return row
     finally:
@@ -76,46 +81,41 @@ def train_run(features_dir: Path, run_dir: Path, sections: Dict[str, Any], *,
         teardown()
 
 
-def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[str, Any],
-           given_features: Optional[dict], resume: bool, overwrite: bool, progress: bool) -> Dict[str, Any]:
-    train, model_config = sections["train"], sections["model"]
+def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, given_features: Optional[dict],
+           resume: bool, overwrite: bool, progress: bool) -> Dict[str, Any]:
+    train, model_config = recipe.train, recipe.model
     configure_determinism(train.deterministic, context.device)
     rng_state.seed_everything(train.seed)
+    classes, shard_features = shard_info(features_dir, recipe.loader)
+    recipe = _as_read(recipe, features_dir, shard_features, given_features)
+    check_run_dir(run_dir, recipe, resume, overwrite)
+    # The model first; the preparer then normalizes frames with the model's own statistics.
+    model = build_run_model(model_config, train, classes, to_dict(shard_features),
+                            shard_features.audio_shape[0]).to(context.device)
     inputs = None
     try:
         frozen_video = train.freeze_video and model_config.uses_video
-        video_cached = cacheable(False, frozen_video, train, sections["batch_augment"])["video"]
+        video_cached = cacheable(False, frozen_video, train, recipe.batch_augment)["video"]
         inputs = build_training_input(
-            features_dir, sections["loader"], sections["batch_augment"], context.device, train.seed,
-            with_video=model_config.uses_video and not video_cached, frame_norm="imagenet",
-            rank=context.rank, barrier=lambda: barrier(context))
-        features = to_dict(inputs.dataset.feature_config)
-        check_feature_section(given_features, features, inputs.folders[0])
-        sections["features"] = from_dict(FeatureConfig, features, source=f"{inputs.folders[0]}: feature config")
-        # What the run read: the offline augmentation of the train-aug shards, or none.
-        sections.pop("offline_augment", None)
-        if len(inputs.folders) > 1:
-            sections["offline_augment"] = load_index(inputs.folders[1]).get("augment_config") or {}
-        check_run_dir(run_dir, sections, resume, overwrite)
-        model = build_run_model(model_config, train, list(inputs.classes), features,
-                                inputs.dataset.feature_config.audio_shape[0]).to(context.device)
-        if context.device.type == "cuda" and train.channels_last:
-            model.to(memory_format=torch.channels_last)
-        inputs.preparer.set_frame_norm(model.frame_mean, model.frame_std)
+            features_dir, recipe.loader, recipe.batch_augment, context.device, train.seed,
+            with_video=model_config.uses_video and not video_cached, frame_norm=(model.frame_mean, model.frame_std),
+            rank=context.rank, barrier=lambda: barrier(context), validation=train.validation)
         checkpoint = load_checkpoint(run_dir / LAST_NAME, map_location="cpu") if resume else None
         # Everything that can fail on bad input has run: only now is the run folder written.
         handler = None
         if context.is_main:
-            start_run_dir(run_dir, sections, overwrite)
+            start_run_dir(run_dir, recipe, overwrite)
             handler = add_log_file(run_dir)
         try:
             logger.info("training the %s model on %s (%d process(es)), run folder %s", model.modality,
                         context.device, context.world_size, run_dir)
             if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
                 torch.manual_seed(inputs.seed)
-            caches = build_caches(model, inputs, train, sections["batch_augment"],
-                                  amp_dtype(train.amp, context.device), progress and context.is_main, context)
-            trainer = Trainer(sections, inputs, model, caches, run_dir, context, progress)
+            inference = Inference(model, inputs.preparer, context.device, amp_dtype(train.amp, context.device),
+                                  channels_last=train.channels_last)
+            caches = build_caches(inference, inputs, train, recipe.batch_augment, progress and context.is_main,
+                                  context)
+            trainer = Trainer(recipe, inputs, inference, caches, run_dir, context, progress)
             if checkpoint is not None:
                 if checkpoint.resume is None:
                     raise ValueError(f"{run_dir / LAST_NAME}: holds no resume state")
@@ -129,3 +129,17 @@ def _train(context: Context, features_dir: Path, run_dir: Path, sections: Dict[s
     finally:
         if inputs is not None:
             inputs.close()
+
+
+def _as_read(recipe: Recipe, features_dir: Path, shard_features: FeatureConfig,
+             given_features: Optional[dict]) -> Recipe:
+    """The recipe with what the run reads: the shards' feature config (checked against the
+    `features:` keys the config files give) and the offline augmentation of the `train-aug`
+    shards it reads, or None."""
+    folders = training_folders(features_dir, recipe.loader)
+    check_feature_section(given_features, to_dict(shard_features), folders[0])
+    offline = None
+    if len(folders) > 1:
+        stored = load_index(folders[1]).get("augment_config")
+        offline = from_dict(OfflineAugmentConfig, stored, source=f"{folders[1]}: augment config") if stored else None
+    return recipe.replace(features=shard_features, offline_augment=offline)

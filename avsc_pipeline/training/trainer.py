@@ -6,7 +6,7 @@ owns the optimizer, schedule and loop. Every epoch it writes `last.pt` (and `bes
 best validation figure) through the one checkpoint writer; SIGINT and SIGTERM finish the current
 optimizer step, write `last.pt` and stop, and `--resume` continues from there: with
 `train.deterministic` on CPU the resumed run ends with exactly the weights of an uninterrupted
-one. Validation scores through the :class:`~avsc_pipeline.evaluation.runtime.Scorer` that
+one. Validation scores through the :class:`~avsc_pipeline.evaluation.scoring.Scorer` that
 `avsc-eval` uses, so `metrics.csv` and `avsc-eval` agree.
 """
 
@@ -23,16 +23,14 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from avsc_pipeline.config import section_dict
 from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
-from avsc_pipeline.devices import amp_dtype, autocast
-from avsc_pipeline.evaluation.calibration import fit_temperature
-from avsc_pipeline.evaluation.evaluate import score_rows
+from avsc_pipeline.evaluation.calibration import TemperatureDecision, decide_temperature
 from avsc_pipeline.evaluation.metrics import score
-from avsc_pipeline.evaluation.runtime import Scorer
+from avsc_pipeline.evaluation.scoring import Scorer, score_rows
+from avsc_pipeline.inference import Inference
 from avsc_pipeline.models.checkpoint import ModelArtifact, ResumeState, save_checkpoint
-from avsc_pipeline.models.classifier import SceneClassifier
+from avsc_pipeline.sections import Recipe
 from avsc_pipeline.training import rng_state
 from avsc_pipeline.training.distributed import (
     Context, all_sum, broadcast_buffers, broadcast_flag, gather_objects, unwrap,
@@ -50,32 +48,33 @@ class Trainer:
     """One training run.
 
     Args:
-        sections: the resolved config sections (`model`, `train`, `batch_augment`, `loader`,
-            `features` = the shards' feature config, ...).
+        recipe: the run's resolved recipe (`features` = the shards' feature config).
         inputs: the run's shards, split, sampler, statistics and batch preparer.
-        model: the run's model (initialized and frozen as configured), on `context.device`.
+        inference: the run's forward path: the model (initialized and frozen as configured) on
+            `context.device`, the training input's preparer, memory format and precision.
         caches: embedding tables of frozen, unaugmented extractors (see `embedding_cache`).
         run_dir: where checkpoints, metrics and curves go (rank 0 writes).
         context: device, rank and world size.
         progress: show progress bars.
     """
 
-    def __init__(self, sections: Dict[str, Any], inputs: TrainingInput, model: SceneClassifier,
+    def __init__(self, recipe: Recipe, inputs: TrainingInput, inference: Inference,
                  caches: Dict[str, torch.Tensor], run_dir: Path, context: Context, progress: bool = True) -> None:
-        self.sections, self.inputs, self.caches = sections, inputs, caches
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"expected a Recipe, got {type(recipe).__name__}")
+        self.recipe, self.inputs, self.caches, self.inference = recipe, inputs, caches, inference
         self.run_dir, self.context, self.device = Path(run_dir), context, context.device
-        self.train_cfg, self.loader_cfg = sections["train"], sections["loader"]
+        self.train_cfg, self.loader_cfg = recipe.train, recipe.loader
         self.progress = progress and context.is_main
-        self.model = model
+        model = self.model = inference.model
         self.step_model = self._wrap(model)
         self.optimizer = build_optimizer(model.parameters(), self.train_cfg)
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / self.train_cfg.grad_accum))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, self.steps_per_epoch)
-        self.precision = amp_dtype(self.train_cfg.amp, self.device)
+        self.precision = inference.precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
-        self.scorer = Scorer(model, inputs.preparer, list(inputs.classes), inputs.dataset.feature_config,
-                             model.modality, self.device, self.precision, cached=caches,
-                             channels_last=self.device.type == "cuda" and self.train_cfg.channels_last)
+        self.scorer = Scorer(inference, list(inputs.classes), inputs.dataset.feature_config, model.modality,
+                             cached=caches)
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
         self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
         self.history: List[Dict[str, Any]] = []
@@ -171,7 +170,6 @@ class Trainer:
             if self.epoch_batches % accum == 0 and self._should_stop():
                 break
         bar.close()
-        loader.release_unreferenced()
         totals = all_sum(torch.cat([sums, torch.tensor([float(meter.samples)], device=self.device,
                                                        dtype=torch.float64)]), self.context).cpu()
         count = max(float(totals[2]), 1.0)
@@ -179,20 +177,16 @@ class Trainer:
                 **meter.summary(float(totals[2]))}
 
     def _step(self, raw: Dict[str, Any], boundary: bool) -> tuple:
-        batch = self.inputs.preparer(raw)
+        batch = self.inference.prepare(raw)
         given = {}
         if self.caches:  # the row index goes to the device only when a table is read with it
             index = batch["index"].to(self.device, non_blocking=True)
-            given = {f"e_{part}": table[index] for part, table in self.caches.items()}
-        audio = None if "e_audio" in given else batch["audio"]
-        if audio is not None and self.device.type == "cuda" and self.train_cfg.channels_last:
-            audio = audio.contiguous(memory_format=torch.channels_last)
+            given = {part: table[index] for part, table in self.caches.items()}
         sync = contextlib.nullcontext()
         if not boundary and isinstance(self.step_model, torch.nn.parallel.DistributedDataParallel):
             sync = self.step_model.no_sync()
         with sync:
-            with autocast(self.device, self.precision):
-                logits = self.step_model(audio, batch.get("video"), **given)
+            logits = self.inference.logits(batch, given, module=self.step_model)
             loss = soft_target_cross_entropy(logits.float(), batch["target"])
             self.scaler.scale(loss / self.train_cfg.grad_accum).backward()
         if boundary:
@@ -249,19 +243,18 @@ class Trainer:
         # Mean embeddings and the calibration temperature go with the checkpoints a user scores:
         # the best and the final one (fitted on the validation rows, with that epoch's weights).
         means = self._embedding_means() if (best or final) else None
-        temperature = self._temperature() if (best or final) else 1.0
+        decision = self._temperature() if (best or final) else None
+        temperature, calibration = (decision.temperature, decision.to_dict()) if decision else (1.0, None)
         if best:
-            self.save(self.run_dir / BEST_NAME, means, temperature)
-        self.save(self.run_dir / LAST_NAME, means if final else None, temperature if final else 1.0)
+            self.save(self.run_dir / BEST_NAME, means, temperature, calibration)
+        self.save(self.run_dir / LAST_NAME, means if final else None, temperature if final else 1.0,
+                  calibration if final else None)
         if not self.context.is_main:
             return
         write_metrics(self.history, self.run_dir / METRICS_NAME, best_epoch=self.best["epoch"] if self.best else None)
-        try:
-            from avsc_pipeline.evaluation.plots import plot_curves
+        from avsc_pipeline.evaluation.plots import plot_curves
 
-            plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)
-        except (ImportError, ValueError) as err:
-            logger.warning("curves.png not drawn: %s", err)
+        plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)  # the history has a row
 
     def _is_best(self, row: Dict[str, Any]) -> bool:
         if row["val_log_loss"] is None:
@@ -272,28 +265,32 @@ class Trainer:
             return row["val_accuracy"] > self.best["val_accuracy"]
         return row["val_log_loss"] < self.best["val_log_loss"]
 
-    def _temperature(self) -> float:
-        """The temperature that minimizes this epoch's validation log loss (1 without validation)."""
+    def _temperature(self) -> Optional[TemperatureDecision]:
+        """This epoch's calibration: a temperature fitted on the validation rows only where their
+        locations confirm it (:func:`decide_temperature`); None without validation."""
         if self._validation is None or len(self._validation[1]) == 0:
-            return 1.0
-        temperature = fit_temperature(*self._validation)
-        logger.info("calibration: temperature %.3f fitted on %d validation rows", temperature,
-                    len(self._validation[1]))
-        return temperature
+            return None
+        locations = self.inputs.dataset.identifiers[self.inputs.split.validation]
+        logger.info("calibration: checking a temperature on %d validation rows (leave one location out)",
+                    len(locations))
+        decision = decide_temperature(*self._validation, locations)
+        logger.info("calibration: %s", decision.reason)
+        return decision
 
     def _embedding_means(self) -> Optional[Dict[str, torch.Tensor]]:
         if self.model.modality != "joint" or not self.context.is_main:
             return None
-        return embedding_means(self.model, self.inputs, self.caches, self.train_cfg.seed, self.precision)
+        return embedding_means(self.inference, self.inputs, self.caches, self.train_cfg.seed)
 
-    def artifact(self, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0) -> ModelArtifact:
+    def artifact(self, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0,
+                 calibration: Optional[Dict[str, Any]] = None) -> ModelArtifact:
         """What scoring this model needs (the shards' feature config among the sections)."""
         return ModelArtifact(
             weights=unwrap(self.model).state_dict(), classes=list(self.inputs.classes),
-            config={name: section_dict(value) for name, value in self.sections.items()},
+            config=self.recipe.to_dict(),
             audio_stats=(self.inputs.audio_stats.to_json()
                          if self.model.uses_audio and self.inputs.audio_stats is not None else None),
-            embedding_means=means, epoch=self.epoch, temperature=float(temperature),
+            embedding_means=means, epoch=self.epoch, temperature=float(temperature), calibration=calibration,
         )
 
     def resume_state(self, streams: List[Dict[str, Any]]) -> ResumeState:
@@ -308,13 +305,14 @@ class Trainer:
             history=list(self.history), best=self.best,
         )
 
-    def save(self, path: Path, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0) -> None:
+    def save(self, path: Path, means: Optional[Dict[str, torch.Tensor]] = None, temperature: float = 1.0,
+             calibration: Optional[Dict[str, Any]] = None) -> None:
         """Write a checkpoint atomically (a collective: every rank gives its random streams,
         rank 0 writes)."""
         streams = gather_objects({"preparer": self.inputs.preparer.state_dict(),
                                   "rng": rng_state.capture(self.device)}, self.context)
         if self.context.is_main:
-            save_checkpoint(path, self.artifact(means, temperature), self.resume_state(streams))
+            save_checkpoint(path, self.artifact(means, temperature, calibration), self.resume_state(streams))
 
     def resume(self, artifact: ModelArtifact, state: ResumeState, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model, optimizer, schedule,

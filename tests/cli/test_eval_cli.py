@@ -9,10 +9,10 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.evaluation.predictions import read_predictions
 from avsc_pipeline.testing import write_test_checkpoint
-from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.corpus.tau import load_tau
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.testing import write_random_shard
 from avsc_pipeline_cli.calibrate import main as calibrate_main

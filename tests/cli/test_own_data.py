@@ -96,6 +96,28 @@ def test_split_and_id_columns_and_a_byte_order_mark(media, tmp_path):
     assert result.exit_code != 0 and "no rows of split 'test'" in result.output
 
 
+def test_a_split_holding_some_classes_gets_the_whole_csvs_class_list(media, tmp_path):
+    from avsc_pipeline.dataio.dataset import ShardDataset
+    from avsc_pipeline.errors import ConfigMismatchError
+    from avsc_pipeline.storage.index import load_index
+
+    rows = media_rows(media)
+    classes = sorted({r[2] for r in rows})
+    # The evaluate split holds the rows of one class only (the last two, sorted by file name).
+    split_rows = [r + ["train" if i < 4 else "evaluate"] for i, r in enumerate(rows)]
+    assert len({r[2] for r in split_rows if r[4] == "evaluate"}) == 1
+    csv = write_csv(media, "one_class_eval.csv", split_rows, header=HEADER + ",split")
+    out = tmp_path / "F"
+    for split in ("train", "evaluate"):
+        result = extract(csv, out, "--split", split)
+        assert result.exit_code == 0, result.output
+        assert load_index(out / split)["classes"] == classes
+    # --classes still decides; a folder made with another list is refused with the remedy named.
+    assert extract(csv, tmp_path / "G", "--split", "evaluate", "--classes", rows[-1][2]).exit_code == 0
+    with pytest.raises(ConfigMismatchError, match=f"--classes {','.join(classes)}"):
+        ShardDataset([tmp_path / "G" / "evaluate"], classes=classes)
+
+
 def test_class_list_with_spaces_and_verbose_after_the_subcommand(media, tmp_path):
     csv = write_csv(media, "classes.csv", media_rows(media))
     result = extract(csv, tmp_path / "F", "--classes", "north, south, east", "-v")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avsc_pipeline.config import dump_yaml
-from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig, LoaderConfig
 from avsc_pipeline.recipe import load_section
 
 

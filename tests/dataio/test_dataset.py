@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.errors import ConfigMismatchError
-from avsc_pipeline.manifest import TAU_CLASSES
+from avsc_pipeline.corpus.tau import TAU_CLASSES
 from avsc_pipeline.testing import SMALL_FEATURES, write_augmented_folder, write_random_folder, write_random_shard
 
 

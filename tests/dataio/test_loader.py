@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsc_pipeline.dataio.config import BatchAugmentConfig, LoaderConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig, LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.training_input import build_training_input, process_seed

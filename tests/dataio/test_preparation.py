@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from avsc_pipeline.dataio.config import BatchAugmentConfig
+from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.preparation import FRAME_NORMS, BatchPreparer
 from avsc_pipeline.dataio.stats import compute_audio_stats
@@ -33,7 +33,7 @@ def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
 def test_without_statistics_the_audio_goes_in_as_stored(small_pair):
     """`loader.audio_normalize: none` (the authors' [0, 1] features): no statistics, no change,
     and the in-place augmentations never write into the loader's batch."""
-    from avsc_pipeline.dataio.config import LoaderConfig
+    from avsc_pipeline.sections.loading import LoaderConfig
 
     assert LoaderConfig().audio_normalize == "none"
     dataset = ShardDataset([small_pair / "train"])

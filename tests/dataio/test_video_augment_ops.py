@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from avsc_pipeline.config import dump_yaml
-from avsc_pipeline.dataio.config import RANDAUGMENT_OPS, VIDEO_OPS, BatchAugmentConfig
+from avsc_pipeline.sections.loading import RANDAUGMENT_OPS, VIDEO_OPS, BatchAugmentConfig
 from avsc_pipeline.dataio.video_augment import OP_SPACE, VideoRandAugment, magnitude_of
 from avsc_pipeline.recipe import load_section, load_sections
 

@@ -7,10 +7,10 @@ from typing import Dict
 
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.features.extract import extract_split
-from avsc_pipeline.manifest import TAU_CLASSES, load_tau
+from avsc_pipeline.corpus.tau import TAU_CLASSES, load_tau
 
 # Small frames keep extraction and the video model fast; everything else is the recipe's.
 FEATURES = FeatureConfig(image_size=32)

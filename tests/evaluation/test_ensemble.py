@@ -16,7 +16,7 @@ from avsc_pipeline.evaluation.ensemble import (Ensemble, EnsembleSpec, load_mode
                                                parse_weights, read_ensemble_file, write_ensemble_file)
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_model
 from avsc_pipeline.evaluation.predictions import read_predictions
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.testing import write_random_shard, write_test_checkpoint

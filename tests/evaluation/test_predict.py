@@ -11,7 +11,7 @@ import pytest
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
 from avsc_pipeline.evaluation.predict import clips_path, predict_files, write_prediction_files
 from avsc_pipeline.evaluation.predictions import read_predictions
-from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.corpus.tau import load_tau
 
 
 @pytest.fixture(scope="module")

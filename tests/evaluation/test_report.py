@@ -59,12 +59,13 @@ def test_format_table(two_runs):
     run_dir, joint, _ = two_runs
     rows = report.load_rows([run_dir, joint])
     assert report.format_table(rows) == (
-        "model        accuracy   log loss   uncal. log loss      T\n"
-        "audio-only     51.0 %      0.812               n/a    n/a\n"
-        "joint-eval     98.0 %      0.071             0.093   1.31"
+        "model        accuracy   macro acc.   log loss   uncal. log loss      T\n"
+        "audio-only     51.0 %       51.0 %      0.812               n/a    n/a\n"
+        "joint-eval     98.0 %       98.0 %      0.071             0.093   1.31"
     )
     wide = report.format_table(rows, CLASSES).splitlines()
-    assert wide[0].split() == ["model", "accuracy", "log", "loss", "uncal.", "log", "loss", "T", "bus", "park", "tram"]
+    assert wide[0].split() == ["model", "accuracy", "macro", "acc.", "log", "loss", "uncal.", "log", "loss", "T",
+                               "bus", "park", "tram"]
     assert wide[1].endswith("60.0 %   42.0 %      n/a")
 
 
@@ -72,22 +73,24 @@ def test_write_report(two_runs, tmp_path):
     run_dir, joint, _ = two_runs
     out = tmp_path / "out"
     result = report.write_report([run_dir, joint], out)
-    assert result.table.splitlines()[1].split() == ["audio-only", "51.0", "%", "0.812", "n/a", "n/a"]
+    assert result.table.splitlines()[1].split() == ["audio-only", "51.0", "%", "51.0", "%", "0.812", "n/a", "n/a"]
     assert set(result.files) == {"report.md", "report.csv", "per_class_accuracy.png"}
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert "| run | accuracy % | log loss | uncal. log loss | T | bus | park | tram |" in markdown
-    assert "| audio-only | 51.0 | 0.812 | n/a | n/a | 60.0 | 42.0 | n/a |" in markdown
-    assert "| joint-eval | 98.0 | 0.071 | 0.093 | 1.31 | 100.0 | 96.0 | 98.0 |" in markdown
+    assert "| run | accuracy % | macro acc. % | log loss | uncal. log loss | T | bus | park | tram |" in markdown
+    assert "| audio-only | 51.0 | 51.0 | 0.812 | n/a | n/a | 60.0 | 42.0 | n/a |" in markdown
+    assert "| joint-eval | 98.0 | 98.0 | 0.071 | 0.093 | 1.31 | 100.0 | 96.0 | 98.0 |" in markdown
     with open(out / "report.csv", newline="", encoding="utf-8") as handle:
         records = list(csv.reader(handle))
     assert records[0] == [
         "run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece", "ensemble",
+        "macro_accuracy_percent", "selected_on_scored_split",
         "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent"
     ]
-    assert records[1][0] == "audio-only" and records[1][3:6] == ["", "", ""] and records[1][9] == ""
-    np.testing.assert_allclose([float(v) for v in records[1][1:3] + records[1][6:9]], [51.0, 0.8123, 0, 60.0, 42.0])
+    assert records[1][0] == "audio-only" and records[1][3:6] == ["", "", ""] and records[1][11] == ""
+    np.testing.assert_allclose([float(v) for v in records[1][1:3] + records[1][6:11]],
+                               [51.0, 0.8123, 0, 51.0, 0, 60.0, 42.0])
     np.testing.assert_allclose([float(v) for v in records[2][1:]],
-                               [98.0, 0.0712, 0.0931, 1.312, 0.02, 0, 100.0, 96.0, 98.0])
+                               [98.0, 0.0712, 0.0931, 1.312, 0.02, 0, 98.0, 0, 100.0, 96.0, 98.0])
     assert (out / "per_class_accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in out.iterdir()) == ["per_class_accuracy.png", "report.csv", "report.md"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import BadClipError
 from avsc_pipeline.config import from_dict, to_dict
 from avsc_pipeline.features.audio import (

@@ -7,12 +7,12 @@ import h5py
 import numpy as np
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
 from avsc_pipeline.features.extract import extract_split, plan_shards
 from avsc_pipeline.features.video import read_frame_pairs
-from avsc_pipeline.manifest import TAU_CLASSES, load_tau
+from avsc_pipeline.corpus.tau import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import build_index, load_index
 from avsc_pipeline.features.verify import verify_folder
@@ -161,7 +161,7 @@ def test_crash_at_any_moment_then_resume_gives_identical_arrays(tmp_path, kill_w
     crashed = tmp_path / "crashed"
     script = (
         "import sys; from avsc_pipeline.features.extract import extract_split; "
-        "from avsc_pipeline.manifest import load_tau, TAU_CLASSES; from avsc_pipeline.features.config import FeatureConfig; "
+        "from avsc_pipeline.corpus.tau import load_tau, TAU_CLASSES; from avsc_pipeline.sections.features import FeatureConfig; "
         f"extract_split(load_tau({str(root)!r}, 'all'), sys.argv[1], FeatureConfig(), list(TAU_CLASSES), "
         "shard_size=2, progress=False)"
     )
@@ -231,7 +231,7 @@ def test_real_clips_end_to_end(shared_mini, tmp_path):
 
 def test_planned_samples_equal_the_resampled_length(tmp_path):
     from avsc_pipeline.features.extract import planned_samples
-    from avsc_pipeline.manifest import Clip
+    from avsc_pipeline.corpus.clips import Clip
 
     path = write_wav(tmp_path / "a.wav", noisy_tone(2.0, sr=44100), sr=44100)
     clip = Clip("a", path, None, None, "a")

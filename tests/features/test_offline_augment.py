@@ -11,7 +11,7 @@ import pytest
 from avsc_pipeline.config import dump_yaml
 from avsc_pipeline.recipe import load_section
 from avsc_pipeline.features import pvoc
-from avsc_pipeline.features.config import DSP_CHOICES, OfflineAugmentConfig
+from avsc_pipeline.sections.features import DSP_CHOICES, OfflineAugmentConfig
 from avsc_pipeline.features.offline_augment import (
     DSP_IMPLEMENTATIONS, AugmentError, Augmenter, add_fixed_noise, add_noise, change_speed, change_tempo,
     draw_params, mix, output_samples, pitch_shift, repeat_to_length, variant_rngs,
@@ -248,7 +248,7 @@ def test_augmenter_reuses_one_analysis_and_both_backends_agree_on_the_tone():
 
 
 def test_augmented_schema_follows_the_variants():
-    from avsc_pipeline.features.config import FeatureConfig
+    from avsc_pipeline.sections.features import FeatureConfig
     from avsc_pipeline.storage.shards import augment_columns
 
     earlier = set(augment_columns(FeatureConfig()))

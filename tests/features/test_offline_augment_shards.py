@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from avsc_pipeline.features.config import FeatureConfig, OfflineAugmentConfig
+from avsc_pipeline.sections.features import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
 from avsc_pipeline.features.audio import load_audio, reference_features, split_segments
 from avsc_pipeline.features.offline_augment import change_speed, variant_rngs
 from avsc_pipeline.features.offline_augment_shards import augment_split
 from avsc_pipeline.features.extract import extract_split
 from avsc_pipeline.features.video import read_frame_pairs
-from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.corpus.tau import load_tau
 from avsc_pipeline.storage.index import build_index, load_index, row_locations
 from avsc_pipeline.features.verify import verify_folder
 from avsc_pipeline.storage.columns import read_columns
@@ -229,7 +229,7 @@ def test_kill_at_any_moment_then_resume_gives_identical_arrays(extracted, tmp_pa
     shutil.copytree(features / "train", crashed / "train")
     script = (
         "import sys; from avsc_pipeline.features.offline_augment_shards import augment_split; "
-        "from avsc_pipeline.features.config import OfflineAugmentConfig; from avsc_pipeline.manifest import load_tau; "
+        "from avsc_pipeline.sections.features import OfflineAugmentConfig; from avsc_pipeline.corpus.tau import load_tau; "
         f"augment_split(load_tau({str(root)!r}, 'train'), sys.argv[1] + '/train', sys.argv[1] + '/train-aug', "
         "OfflineAugmentConfig(ops=('pitch', 'noise'), copies=2), shard_size=2, progress=False)"
     )

@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.features.shard_engine import (
     RunSummary, ShardJob, check_run_args, check_state, group_into_shards, parse_part, plan_attrs, state_diff,

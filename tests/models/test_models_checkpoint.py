@@ -11,7 +11,7 @@ from avsc_pipeline.models.checkpoint import (
     save_checkpoint,
 )
 from avsc_pipeline.models.classifier import build_model
-from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.sections.model import ModelConfig
 
 CONFIG = ModelConfig(audio_widths=(8, 16, 32), video="small_cnn", fusion_hidden=(16, 8))
 CLASSES = ["airport", "bus", "park"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from avsc_pipeline.models.classifier import SceneClassifier, build_model, count_parameters
-from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.sections.model import ModelConfig
 from avsc_pipeline.models.fusion import MLPHead
 from avsc_pipeline.models.video import IMAGENET_MEAN, IMAGENET_STD
 

@@ -3,7 +3,7 @@
 import pytest
 
 from avsc_pipeline.config import from_dict, to_dict
-from avsc_pipeline.models.config import MODALITIES, ModelConfig
+from avsc_pipeline.sections.model import MODALITIES, ModelConfig
 from avsc_pipeline.models.registry import check_video_names, create_audio_extractor
 
 

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from avsc_pipeline.models.classifier import build_model
-from avsc_pipeline.models.config import ModelConfig
+from avsc_pipeline.sections.model import ModelConfig
 from avsc_pipeline.models.weights import load_weights_file, normalize_keys
 
 

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.storage.shard_io import ShardReaders, open_shard_file
 from avsc_pipeline.testing import write_random_shard
 

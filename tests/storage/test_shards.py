@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.storage.shards import ShardWriter, read_attrs, shard_attrs, stage_one_columns
 
 

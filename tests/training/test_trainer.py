@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint
-from avsc_pipeline.recipe import load_sections
+from avsc_pipeline.sections import load_recipe
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.testing import write_random_shard
 from avsc_pipeline.training.run import train_run
@@ -56,7 +56,7 @@ def features(tmp_path_factory) -> Path:
 
 
 def sections(*overrides: str, configs=()):
-    return load_sections(list(configs) or None, TINY + list(overrides))
+    return load_recipe(list(configs) or None, TINY + list(overrides))
 
 
 def metrics_rows(run: Path):
@@ -89,8 +89,8 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(features, tmp_path):
     assert artifact.config["train"]["epochs"] == 4 and artifact.feature_config["n_mels"] == 32
     assert set(state.rng["0"]) >= {"torch", "numpy", "python"} and state.optimizer and state.scheduler
     assert row["val_log_loss"] is not None and 0 <= float(rows[-1]["data_wait_fraction"]) <= 1
-    saved = load_sections(run / "config.yaml")
-    assert saved["train"].epochs == 4 and saved["features"] == FEATURES  # the shards' features, not the defaults
+    saved = load_recipe(run / "config.yaml")
+    assert saved.train.epochs == 4 and saved.features == FEATURES  # the shards' features, not the defaults
     import yaml
 
     assert "offline_augment" not in yaml.safe_load((run / "config.yaml").read_text())  # no train-aug was read
@@ -100,18 +100,15 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(features, tmp_path):
 def assert_validation_is_avsc_eval(features: Path, run: Path, rel: float = 1e-9) -> None:
     """The last epoch's validation figures in metrics.csv equal evaluation's on the same rows
     (`rel`: float32 convolutions round differently in batches of other rows)."""
-    from avsc_pipeline.config import from_dict
-    from avsc_pipeline.dataio.config import LoaderConfig
     from avsc_pipeline.dataio.dataset import ShardDataset
     from avsc_pipeline.dataio.training_input import build_training_input
-    from avsc_pipeline.evaluation.evaluate import score_rows
     from avsc_pipeline.evaluation.metrics import score
-    from avsc_pipeline.evaluation.runtime import load_scorer
+    from avsc_pipeline.evaluation.scoring import load_scorer, score_rows
 
     last = metrics_rows(run)[-1]
     artifact = load_checkpoint(run / "last.pt").artifact
-    loader = from_dict(LoaderConfig, artifact.config["loader"])
-    inputs = build_training_input(features, loader, None, "cpu")
+    loader = artifact.recipe.loader
+    inputs = build_training_input(features, loader, None, "cpu", frame_norm=((0.5,) * 3, (0.5,) * 3))
     rows = inputs.split.validation
     inputs.close()
     scorer, _ = load_scorer(run / "last.pt", "cpu", calibrated=False)  # metrics.csv is uncalibrated
@@ -130,18 +127,6 @@ def test_validation_figures_equal_avsc_eval_on_the_same_rows(features, tmp_path)
     # The final checkpoint carries a temperature fitted on the validation rows: never worse there.
     artifact = load_checkpoint(run / "last.pt").artifact
     assert artifact.temperature > 0 and (artifact.temperature != 1.0 or float(metrics_rows(run)[-1]["val_log_loss"]) < 1)
-
-
-def test_warm_restart_schedule_follows_the_fcnn_recipe():
-    from avsc_pipeline.training.optim import warm_restart_factor
-
-    restarts = [3, 7, 15]
-    assert warm_restart_factor(0.0, restarts, 1e-4) == pytest.approx(1.0)
-    assert warm_restart_factor(2.999, restarts, 1e-4) == pytest.approx(1e-4, abs=1e-5)
-    assert warm_restart_factor(3.0, restarts, 1e-4) == pytest.approx(1.0)
-    assert warm_restart_factor(5.0, restarts, 1e-4) == pytest.approx(0.5 * (1 + 1e-4), rel=1e-6)
-    assert warm_restart_factor(15.0, restarts, 1e-4) == pytest.approx(1.0)  # past the list: period 8 again
-    assert warm_restart_factor(19.0, restarts, 1e-4) == pytest.approx(0.5 * (1 + 1e-4), rel=1e-6)
 
 
 def wait_for(condition, process, timeout: float = 120.0) -> None:
@@ -273,7 +258,7 @@ def test_the_shipped_demo_configs_train_each_step(features, tmp_path):
         if step == "joint":
             extra.append(f"train.init_from={runs['audio'] / 'best.pt'}")
         runs[step] = tmp_path / step
-        train_run(features, runs[step], load_sections(configs, extra), progress=False)
+        train_run(features, runs[step], load_recipe(configs, extra), progress=False)
         assert load_checkpoint(runs[step] / "best.pt").artifact.modality == step
 
 
@@ -379,7 +364,7 @@ def test_a_joint_model_on_audio_only_shards_says_what_is_missing(tmp_path):
 def test_lr_columns_are_the_rates_each_epoch_trained_with(features, tmp_path):
     run = tmp_path / "run"
     train_run(features, run, sections("model.modality=audio", "train.epochs=2", "train.scheduler=warm_restarts",
-                                      "train.restart_epochs=[1]", "train.min_lr=1e-5", *NO_AUGMENT), progress=False)
+                                      "train.restart_epochs=[1, 2]", "train.min_lr=1e-5", *NO_AUGMENT), progress=False)
     rows = metrics_rows(run)
     for row in rows:  # a warm restart at every epoch: each starts at lr and anneals within it
         assert float(row["lr"]) == pytest.approx(0.003) and float(row["lr_last"]) < 0.003

@@ -5,6 +5,7 @@ What is trained (audio, video or joint) is the `model:` section's `modality`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -14,6 +15,9 @@ from avsc_pipeline.devices import AMP_MODES
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "warm_restarts")
+#: `train.validation`: the held-out share of the training locations.
+VALIDATION_LOCATIONS = "locations"
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,17 @@ class TrainConfig:
         weight_decay: L2 penalty (`adam`, `sgd`) or decoupled decay (`adamw`).
         momentum: SGD momentum.
         scheduler: `none`, `cosine` (one cosine from `lr` to `min_lr` over the run), or
-            `warm_restarts` (cosine annealing to `min_lr`, restarting at `restart_epochs`,
-            updated every step as in Hu et al.'s FCNN recipe).
-        restart_epochs: the epochs at which `warm_restarts` restarts.
+            `warm_restarts` (Hu et al.'s `LR_WarmRestart` callback, set at every optimizer step:
+            cosine annealing from `lr` to `min_lr`, restarting at `restart_epochs`, the period
+            doubling at each restart; see :func:`avsc_pipeline.training.optim.warm_restart_lr`).
+        restart_epochs: the callback's restart epochs, numbered as it numbers them (1-based
+            from the first restart on: 3, 7, ... restart at the 0-based epochs 2, 6, ...).
+        restart_period: the first cosine period of `warm_restarts` in epochs (the callback's
+            `Tmult`, 2), doubled at each restart.
         min_lr: the floor of `cosine` and `warm_restarts`.
+        lr_decay: Keras' inverse-time decay on top of the schedule, `rate / (1 + lr_decay *
+            step)` with `step` the optimizer steps since the start of the run (the authors'
+            `SGD(decay=1e-6)`); 0 for none.
         init_from: a checkpoint of an earlier step (e.g. `runs/paper/audio/best.pt`): its
             extractors initialize this model's (the FCNN of an audio run, the video backbone of a
             video run). Without it the extractors start from their initial or pre-trained weights.
@@ -51,6 +62,11 @@ class TrainConfig:
         seed: the run seed (initialization, epoch order, workers, augmentation streams).
         deterministic: deterministic algorithms (bit-exact resumption on CPU).
         select_by: the validation figure that picks `best.pt`: `log_loss` or `accuracy`.
+        validation: what `best.pt` is selected on: `locations` (a held-out share of the
+            training locations, `loader.val_fraction`) or the name of a features split folder
+            beside `train` (e.g. `evaluate`, as the authors selected), then trained on all of
+            `train`. `avsc-eval` marks figures scored on that same split "selected on the
+            scored split".
         dist_timeout_s: how long a collective waits for the other processes under torchrun
             (the NCCL watchdog), e.g. while rank 0 computes the audio statistics.
     """
@@ -62,7 +78,9 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: str = "none"
     restart_epochs: Tuple[int, ...] = (3, 7, 15, 31, 63, 127)
+    restart_period: float = 2.0
     min_lr: float = 1e-5
+    lr_decay: float = 0.0
     init_from: Optional[str] = None
     freeze_audio: bool = False
     freeze_video: bool = False
@@ -76,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     select_by: str = "log_loss"
+    validation: str = "locations"
     dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -89,7 +108,7 @@ class TrainConfig:
         check_int(self, ("epochs", "grad_accum"), minimum=1)
         check_int(self, ("seed",), minimum=0)
         check_unit(self, ("momentum",))
-        for name in ("lr", "weight_decay", "min_lr"):
+        for name in ("lr", "weight_decay", "min_lr", "lr_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"expected {name} >= 0, got {value!r}")
@@ -98,5 +117,12 @@ class TrainConfig:
         if list(self.restart_epochs) != sorted(set(self.restart_epochs)) or any(
                 not isinstance(e, int) or e < 1 for e in self.restart_epochs):
             raise ValueError(f"expected increasing positive restart_epochs, got {list(self.restart_epochs)}")
+        if isinstance(self.restart_period, bool) or not isinstance(self.restart_period, (int, float)) \
+                or not self.restart_period > 0:
+            raise ValueError(f"expected restart_period > 0, got {self.restart_period!r}")
+        if not isinstance(self.validation, str) or not _FOLDER_NAME.fullmatch(self.validation) \
+                or self.validation in (".", ".."):
+            raise ValueError(f"expected validation `locations` or a split folder name (letters, digits, '.', '_', "
+                             f"'-'), got {self.validation!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"expected grad_clip > 0 or None, got {self.grad_clip!r}")

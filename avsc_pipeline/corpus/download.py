@@ -31,7 +31,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from avsc_pipeline.features.unpack import clear_staging, is_unpacked, unpack_package
+from avsc_pipeline.corpus.unpack import clear_staging, is_unpacked, unpack_package
 
 logger = logging.getLogger(__name__)
 

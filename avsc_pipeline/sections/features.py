@@ -6,17 +6,15 @@ was built with; see the README's "Feature definition"). The definition this pack
 them stays one file away: `configs/features/librosa-db.yaml` and
 `configs/offline_augment/resample-snr.yaml`.
 
-Both classes list the fields they gained with the authors' definitions in `EARLIER_VALUES`,
-with the values that reproduce the earlier definition: a mapping written before those fields
-existed (a shard's attributes, an index, a checkpoint, a resolved config) is read as the earlier
-definition, and a config with those values is written exactly as before, so old artifacts keep
-their meaning and their bytes (:func:`avsc_pipeline.config.to_dict`).
+A section that leaves a key out takes today's default (the authors' definition). Shards and
+checkpoints written before a field existed are migrated by version where they are read
+(`storage.shards`, `models.checkpoint`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_range, from_dict
 from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
@@ -99,12 +97,6 @@ class FeatureConfig:
     frame_times: Tuple[float, ...] = (0.0, 14.0 / 30.0)
     image_size: int = 224
     audio_dtype: str = "float32"
-
-    # Fields added with the authors' definition, at the values that give the earlier one
-    # (librosa's default zero padding, dB, no scaling, librosa's deltas).
-    EARLIER_VALUES: ClassVar[Dict[str, Any]] = {
-        "pad_mode": "constant", "log": "db", "log_offset": 1e-8, "scaling": "none", "delta": "librosa",
-    }
 
     def __post_init__(self) -> None:
         check_int(self, ("sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels", "delta_width"), minimum=1)
@@ -221,12 +213,6 @@ class OfflineAugmentConfig:
     hop_length: int = 512
     resample_quality: str = "HQ"
     dsp: str = "fast"
-
-    # Fields added with the authors' definition, at the values that give the earlier one
-    # (resampling speed change, noise at an SNR, one gain).
-    EARLIER_VALUES: ClassVar[Dict[str, Any]] = {
-        "speed_method": "resample", "noise": "snr", "noise_std": 0.01, "mix": "one_gain",
-    }
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in OFFLINE_OPS]

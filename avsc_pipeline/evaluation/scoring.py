@@ -6,8 +6,9 @@ probabilities: a :class:`~avsc_pipeline.dataio.preparation.BatchPreparer` in eva
 model's one forward in eval mode under the run's precision policy
 (:func:`avsc_pipeline.devices.amp_dtype` of `train.amp`: bf16 autocast on a GPU that has it,
 float32 on the CPU), and a softmax in float64. Training's validation, `avsc-eval`
-(:mod:`.evaluate`) and `avsc-predict` (:mod:`.predict`) all score through it, so their figures
-agree.
+(:mod:`.evaluate`) and `avsc-predict` (:mod:`.predict`) all score through it and through
+:func:`score_rows`, so their figures agree. :class:`ScorerLike` is the interface a
+:class:`Scorer`, an ensemble and test-time augmentation share.
 
 With `modality="audio"` (or `"video"`) a joint model's other embedding is replaced by its
 mean over the training set, stored in the checkpoint (`embedding_means`), which shows what
@@ -16,23 +17,30 @@ each modality contributes on its own.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Mapping, Optional, Protocol, Tuple
 
+import numpy as np
 import torch
 
-from avsc_pipeline.config import from_dict
+from avsc_pipeline.dataio.dataset import ShardDataset
+from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.preparation import BatchPreparer
+from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.dataio.stats import AudioStats
-from avsc_pipeline.devices import amp_dtype, autocast, pick_device
-from avsc_pipeline.features.config import FeatureConfig
+from avsc_pipeline.devices import amp_dtype, pick_device
+from avsc_pipeline.inference import Inference
+from avsc_pipeline.sections.features import FeatureConfig
+from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.models.checkpoint import ModelArtifact, load_checkpoint, model_from_artifact
 from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.models.config import MODALITIES
+from avsc_pipeline.sections.model import MODALITIES
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_config_hash(artifact: ModelArtifact) -> str:
@@ -42,55 +50,94 @@ def checkpoint_config_hash(artifact: ModelArtifact) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class ScorerLike(Protocol):
+    """What every scorer offers: a :class:`Scorer`, an :class:`~.ensemble.Ensemble` of them, a
+    :class:`~.tta.TTAScorer` around either. :func:`score_rows` and `avsc-eval` take any."""
+
+    @property
+    def classes(self) -> List[str]:
+        """The C class names, in the probabilities' column order."""
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        """The stage-one config the scored features must have been made with."""
+
+    @property
+    def with_video(self) -> bool:
+        """Whether scoring reads frames."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where scoring runs (batches are loaded for it)."""
+
+    @property
+    def transforms(self) -> Tuple[str, ...]:
+        """The test-time transforms averaged over (empty: none)."""
+
+    def eval_mode(self) -> ContextManager[Any]:
+        """Models and preparers in eval mode for the block."""
+
+    def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """`(B, C)` float64 class probabilities of one raw batch, on the CPU."""
+
+    def probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(calibrated, uncalibrated)` probabilities of one raw batch, each `(B, C)` float64."""
+
+
 @dataclass
 class Scorer:
-    """A model ready to score raw batches on one device.
+    """A model ready to score raw batches on one device, through the one forward path.
 
     Attributes:
-        model: the classifier on `device`.
-        preparer: the batch preparation on `device` (used in eval mode: normalization only).
+        inference: the model, its batch preparer (used in eval mode: normalization only), the
+            memory format and precision (:class:`~avsc_pipeline.inference.Inference`).
         classes: the C class names, in the logits' order.
         feature_config: the stage-one config the model's features were made with.
         modality: what is scored: the model's own modality, or `audio`/`video` of a joint model.
-        device: where scoring runs.
-        precision: the autocast dtype (None: float32).
         stand_ins: the stored mean embedding standing in for each dropped modality,
-            `{"audio": (D_A,)}` or `{"video": (D_V,)}` float32 on `device`.
-        cached: embedding tables `(N, D)` float32 on `device` of frozen extractors, indexed by
+            `{"audio": (D_A,)}` or `{"video": (D_V,)}` float32 on the device.
+        cached: embedding tables `(N, D)` float32 on the device of frozen extractors, indexed by
             the batch's `index` (training's cache); the inputs they replace are not read.
         temperature: the logits are divided by it before the softmax (1.0: uncalibrated).
-        channels_last: the model's weights and the audio features in channels-last memory
-            format (the run's `train.channels_last` on CUDA: the layout training used).
     """
 
-    model: SceneClassifier
-    preparer: BatchPreparer
+    inference: Inference
     classes: List[str]
     feature_config: FeatureConfig
     modality: str
-    device: torch.device
-    precision: Optional[torch.dtype] = None
     stand_ins: Dict[str, torch.Tensor] = field(default_factory=dict)
     cached: Dict[str, torch.Tensor] = field(default_factory=dict)
     temperature: float = 1.0
-    channels_last: bool = False
+    transforms: Tuple[str, ...] = ()
+
+    @property
+    def model(self) -> SceneClassifier:
+        """The classifier."""
+        return self.inference.model
+
+    @property
+    def preparer(self) -> BatchPreparer:
+        """The batch preparer."""
+        return self.inference.preparer
+
+    @property
+    def device(self) -> torch.device:
+        """Where scoring runs."""
+        return self.inference.device
+
+    @property
+    def precision(self) -> Optional[torch.dtype]:
+        """The autocast dtype (None: float32)."""
+        return self.inference.precision
 
     @property
     def with_video(self) -> bool:
         """Whether scoring reads frames (the model uses video, neither replaced nor cached)."""
         return self.model.uses_video and "video" not in self.stand_ins and "video" not in self.cached
 
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator["Scorer"]:
+    def eval_mode(self) -> ContextManager[Any]:
         """Model and preparer in eval mode for the block, as they were afterwards."""
-        was = self.model.training, self.preparer.training
-        self.model.eval()
-        self.preparer.eval()
-        try:
-            yield self
-        finally:
-            self.model.train(was[0])
-            self.preparer.train(was[1])
+        return self.inference.eval_mode()
 
     @torch.no_grad()
     def logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -111,19 +158,14 @@ class Scorer:
             if batch.get("video") is None:
                 raise ValueError(f"expected frames for a {self.model.modality!r} model, got a batch without video")
             raw["video"] = batch["video"]
-        prepared = self.preparer(raw)
+        prepared = self.inference.prepare(raw)
         given: Dict[str, torch.Tensor] = {}
         for part in ("audio", "video"):
             if part in self.stand_ins:
                 given[part] = self.stand_ins[part].unsqueeze(0).expand(size, -1)
             elif part in self.cached:
                 given[part] = self.cached[part][batch["index"].to(self.device)]
-        audio = prepared["audio"] if "audio" not in given else None
-        if audio is not None and self.channels_last:
-            audio = audio.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            logits = self.model(audio, prepared.get("video"), e_audio=given.get("audio"), e_video=given.get("video"))
-        return logits.float()
+        return self.inference.logits(prepared, given).float()
 
     def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Class probabilities of one raw batch: `(B, C)` float64 on the CPU, the softmax of the
@@ -143,6 +185,56 @@ class Scorer:
         `log_loss_uncalibrated`)."""
         calibrated, uncalibrated = self.log_probability_pair(batch)
         return calibrated.exp(), uncalibrated.exp()
+
+
+def score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig,
+               rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
+    """Probabilities of dataset rows, in the order given: how `avsc-eval` scores a split and
+    how training scores its validation rows.
+
+    Args:
+        dataset: the rows, read with the scorer's `with_video`.
+        scorer: the model (put in eval mode for the pass, restored afterwards): a
+            :class:`Scorer`, an :class:`~.ensemble.Ensemble` or a :class:`~.tta.TTAScorer`.
+        loader_config: batch size and workers (`drop_last` is ignored: every row is scored).
+        rows: `(M,)` dataset positions; default every row in row order.
+        progress: show a progress bar.
+
+    Returns:
+        `(M, C)` float64 probabilities, row i for `rows[i]`.
+    """
+    return _score_rows(dataset, scorer, loader_config, rows, progress, pair=False)[0]
+
+
+def score_rows_pair(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig,
+                    rows: Optional[np.ndarray] = None, progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """As :func:`score_rows`, from the same single pass: `(calibrated, uncalibrated)`
+    probabilities, each `(M, C)` float64 (the scorer's `probability_pair`)."""
+    calibrated, uncalibrated = _score_rows(dataset, scorer, loader_config, rows, progress, pair=True)
+    return calibrated, uncalibrated
+
+
+def _score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig, rows: Optional[np.ndarray],
+                progress: bool, pair: bool) -> List[np.ndarray]:
+    from tqdm import tqdm
+
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    position = np.full(len(dataset), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    sampler = EpochSampler(rows, shuffle=False, num_replicas=1, rank=0)
+    loader = make_loader(dataset, sampler, loader_config, scorer.device, drop_last=False)
+    outputs = [np.full((len(rows), len(scorer.classes)), np.nan) for _ in range(2 if pair else 1)]
+    if len(rows):
+        logger.info("scoring %d rows", len(rows))
+    with scorer.eval_mode():
+        for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress, leave=False):
+            got = scorer.probability_pair(raw) if pair else (scorer.probabilities(raw),)
+            where = position[raw["index"].numpy()]
+            for out, part in zip(outputs, got):
+                out[where] = part.numpy()
+    if np.isnan(outputs[0]).any():
+        raise RuntimeError(f"expected every row scored, got {int(np.isnan(outputs[0]).any(axis=1).sum())} unscored")
+    return outputs
 
 
 def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device" = "auto",
@@ -174,16 +266,13 @@ def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device
     stand_ins = _stand_ins(artifact, model, scored, source)
     stats = _audio_stats(artifact, model, source)
     preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std)).to(device).eval()
-    features = from_dict(FeatureConfig, artifact.feature_config, source=f"{source}: config.features")
-    train = artifact.config.get("train") or {}
+    recipe = artifact.recipe
     # The layout and precision training validated with: one policy for both.
-    channels_last = device.type == "cuda" and bool(train.get("channels_last", True))
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    scorer = Scorer(model, preparer, list(artifact.classes), features, scored, device,
-                    precision=amp_dtype(train.get("amp", "auto"), device),
+    inference = Inference(model, preparer, device, amp_dtype(recipe.train.amp, device),
+                          channels_last=recipe.train.channels_last)
+    scorer = Scorer(inference, list(artifact.classes), recipe.features, scored,
                     stand_ins={k: v.to(device) for k, v in stand_ins.items()},
-                    temperature=artifact.temperature if calibrated else 1.0, channels_last=channels_last)
+                    temperature=artifact.temperature if calibrated else 1.0)
     return scorer, artifact
 
 
@@ -219,11 +308,9 @@ def _stand_ins(artifact: ModelArtifact, model: SceneClassifier, modality: str,
 def _audio_stats(artifact: ModelArtifact, model: SceneClassifier, source: str) -> Optional[AudioStats]:
     """The statistics the run standardized its audio with, or None when it fed the features as
     stored (`loader.audio_normalize: none`) or the model reads no audio."""
-    from avsc_pipeline.dataio.config import LoaderConfig
-
     if artifact.audio_stats is not None:
         return AudioStats.from_json(artifact.audio_stats, f"{source}: audio_stats")
-    loader = from_dict(LoaderConfig, dict(artifact.config.get("loader") or {}), source=f"{source}: config.loader")
+    loader = artifact.recipe.loader
     if model.uses_audio and loader.audio_normalize == "standardize":
         raise ValueError(f"{source}: expected audio_stats for a {model.modality!r} checkpoint that standardizes its "
                          "audio, got None")

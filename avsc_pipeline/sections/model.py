@@ -101,6 +101,18 @@ class ModelConfig:
         """Whether the model reads video frames."""
         return self.modality in ("video", "joint")
 
+    def unused_fields(self) -> Tuple[str, ...]:
+        """The fields this modality's model never reads: the video backbone's and the fusion
+        head's for an audio model (the FCNN alone), the FCNN's for a video model."""
+        audio = ("audio", "audio_widths", "audio_dropout", "audio_embedding", "audio_bn_eps", "audio_bn_momentum")
+        video = ("video", "video_weights", "video_weights_unsafe")
+        head = ("fusion_hidden", "fusion_dropout")
+        if self.modality == "audio":
+            return video + head
+        if self.modality == "video":
+            return audio
+        return ()
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -18,6 +18,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import List, Tuple
 
+from avsc_pipeline.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 MARKER_FOLDER = ".unpacked"
@@ -113,9 +115,7 @@ def _extract_to(zip_path: Path, staging: Path, top_folder: str) -> List[PurePosi
 def _write_marker(target: Path, package_name: str, md5: str) -> None:
     marker = marker_path(target, package_name)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(md5 + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    write_text_atomic(marker, md5 + "\n")
 
 
 def clear_staging(target: Path) -> None:

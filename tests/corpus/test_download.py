@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from avsc_pipeline import testing
-from avsc_pipeline.features import download as dl
-from avsc_pipeline.features.unpack import marker_path, member_paths, staging_folder, unpack_package
-from avsc_pipeline.manifest import load_tau
+from avsc_pipeline.corpus import download as dl
+from avsc_pipeline.corpus.tau import load_tau
+from avsc_pipeline.corpus.unpack import marker_path, member_paths, staging_folder, unpack_package
 from avsc_pipeline_cli.features import main
 
 FOLDER = "TAU-urban-audio-visual-scenes-2021-development"

@@ -1,9 +1,9 @@
 """Typed settings of stage two's input: batch augmentation (`batch_augment:`) and loading (`loader:`).
 
-Both round-trip through YAML sections with :func:`avsc_pipeline.recipe.load_section`::
+Both round-trip through YAML sections with :func:`avsc_pipeline.sections.load_section`::
 
-    augment = load_section("configs/paper.yaml", "batch_augment", BatchAugmentConfig)
-    loader = load_section("configs/paper.yaml", "loader", LoaderConfig)
+    augment = load_section("configs/paper.yaml", "batch_augment")
+    loader = load_section("configs/paper.yaml", "loader")
 
 The defaults are the paper's settings (USTC, DCASE 2021 Task 1b) where the paper gives them.
 """
@@ -126,10 +126,6 @@ class LoaderConfig:
     split_seed: int = 0
     audio_stats: str = "audio_stats.json"
     audio_normalize: str = "none"
-
-    # A loader section written before `audio_normalize` existed (a run folder's resolved config,
-    # a checkpoint) standardized the audio (see avsc_pipeline.config.to_dict).
-    EARLIER_VALUES: ClassVar[Dict[str, Any]] = {"audio_normalize": "standardize"}
 
     def __post_init__(self) -> None:
         check_int(self, ("num_workers",), minimum=-1)

@@ -1,8 +1,7 @@
 import pytest
 
-from avsc_pipeline.manifest import (
-    TAU_CLASSES, identifier_from_name, load_csv, load_manifest, load_tau, resolve_classes,
-)
+from avsc_pipeline.corpus.manifest import load_csv, load_manifest, resolve_classes
+from avsc_pipeline.corpus.tau import TAU_CLASSES, identifier_from_name, load_tau
 
 
 def test_tau_splits(tau_root):
@@ -73,3 +72,20 @@ def test_duplicate_clip_is_an_error(tmp_path):
     (tmp_path / "m.csv").write_text("audio\na.wav\nsub/a.wav\n")
     with pytest.raises(ValueError, match="duplicate clip id 'a'"):
         load_csv(tmp_path / "m.csv")
+
+
+def test_clips_keep_their_file_names_as_the_list_gives_them(tau_root, tmp_path):
+    clip = load_tau(tau_root, "train")[0]
+    assert (clip.audio_file, clip.video_file) == (f"audio/{clip.clip_id}.wav", f"video/{clip.clip_id}.mp4")
+    (tmp_path / "m.csv").write_text("audio,video,label\n ../a/one.flac ,../v/one.mp4,dog\nsub/two.wav,,cat\n")
+    one, two = load_csv(tmp_path / "m.csv")
+    assert (one.audio_file, one.video_file) == ("../a/one.flac", "../v/one.mp4")
+    assert (two.audio_file, two.video_file) == ("sub/two.wav", "")
+
+
+def test_a_clip_made_without_listed_names_names_its_paths(tmp_path):
+    from avsc_pipeline.corpus.clips import Clip
+
+    clip = Clip("a", tmp_path / "a.wav", tmp_path / "a.mp4", None, "loc")
+    assert (clip.audio_file, clip.video_file) == (str(tmp_path / "a.wav"), str(tmp_path / "a.mp4"))
+    assert Clip("b", tmp_path / "b.wav", None, None, "loc").video_file == ""
