@@ -119,9 +119,11 @@ def write_random_shard(path: "str | os.PathLike[str]", n_rows: int, config: Feat
         segment=(np.arange(n_rows) % 10).astype(np.int16),
         identifier=[f"loc{seed}-{label[i]}-{clip[i] % identifiers}" for i in range(n_rows)],
         variant=[ORIGINAL_VARIANT] * n_rows,
+        audio_file=[f"audio/s{seed}-clip{c}.wav" for c in clip],
     )
     if with_video:
         columns["video"] = rng.integers(0, 256, (n_rows,) + config.video_shape, dtype=np.uint8)
+        columns["video_file"] = [f"video/s{seed}-clip{c}.mp4" for c in clip]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with ShardWriter(path, stage_one_columns(config, with_video), shard_attrs(classes, config, f"random{seed}")) as w:
@@ -181,7 +183,7 @@ def write_augmented_folder(folder: "str | os.PathLike[str]", source: "str | os.P
         audio=rng.standard_normal((rows,) + config.audio_shape).astype(config.audio_dtype),
         label=original["label"][pick], clip_id=original["clip_id"][pick], segment=np.arange(rows) % 10,
         identifier=original["identifier"][pick], variant=variants,
-        video_ref_clip=clips, video_ref_segment=original["segment"][pick],
+        audio_file=[f"audio/{c}.wav" for c in original["clip_id"][pick]], video_ref_clip=clips, video_ref_segment=original["segment"][pick],
         copy=np.zeros(rows, np.int16), semitones=nan, speed=nan, snr_db=nan, gain=nan, partner_clip=partners,
     )
     folder.mkdir(parents=True)

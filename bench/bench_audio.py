@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from avsc_pipeline.features.audio import FastLogMel, load_audio, reference_features, split_segments
 from avsc_pipeline.sections.features import FeatureConfig
-from avsc_pipeline.recipe import load_section
+from avsc_pipeline.sections import load_section
 from common import best_of_pair, int_options, real_or_generated_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -49,7 +49,7 @@ from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
 from avsc_pipeline.models.classifier import build_model
 from avsc_pipeline.sections.model import ModelConfig
-from avsc_pipeline.recipe import load_sections
+from avsc_pipeline.sections import load_recipe
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import shard_name
 from avsc_pipeline.testing import write_random_shard

@@ -24,7 +24,7 @@ from avsc_pipeline.config import to_dict
 from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
 from avsc_pipeline.devices import autocast
 from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.recipe import load_sections
+from avsc_pipeline.sections import load_recipe
 from avsc_pipeline.training.distributed import Context
 from avsc_pipeline.training.initialize import build_run_model
 from avsc_pipeline.training.losses import soft_target_cross_entropy

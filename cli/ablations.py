@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from avsc_pipeline_cli.common import Command, config_option, device_option, set_option, setup_logging
+from avsc_pipeline_cli.common import Command, config_option, device_option, output_folder, set_option, setup_logging
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,7 @@ def main(table: int, features_dir: Path, run_dir: Path, rows: Optional[str], con
     Example: avsc-ablations 3 data/demo-features runs/demo-ablations --config configs/demo.yaml
     """
     setup_logging(max(verbose, 1))
+    output_folder(run_dir, "RUN_DIR", create=False)  # made by the first row that trains
     from avsc_pipeline.ablations import run_table
     from avsc_pipeline.models.checkpoint import CheckpointError
 

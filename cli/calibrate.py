@@ -7,7 +7,8 @@ from typing import Optional, Tuple
 
 import click
 
-from avsc_pipeline_cli.common import Command, checkpoints_option, device_option, ensemble_options, setup_logging
+from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, output_folder,
+                                      setup_logging)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,7 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_file: Path, weights
     data/demo-features/train --validation --out runs/demo/ensemble.yaml
     """
     setup_logging(verbose)
+    output_folder(out_file.parent, "--out's folder")
     from avsc_pipeline.evaluation.ensemble import parse_weights
     from avsc_pipeline.evaluation.recalibrate import calibrate
 

@@ -54,6 +54,39 @@ def load_config(config_path: "Optional[Path] | Sequence[Path]", overrides: Seque
         raise click.ClickException(str(err)) from err
 
 
+def output_folder(folder: Path, what: str = "output folder", create: bool = True) -> Path:
+    """Make sure results can be written into `folder` before any work starts: a run must not
+    fail at its last step, after hours, on a folder that is missing or read-only.
+
+    Args:
+        folder: the folder results go to.
+        what: its name in the message (e.g. "--out's folder").
+        create: create it (with its parents); False only checks that it could be created (for
+            a folder that the command itself fills in order, e.g. a run folder).
+
+    Raises:
+        click.ClickException: one line: `folder` is a file, cannot be created, or is not writable.
+    """
+    import os
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise click.ClickException(f"{what} {folder}: expected a folder, got a file at {existing}")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise click.ClickException(f"{what} {folder}: cannot be created ({err.strerror or err})") from None
+        existing = folder
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{what} {folder}: expected a writable folder, got {existing} without write "
+                                   "permission")
+    return folder
+
+
 class _OneLineInterrupt:
     """Mixin for click commands: Ctrl-C (in the command or, for a group, any subcommand) ends it
     with one line and exit status 130, never a traceback."""

@@ -9,8 +9,8 @@ import click
 
 from avsc_pipeline.sections.model import MODALITIES  # imports no model (nor torch)
 
-from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
-                                      setup_logging)
+from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, output_folder,
+                                      scoring_options, setup_logging)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,6 +53,8 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path]
     from avsc_pipeline.evaluation.evaluate import evaluate_model
     from avsc_pipeline.evaluation.tta import parse_tta
 
+    if out_dir is not None:  # the default folder is made before scoring too, once the model is known
+        output_folder(out_dir, "--out")
     try:
         check = ensemble_check(list(checkpoints), split_dir, validation_split, weights, mean, device, modality,
                                batch_size, workers, progress)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import click
 
 from avsc_pipeline.features.shard_engine import BACKENDS, DEFAULT_SHARD_SIZE, RunSummary, parse_part
 from avsc_pipeline.corpus.tau import TAU_SPLITS
-from avsc_pipeline_cli.common import Group, config_option, load_config, setup_logging, verbose_option
+from avsc_pipeline_cli.common import Group, config_option, load_config, output_folder, setup_logging, verbose_option
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +48,21 @@ def parse_classes(text: Optional[str]) -> Optional[List[str]]:
     if not text:
         return None
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@contextlib.contextmanager
+def writing(folder: Path, part: Optional[str]) -> Iterator[None]:
+    """Hold `folder`'s writer lock (creating it) while a run fills it: a second run into the same
+    folder (or the same `--part`) refuses at once, in one line naming the holder's PID."""
+    from avsc_pipeline.storage.folder_lock import FolderBusyError, folder_lock
+
+    output_folder(folder, "output folder")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(folder, parse_part(part)))
+        except FolderBusyError as err:
+            raise click.ClickException(str(err)) from None
+        yield
 
 
 def report(summary: RunSummary, rows: str, items: str) -> None:
@@ -92,11 +108,12 @@ def extract(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
             raise ValueError(f"--split: expected one of {list(TAU_SPLITS)} for a TAU-layout data set, got {split!r}")
         clips = load_manifest(dataset_root, split)
         class_list = resolve_classes(clips, parse_classes(classes), dataset_root)
-        summary = extract_split(
-            clips, out / split, config, class_list, jobs=jobs, backend=backend, scheduler=scheduler,
-            shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict,
-            progress=progress,
-        )
+        with writing(out / split, part):
+            summary = extract_split(
+                clips, out / split, config, class_list, jobs=jobs, backend=backend, scheduler=scheduler,
+                shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict,
+                progress=progress,
+            )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     report(summary, "segments", "clips")
@@ -143,11 +160,13 @@ def augment(dataset_root: Path, out: Path, split: str, config_path: Optional[Pat
         overrides = {"ops": tuple(o.strip() for o in ops.split(",") if o.strip()) if ops else None,
                      "copies": copies, "seed": seed}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-        summary = augment_split(
-            load_manifest(dataset_root, split), out / split, out / augmented_split(split), config,
-            feature_config=feature_config, jobs=jobs, backend=backend, scheduler=scheduler,
-            shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict, progress=progress,
-        )
+        with writing(out / augmented_split(split), part):
+            summary = augment_split(
+                load_manifest(dataset_root, split), out / split, out / augmented_split(split), config,
+                feature_config=feature_config, jobs=jobs, backend=backend, scheduler=scheduler,
+                shard_size=shard_size, part=parse_part(part), overwrite=overwrite, strict=strict,
+                progress=progress,
+            )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     report(summary, "augmented segments", "variants")

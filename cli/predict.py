@@ -13,8 +13,8 @@ from avsc_pipeline.features.media_audio import VIDEO_SUFFIXES
 from avsc_pipeline.sections.model import MODALITIES  # imports no model (nor torch)
 
 from avsc_pipeline.corpus.tau import TAU_SPLITS
-from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, scoring_options,
-                                      setup_logging)
+from avsc_pipeline_cli.common import (Command, checkpoints_option, device_option, ensemble_options, output_folder,
+                                      scoring_options, setup_logging)
 
 
 
@@ -81,6 +81,8 @@ def main(checkpoints: Tuple[Path, ...], inputs: Tuple[Path, ...], manifest: Opti
     if bool(inputs) == bool(manifest):
         raise click.UsageError("expected recordings (AUDIO [VIDEO] ...) or --manifest, got "
                                f"{'both' if inputs else 'neither'}")
+    if out_file is not None:
+        output_folder(out_file.parent, "--out's folder")
     try:
         recordings = load_manifest(manifest, split) if manifest else pair_inputs(inputs)
         result = predict_files(list(checkpoints), recordings, device=device, jobs=jobs, batch_size=batch_size,

@@ -7,7 +7,7 @@ from typing import Tuple
 
 import click
 
-from avsc_pipeline_cli.common import Command, setup_logging
+from avsc_pipeline_cli.common import Command, output_folder, setup_logging
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +25,7 @@ def main(paths: Tuple[Path, ...], out_dir: Path, verbose: int) -> None:
     Example: avsc-report runs/demo/audio-only runs/demo/video-only runs/demo/joint --out runs/demo/report
     """
     setup_logging(verbose)
+    output_folder(out_dir, "--out", create=False)  # made by write_report once the runs are read
     from avsc_pipeline.evaluation.report import write_report
 
     try:

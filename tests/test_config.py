@@ -2,7 +2,7 @@ import pytest
 
 from avsc_pipeline.config import config_diff, config_hash, dump_yaml, from_dict, to_dict
 from avsc_pipeline.sections.features import FeatureConfig
-from avsc_pipeline.recipe import load_section, load_sections, parse_override
+from avsc_pipeline.sections import load_recipe, load_section, parse_override
 
 
 def test_feature_config_defaults_match_the_recipe():
@@ -64,17 +64,81 @@ def test_unknown_key_is_named_with_the_file_and_section(tmp_path):
     path = tmp_path / "key.yaml"
     path.write_text("loader:\n  batch_sise: 8\n")
     with pytest.raises(ValueError, match=r"key.yaml \[loader\]: unknown LoaderConfig field\(s\) \['batch_sise'\]"):
-        load_sections(path)
+        load_recipe(path)
 
 
 def test_set_overrides_are_parsed_as_yaml_and_checked(tmp_path):
     assert parse_override("train.lr=0.5") == ("train", "lr", 0.5)
-    assert load_sections(None, ["train.lr=1e-4"])["train"].lr == 1e-4  # YAML 1.1 reads 1e-4 as text
+    assert load_recipe(None, ["train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 reads 1e-4 as text
     assert parse_override("model.fusion_hidden=[256, 64]") == ("model", "fusion_hidden", [256, 64])
     assert parse_override("model.video_weights=null") == ("model", "video_weights", None)
-    sections = load_sections(None, ["loader.batch_size=8", "model.fusion_hidden=[256, 64]"])
-    assert sections["loader"].batch_size == 8 and sections["model"].fusion_hidden == (256, 64)
+    recipe = load_recipe(None, ["loader.batch_size=8", "model.fusion_hidden=[256, 64]"])
+    assert recipe.loader.batch_size == 8 and recipe.model.fusion_hidden == (256, 64)
     for bad, message in [("loader.batch_sise=8", "batch_sise"), ("loadr.batch_size=8", "unknown section"),
                          ("loader=8", "expected section.key=value"), ("loader.batch_size=[", "not valid YAML")]:
         with pytest.raises(ValueError, match=message):
-            load_sections(None, [bad])
+            load_recipe(None, [bad])
+
+
+# -- a section means what it says ------------------------------------------------------------
+
+
+def test_a_features_section_of_three_keys_extracts_the_default_definition(tmp_path):
+    """Missing keys take today's defaults, whichever keys are present: no earlier definition is
+    guessed from the keys a mapping lists."""
+    import numpy as np
+
+    from avsc_pipeline.features.audio import reference_features
+
+    path = tmp_path / "three.yaml"
+    path.write_text("features:\n  n_mels: 128\n  hop_length: 1024\n  n_fft: 2048\n")
+    config = load_section(path, "features")
+    assert config == FeatureConfig()
+    segments = np.random.default_rng(0).standard_normal((2, 2, 48000)).astype(np.float32) * 0.1
+    assert np.array_equal(reference_features(segments, config), reference_features(segments, FeatureConfig()))
+
+
+def test_a_full_section_without_the_newer_keys_takes_todays_defaults():
+    """The old trap: a mapping listing every field except the newer ones was read under the earlier
+    definition (dB, librosa deltas, ...)."""
+    newer = ("pad_mode", "log", "log_offset", "scaling", "delta")
+    data = {k: v for k, v in to_dict(FeatureConfig()).items() if k not in newer}
+    assert from_dict(FeatureConfig, data) == FeatureConfig()
+    del data["window"]
+    assert from_dict(FeatureConfig, data) == FeatureConfig()
+
+
+def test_to_dict_writes_every_field():
+    cfg = FeatureConfig(pad_mode="constant", log="db", scaling="none", delta="librosa")
+    assert set(to_dict(cfg)) == {f for f in FeatureConfig.__dataclass_fields__}
+
+
+def test_recipe_round_trips_and_refuses_wrong_section_types():
+    from avsc_pipeline.sections import Recipe
+
+    recipe = load_recipe(None, ["train.epochs=3", "model.modality=audio"])
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert Recipe.from_dict({"model": {}}, absent=("offline_augment",)).offline_augment is None
+    with pytest.raises(TypeError, match="Recipe.train"):
+        Recipe(train=recipe.model)
+
+
+def test_format_2_checkpoint_sections_are_migrated_on_purpose(tmp_path):
+    """A format-2 checkpoint left the newer keys out when they held the earlier values: its
+    reader restores them (one function for that version); format 3 writes every key."""
+    import torch
+
+    from avsc_pipeline.models.checkpoint import FORMAT_VERSION, ModelArtifact, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    recipe = load_recipe(None, ["model.modality=audio"])
+    save_checkpoint(path, ModelArtifact(weights={"w": torch.zeros(1)}, classes=["a", "b"], config=recipe.to_dict()))
+    state = torch.load(path, weights_only=True)
+    assert state["format_version"] == FORMAT_VERSION == 3
+    newer = ("pad_mode", "log", "log_offset", "scaling", "delta")
+    state["format_version"] = 2
+    state["artifact"]["config"]["features"] = {k: v for k, v in state["artifact"]["config"]["features"].items()
+                                               if k not in newer}
+    torch.save(state, path)
+    migrated = load_checkpoint(path).artifact.recipe.features
+    assert (migrated.pad_mode, migrated.log, migrated.scaling, migrated.delta) == ("constant", "db", "none", "librosa")

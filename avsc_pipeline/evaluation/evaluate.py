@@ -19,9 +19,11 @@ ensemble (:mod:`.ensemble`; default folder `<first RUN_DIR>/eval/<split>-ensembl
 ensemble file (`<its folder>/eval/<split>-<its stem>`), optionally with test-time augmentation
 (:mod:`.tta`, folder suffix `-tta-<transforms>`) or without calibration (`-uncalibrated`).
 
-Segment file names. Shards keep a clip's id (its audio file's stem), not its path; a clip's
-audio file name is taken to be `audio/<clip_id>.wav`, as the TAU lists name them
-(:func:`clip_filename`), and its segments are named by :func:`.predictions.segment_filename`.
+Segment file names. Shards keep each clip's audio file as the manifest lists it (`audio_file`,
+e.g. `audio/airport-lisbon-1000-40000.wav` in a TAU list, `clips/dog_1.flac` in a CSV), and its
+segments are named by :func:`.predictions.segment_filename`. Shards of schema 1 kept only the
+clip id: their clips are named `audio/<clip_id>.wav`, as the TAU lists name them
+(:func:`clip_filename`), and a log line says so.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from avsc_pipeline.evaluation.predictions import segment_filename, write_predict
 from avsc_pipeline.evaluation.ensemble import LoadedModel, load_model
 from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows, score_rows_pair
 from avsc_pipeline.models.checkpoint import ModelArtifact
-from avsc_pipeline.storage.index import load_index
+from avsc_pipeline.storage.index import folder_column, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ def clip_filename(clip_id: str) -> str:
     return f"audio/{clip_id}.wav"
 
 
-def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int]) -> List[str]:
+def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int],
+                      audio_files: Optional[Sequence[str]] = None) -> List[str]:
     """The predictions-file name of each segment (see :func:`.predictions.segment_filename`).
 
     A clip's segment count is one more than its highest segment index among the rows given, so
@@ -71,6 +74,8 @@ def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int]) -> List[
     Args:
         clip_ids: `(N,)` clip id of each segment.
         segments: `(N,)` 0-based segment index of each segment.
+        audio_files: `(N,)` each segment's audio file as the manifest lists it (the shards'
+            `audio_file`); None for shards of schema 1, which kept none: `audio/<clip_id>.wav`.
     """
     ids = [str(c) for c in clip_ids]
     segs = [int(s) for s in segments]
@@ -79,7 +84,10 @@ def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int]) -> List[
     counts: Dict[str, int] = {}
     for clip_id, segment in zip(ids, segs):
         counts[clip_id] = max(counts.get(clip_id, 0), segment + 1)
-    return [segment_filename(clip_filename(c), s, counts[c]) for c, s in zip(ids, segs)]
+    files = [clip_filename(c) for c in ids] if audio_files is None else [str(f) for f in audio_files]
+    if len(files) != len(ids):
+        raise ValueError(f"expected as many audio files as clip ids ({len(ids)}), got {len(files)}")
+    return [segment_filename(f, s, counts[c]) for f, c, s in zip(files, ids, segs)]
 
 
 def default_out_dir(ckpt_path: "str | os.PathLike[str]", split_dir: "str | os.PathLike[str]",
@@ -284,14 +292,20 @@ def evaluate_model(checkpoints: Sequence["str | os.PathLike[str]"], split_dir: "
                                      model.members[0].device)
     named = model.ensemble_file or ", ".join(str(s) for s in model.sources)
     with open_split(split_dir, model.scorer, named) as dataset:
+        # Made once the inputs are checked and before scoring: a folder that cannot be made
+        # fails now, not after the work.
+        out = Path(out_dir) if out_dir is not None else model_out_dir(model, split_dir, modality)
+        out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         probs, uncalibrated = score_rows_pair(dataset, model.scorer, loader_config, progress=progress)
         seconds = time.perf_counter() - started
         labels, clip_ids, segments = dataset.labels, dataset.clip_ids, dataset.segments
-    out = Path(out_dir) if out_dir is not None else model_out_dir(model, split_dir, modality)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {PREDICTIONS_NAME: write_predictions(out / PREDICTIONS_NAME, segment_filenames(clip_ids, segments),
-                                                 probs, model.scorer.classes)}
+    audio_files = folder_column(split_dir, "audio_file")
+    if audio_files is None:
+        logger.info("%s: shards of schema 1 keep no file names; predictions name each clip audio/<clip_id>.wav",
+                    split_dir)
+    names = segment_filenames(clip_ids, segments, audio_files)
+    files = {PREDICTIONS_NAME: write_predictions(out / PREDICTIONS_NAME, names, probs, model.scorer.classes)}
     info = {**_model_info(model), "features_dir": str(split_dir.resolve()),
             "features_config_hash": load_index(split_dir)["config_hash"],
             "split": split_dir.resolve().name, **selection_info(model.artifacts, split_dir.resolve().name),

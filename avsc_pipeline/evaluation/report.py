@@ -20,6 +20,11 @@ headline figure, as the paper reports it), and `macro acc.`, the mean of the per
 accuracies (the class-wise average that DCASE reports). A run whose `best.pt` was selected on
 the split it is scored on (`train.validation`) is marked `*`: "selected on the scored split".
 
+The `features` column names the features folder each run was scored on (`metrics.json`'s
+`features_dir`), as short as tells the folders apart; runs scored on different folders, or on
+folders made with different feature configs, are compared with a warning and a note under the
+table, since their figures are not comparable.
+
 The log loss columns: `log loss` as scored (calibrated: each checkpoint's temperature, and an
 ensemble's own, applied, unless evaluated with `--no-calibration`) and `uncal. log loss`, the
 same models at temperature 1; `T` is the temperature applied (an ensemble's own).
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
 PREFERRED_SPLIT = "evaluate"
+#: Files that mark a run folder (`avsc-train`'s), for the "run avsc-eval first" message.
+RUN_MARKERS = ("best.pt", "last.pt", "config.yaml", "metrics.csv")
 _REQUIRED_KEYS = ("classes", "accuracy", "log_loss", "per_class")
 SELECTED_MARK = "*"
 #: The footnote of the marked rows.
@@ -64,6 +71,8 @@ class RunRow:
         ensemble: whether the row is an ensemble of checkpoints.
         selected_on_scored_split: whether a checkpoint of the row was selected on the split the
             row is scored on (`metrics.json`'s `selected_on_scored_split`).
+        features_dir: the features folder the row was scored on (None where not recorded).
+        features_config_hash: the hash of that folder's feature config (None where not recorded).
     """
 
     name: str
@@ -77,6 +86,8 @@ class RunRow:
     ece: Optional[float] = None
     ensemble: bool = False
     selected_on_scored_split: bool = False
+    features_dir: Optional[str] = None
+    features_config_hash: Optional[str] = None
 
     @property
     def macro_accuracy(self) -> Optional[float]:
@@ -148,10 +159,14 @@ def find_metrics(path: "str | os.PathLike[str]") -> List[Tuple[str, Path]]:
     """
     path = Path(path)
     found = _metrics_files(path)
+    if not found and path.is_dir() and any((path / name).is_file() for name in RUN_MARKERS):
+        checkpoint = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+        raise ValueError(f"{path}: a run folder with no evaluation (no eval/<split>/{METRICS_NAME}); run avsc-eval "
+                         f"first: avsc-eval --checkpoint {checkpoint} FEATURES/evaluate")
     if not found:
         raise ValueError(
             f"{path}: expected a {METRICS_NAME} file, a folder holding {METRICS_NAME}, or a run folder holding "
-            f"eval/<split>/{METRICS_NAME}; found none of these"
+            f"eval/<split>/{METRICS_NAME}; found none of these (run avsc-eval first)"
         )
     return [(_display_name(p.resolve()), p) for p in found]
 
@@ -203,7 +218,8 @@ def _row(name: str, path: Path, data: Dict[str, Any]) -> RunRow:
     accs = tuple(None if per_class[c].get("accuracy") is None else float(per_class[c]["accuracy"]) for c in classes)
     return RunRow(name, path, float(data["accuracy"]), float(data["log_loss"]), accs, classes,
                   _number(data, "log_loss_uncalibrated"), _number(data, "temperature"), _number(data, "ece"),
-                  bool(data.get("ensemble", False)), bool(data.get("selected_on_scored_split", False)))
+                  bool(data.get("ensemble", False)), bool(data.get("selected_on_scored_split", False)),
+                  features_dir=data.get("features_dir"), features_config_hash=data.get("features_config_hash"))
 
 
 def _number(data: Dict[str, Any], key: str) -> Optional[float]:
@@ -239,7 +255,35 @@ def load_rows(paths: Sequence["str | os.PathLike[str]"]) -> List[RunRow]:
                 f"expected runs with the same class list, got {rows[0].name!r} ({rows[0].metrics_path}) with "
                 f"{list(rows[0].classes)} and {row.name!r} ({row.metrics_path}) with {list(row.classes)}"
             )
+    note = features_note(rows)
+    if note:
+        logger.warning("%s", note)
     return rows
+
+
+def features_names(rows: Sequence[RunRow]) -> List[str]:
+    """The features folder of each row, by its last parts (`demo-features/evaluate`), with more
+    parts where two folders would read the same; `n/a` where not recorded. The tables show the
+    column when any row records its folder (`avsc-eval` writes it into `metrics.json`)."""
+    folders = sorted({row.features_dir for row in rows if row.features_dir})
+    depth = 2
+    while depth < max([len(Path(f).parts) for f in folders] + [0]):
+        if len({Path(*Path(f).parts[-depth:]) for f in folders}) == len(folders):
+            break
+        depth += 1
+    return [str(Path(*Path(row.features_dir).parts[-depth:])) if row.features_dir else "n/a" for row in rows]
+
+
+def features_note(rows: Sequence[RunRow]) -> Optional[str]:
+    """A warning when the rows were scored on different features folders, or on folders made
+    with different feature configs (None when they agree, or where not recorded)."""
+    folders = {row.features_dir for row in rows if row.features_dir}
+    hashes = {row.features_config_hash for row in rows if row.features_config_hash}
+    if len(folders) <= 1 and len(hashes) <= 1:
+        return None
+    named = ", ".join(f"{row.name}: {name}" for row, name in zip(rows, features_names(rows)))
+    what = "different features folders" if len(folders) > 1 else "features made with different configs"
+    return f"not comparable: the runs were scored on {what} ({named})"
 
 
 def _percent(value: Optional[float]) -> str:
@@ -257,6 +301,10 @@ def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None
     header = ["model", "accuracy", "macro acc.", "log loss", "uncal. log loss", "T"]
     body = [[row.shown_name, _percent(row.accuracy), _percent(row.macro_accuracy), f"{row.log_loss:.3f}",
              _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)] for row in rows]
+    if any(row.features_dir for row in rows):
+        header.append("features")
+        for line, name in zip(body, features_names(rows)):
+            line.append(name)
     if classes is not None:
         classes = _checked_classes(rows, classes)
         header += list(classes)
@@ -269,6 +317,8 @@ def format_table(rows: Sequence[RunRow], classes: Optional[Sequence[str]] = None
         lines.append("   ".join(cells).rstrip())
     if any(row.selected_on_scored_split for row in rows):
         lines += ["", SELECTED_NOTE]
+    if features_note(rows):
+        lines += ["", f"! {features_note(rows)}"]
     return "\n".join(lines)
 
 
@@ -284,16 +334,19 @@ def markdown_table(rows: Sequence[RunRow], classes: Sequence[str]) -> str:
     """A Markdown table: run, accuracy %, macro accuracy %, log loss, uncalibrated log loss,
     temperature, then per-class accuracy % in `classes` order; a footnote when a row is marked."""
     classes = _checked_classes(rows, classes)
-    header = ["run", "accuracy %", "macro acc. %", "log loss", "uncal. log loss", "T"] + classes
+    shown = any(row.features_dir for row in rows)
+    header = ["run", "accuracy %", "macro acc. %", "log loss", "uncal. log loss", "T"] + ["features"] * shown + classes
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in rows:
+    for row, shown_features in zip(rows, features_names(rows)):
         cells = [row.shown_name.replace("|", "\\|"), f"{100.0 * row.accuracy:.1f}",
                  "n/a" if row.macro_accuracy is None else f"{100.0 * row.macro_accuracy:.1f}", f"{row.log_loss:.3f}",
-                 _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)]
+                 _optional(row.log_loss_uncalibrated), _optional(row.temperature, 2)] + [shown_features] * shown
         cells += ["n/a" if v is None else f"{100.0 * v:.1f}" for v in row.per_class_accuracy]
         lines.append("| " + " | ".join(cells) + " |")
     if any(row.selected_on_scored_split for row in rows):
         lines += ["", SELECTED_NOTE.replace("*", "\\*", 1)]
+    if features_note(rows):
+        lines += ["", f"**Warning:** {features_note(rows)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -305,13 +358,14 @@ def write_csv(rows: Sequence[RunRow], classes: Sequence[str], path: "str | os.Pa
         writer = csv.writer(handle)
         writer.writerow(["run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece",
                          "ensemble", "macro_accuracy_percent", "selected_on_scored_split"]
-                        + [f"{c}_accuracy_percent" for c in classes])
+                        + [f"{c}_accuracy_percent" for c in classes] + ["features_dir"])
         for row in rows:
             per_class = ["" if v is None else repr(100.0 * v) for v in row.per_class_accuracy]
             extra = ["" if v is None else repr(v) for v in (row.log_loss_uncalibrated, row.temperature, row.ece)]
             macro = "" if row.macro_accuracy is None else repr(100.0 * row.macro_accuracy)
             writer.writerow([row.name, repr(100.0 * row.accuracy), repr(row.log_loss)] + extra
-                            + [int(row.ensemble), macro, int(row.selected_on_scored_split)] + per_class)
+                            + [int(row.ensemble), macro, int(row.selected_on_scored_split)] + per_class
+                            + [row.features_dir or ""])
     return path
 
 

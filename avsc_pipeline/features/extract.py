@@ -218,7 +218,9 @@ def _add_result(writer: ShardWriter, result: ClipResult, labels: Dict[str, int],
         segment=np.arange(k, dtype=np.int16),
         identifier=[clip.identifier] * k,
         variant=[ORIGINAL_VARIANT] * k,
+        audio_file=[clip.audio_file] * k,
     )
     if result.video is not None:
         columns["video"] = result.video
+        columns["video_file"] = [clip.video_file] * k
     writer.add(**columns)

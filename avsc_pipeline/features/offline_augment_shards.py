@@ -258,6 +258,7 @@ def _columns(item: AugmentItem, params: AugmentParams, audio: np.ndarray, segmen
         segment=np.asarray(segments, dtype=np.int16),
         identifier=[item.clip.identifier] * k,
         variant=[params.op] * k,
+        audio_file=[item.clip.audio_file] * k,
         video_ref_clip=[item.clip_id] * k,
         video_ref_segment=np.asarray(refs, dtype=np.int16),
         copy=np.full(k, params.copy, dtype=np.int16),

@@ -25,7 +25,7 @@ from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atomic
 from avsc_pipeline.storage.shards import (
-    SHARD_GLOB, TEMPORARY_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name,
+    SCHEMA_VERSION, SHARD_GLOB, TEMPORARY_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,10 @@ def _shard_done(path: Path, expected: Dict[str, Any]) -> bool:
         attrs = read_attrs(path)
     except ValueError as err:
         logger.warning("%s: unreadable (%s); writing it again", path, err)
+        return False
+    if attrs["schema_version"] != SCHEMA_VERSION:
+        logger.info("%s: schema version %d; writing it again in version %d", path, attrs["schema_version"],
+                    SCHEMA_VERSION)
         return False
     if any(attrs.get(key) != value for key, value in expected.items()):
         raise ConfigMismatchError(f"{path}: holds other clips or another config than planned; use --overwrite")

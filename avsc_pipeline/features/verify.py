@@ -18,8 +18,8 @@ def shard_schema(attrs: Dict[str, Any], source: str) -> Dict[str, Column]:
     """The columns a shard with these attributes must hold (stage one's, or an augmented one's)."""
     config = feature_config_of(attrs, source=source)
     if "video_source" in attrs:
-        return augment_columns(config, augment_config_of(attrs, source=source))
-    return stage_one_columns(config, with_video="video" in attrs["datasets"])
+        return augment_columns(config, augment_config_of(attrs, source=source), attrs["schema_version"])
+    return stage_one_columns(config, with_video="video" in attrs["datasets"], schema_version=attrs["schema_version"])
 
 
 def verify_folder(folder: "str | os.PathLike[str]") -> List[str]:

@@ -203,12 +203,16 @@ def load_recipe(path: "Optional[PathLike] | Sequence[PathLike]" = None, override
     return recipe_from_layers(merged, source, overrides)
 
 
-def load_section(path: Optional[PathLike], section: str) -> Any:
+def load_section(path: Optional[PathLike], section: str, cls: Optional[type] = None) -> Any:
     """One section of a config file (its defaults when `path` is None or the section absent);
-    the whole file is checked, so a misspelled section elsewhere is an error too."""
+    the whole file is checked, so a misspelled section elsewhere is an error too. With `cls`,
+    the section must be read as that class."""
     if section not in SECTIONS:
         raise ValueError(f"expected a section in {list(SECTIONS)}, got {section!r}")
-    return getattr(load_recipe(path), section)
+    value = getattr(load_recipe(path), section)
+    if cls is not None and not isinstance(value, cls):
+        raise TypeError(f"expected section {section!r} to be read as {cls.__name__}, got {type(value).__name__}")
+    return value
 
 
 __all__ = [

@@ -28,6 +28,7 @@ from avsc_pipeline.storage.columns import column_blocks, read_columns
 from avsc_pipeline.storage.shards import (
     AUGMENT_VARIANTS, SCHEMA_VERSION, Column, list_shards, read_attrs,
 )
+from avsc_pipeline.storage.versions import migrate
 
 logger = logging.getLogger(__name__)
 
@@ -140,14 +141,40 @@ def _check_same(first: Dict[str, Any], attrs: Dict[str, Any], first_path: Path, 
 def load_index(folder: "str | os.PathLike[str]") -> Dict[str, Any]:
     """Read `index.json` of a shard folder.
 
+    An index of an earlier schema version is migrated to today's meaning
+    (:func:`~avsc_pipeline.storage.versions.migrate`); `schema_version` keeps the stored value.
+
     Raises:
         FileNotFoundError: no index (run `avsc-features index`).
+        ValueError: a schema version this package does not know.
     """
     path = Path(folder) / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no index; build it with `avsc-features index {folder}`")
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return migrate(json.load(handle), str(path))
+
+
+def folder_column(folder: "str | os.PathLike[str]", name: str) -> Optional[np.ndarray]:
+    """One column of every row of an indexed folder, shard by shard in index order (the order of
+    the training dataset's rows), or None when a shard lacks it (e.g. `audio_file` in shards of
+    schema 1).
+
+    Args:
+        folder: a shard folder with an `index.json`.
+        name: the dataset, e.g. `audio_file`.
+
+    Returns:
+        `(N,)` array as :func:`~avsc_pipeline.storage.columns.read_columns` gives it, or None.
+    """
+    folder = Path(folder)
+    parts = []
+    for entry in load_index(folder)["shards"]:
+        path = folder / entry["file"]
+        if name not in read_attrs(path)["datasets"]:
+            return None
+        parts.append(read_columns(path, [name])[name])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.str_)
 
 
 def shard_folders(root: "str | os.PathLike[str]") -> List[Path]:

@@ -11,18 +11,24 @@ dataset        shape, dtype                meaning
 `video`        `(N, 2, 3, 224, 224)` uint8 the frame pair of the segment (absent in
                                            audio-only and augmented shards)
 `label`        `(N,)` int16                index into `classes`, -1 where unknown
-`clip_id`      `(N,)` utf-8                the audio file's stem
+`clip_id`      `(N,)` utf-8                the clip's id (by default its audio file's stem)
 `segment`      `(N,)` int16                second within the clip
 `identifier`   `(N,)` utf-8                recording location
 `variant`      `(N,)` utf-8                `orig`, or the augmentation that made the row
+`audio_file`   `(N,)` utf-8                the clip's audio file as the manifest lists it
+                                           (schema 2; relative names stay relative)
+`video_file`   `(N,)` utf-8                its video file likewise (schema 2; with `video`)
 =============  ==========================  ============================================
 
 File attributes: `schema_version`, `classes` (JSON list), `feature_config` (JSON),
 `config_hash`, `created_by`, `plan_hash` (which clips the shard was planned to hold) and
-`skipped` (JSON list of clips left out, each with file and reason).
+`skipped` (JSON list of clips left out, each with file and reason). :func:`read_attrs` migrates
+the attributes of earlier schema versions (:mod:`~avsc_pipeline.storage.versions`); a shard of
+schema 1 has no `audio_file` and `video_file`.
 
-Writers write `NAME.tmp` and rename it to `NAME` when complete, so a file named `shard-*.h5` is
-always whole. Columns are read back through :mod:`~avsc_pipeline.storage.columns`.
+Writers write `NAME.tmp` and rename it to `NAME` when complete (:mod:`avsc_pipeline.atomic`), so
+a file named `shard-*.h5` is always whole. Columns are read back through
+:mod:`~avsc_pipeline.storage.columns`.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ import numpy as np
 from avsc_pipeline import __version__
 from avsc_pipeline.atomic import TEMPORARY_SUFFIX, atomic_path
 from avsc_pipeline.config import config_hash, to_dict
+from avsc_pipeline.storage.versions import SCHEMA_VERSION, migrate
 
-SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
 #: A shard being written (or left by a killed run): `shard-*.h5.tmp`, never a complete shard.
 TEMPORARY_GLOB = SHARD_GLOB + TEMPORARY_SUFFIX
@@ -59,8 +65,14 @@ def shard_name(number: int) -> str:
     return f"shard-{number:05d}.h5"
 
 
-def stage_one_columns(config: Any, with_video: bool = True) -> Dict[str, Column]:
-    """The stage-one schema for a feature config."""
+def stage_one_columns(config: Any, with_video: bool = True, schema_version: int = SCHEMA_VERSION) -> Dict[str, Column]:
+    """The stage-one schema for a feature config.
+
+    Args:
+        config: the FeatureConfig of the features (its `audio_shape`, `audio_dtype`, `video_shape`).
+        with_video: with the `video` frames (and, from schema 2, the `video_file` names).
+        schema_version: the schema to describe; earlier versions lack the file-name columns.
+    """
     columns = {"audio": Column(config.audio_dtype, config.audio_shape)}
     if with_video:
         columns["video"] = Column("uint8", config.video_shape)
@@ -71,6 +83,10 @@ def stage_one_columns(config: Any, with_video: bool = True) -> Dict[str, Column]
         identifier=Column(STRING),
         variant=Column(STRING),
     )
+    if schema_version >= 2:
+        columns["audio_file"] = Column(STRING)
+        if with_video:
+            columns["video_file"] = Column(STRING)
     return columns
 
 
@@ -88,7 +104,8 @@ def augmented_split(split: str) -> str:
 AUGMENT_VARIANTS: Tuple[str, ...] = ("pitch", "speed", "noise", "mix")
 
 
-def augment_columns(config: Any, augment: Optional[Any] = None) -> Dict[str, Column]:
+def augment_columns(config: Any, augment: Optional[Any] = None,
+                    schema_version: int = SCHEMA_VERSION) -> Dict[str, Column]:
     """The schema of augmented shards: stage one's without `video`, plus references and parameters.
 
     =====================  ==========  ==========================================================
@@ -112,11 +129,15 @@ def augment_columns(config: Any, augment: Optional[Any] = None) -> Dict[str, Col
     exactly the earlier columns. `noise: fixed` draws no parameter (its standard deviation is the
     config's `noise_std`, in the `augment_config` attribute).
 
+    From schema 2 the rows also carry `audio_file`, the clip's audio file as the manifest lists
+    it (no `video_file`: the frames are the referenced stage-one row's).
+
     Args:
         config: the FeatureConfig of the features.
         augment: the augmentation config the shards were made with (None: the earlier columns).
+        schema_version: the schema to describe.
     """
-    columns = stage_one_columns(config, with_video=False)
+    columns = stage_one_columns(config, with_video=False, schema_version=schema_version)
     columns.update(
         video_ref_clip=Column(STRING),
         video_ref_segment=Column("int16"),
@@ -232,8 +253,12 @@ class ShardWriter:
 def read_attrs(path: "str | os.PathLike[str]") -> Dict[str, Any]:
     """A shard's attributes with JSON fields decoded, plus `rows` and `datasets`.
 
+    The attributes of an earlier schema version are migrated to today's meaning
+    (:func:`~avsc_pipeline.storage.versions.migrate`); `schema_version` keeps the stored value.
+
     Raises:
-        ValueError: the file cannot be opened as HDF5 or lacks the schema attributes.
+        ValueError: the file cannot be opened as HDF5, lacks the schema attributes, or has a
+            schema version this package does not know.
     """
     import h5py
 
@@ -251,7 +276,7 @@ def read_attrs(path: "str | os.PathLike[str]") -> Dict[str, Any]:
         if key in attrs:
             attrs[key] = json.loads(attrs[key])
     attrs["datasets"] = datasets
-    return attrs
+    return migrate(attrs, str(path))
 
 
 def list_shards(folder: "str | os.PathLike[str]") -> List[Path]:

@@ -80,6 +80,8 @@ def migrate(record: Dict[str, Any], source: str) -> Dict[str, Any]:
     Raises:
         ValueError: a `schema_version` that is not an integer from 1 to :data:`SCHEMA_VERSION`.
     """
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: expected a mapping of attributes, got {type(record).__name__}")
     version = record.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
         raise ValueError(f"{source}: expected schema_version 1..{SCHEMA_VERSION} (newer files need a newer "

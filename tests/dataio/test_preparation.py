@@ -6,7 +6,10 @@ import torch
 
 from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.preparation import FRAME_NORMS, BatchPreparer
+from avsc_pipeline.dataio.preparation import BatchPreparer
+from avsc_pipeline.models.video import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 from avsc_pipeline.dataio.stats import compute_audio_stats
 
 
@@ -15,10 +18,10 @@ def test_batch_preparer_normalizes_like_torchvision_in_eval(small_pair):
 
     dataset = ShardDataset([small_pair / "train"])
     stats = compute_audio_stats(small_pair / "train")
-    preparer = BatchPreparer(len(dataset.classes), stats, "imagenet", BatchAugmentConfig(), seed=0).eval()
+    preparer = BatchPreparer(len(dataset.classes), stats, IMAGENET, BatchAugmentConfig(), seed=0).eval()
     batch = dataset.read_batch([0, 5, 17])
     out = preparer(batch)
-    mean, std = FRAME_NORMS["imagenet"]
+    mean, std = IMAGENET
     expected = F.normalize(F.to_dtype(batch["video"], torch.float32, scale=True), list(mean), list(std))
     torch.testing.assert_close(out["video"], expected, rtol=1e-5, atol=1e-5)
     audio_mean = torch.tensor(stats.mean).view(1, 6, 1, 1)
@@ -39,7 +42,7 @@ def test_without_statistics_the_audio_goes_in_as_stored(small_pair):
     dataset = ShardDataset([small_pair / "train"])
     batch = dataset.read_batch([0, 5, 17])
     kept = batch["audio"].clone()
-    preparer = BatchPreparer(len(dataset.classes), None, "imagenet", BatchAugmentConfig(mixup_fraction=1.0), seed=0)
+    preparer = BatchPreparer(len(dataset.classes), None, IMAGENET, BatchAugmentConfig(mixup_fraction=1.0), seed=0)
     out = preparer.eval()(batch)
     assert out["audio"].dtype == torch.float32 and torch.equal(out["audio"], kept)
     preparer.train()(batch)

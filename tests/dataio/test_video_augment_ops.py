@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from avsc_pipeline.config import dump_yaml
 from avsc_pipeline.sections.loading import RANDAUGMENT_OPS, VIDEO_OPS, BatchAugmentConfig
 from avsc_pipeline.dataio.video_augment import OP_SPACE, VideoRandAugment, magnitude_of
-from avsc_pipeline.recipe import load_section, load_sections
+from avsc_pipeline.sections import load_recipe, load_section
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEIGHT, WIDTH = 36, 44  # not square, so a translation along the wrong axis shows
@@ -113,10 +113,10 @@ def test_every_op_in_sequence_equals_torchvision(kernels):
 
 @pytest.mark.parametrize("op", ALONE)
 def test_each_ablation_applies_its_op_alone_to_about_half_the_frames(op):
-    from avsc_pipeline.ablations import load_tables, row_sections
+    from avsc_pipeline.ablations import load_tables, row_recipe
 
     row = next(r for r in load_tables()[2] if r.name == op.lower())
-    augment = row_sections(row, Path("runs/audio-plain/best.pt"))["batch_augment"]
+    augment = row_recipe(row, Path("runs/audio-plain/best.pt")).batch_augment
     assert (augment.video_ops, augment.video_num_ops, augment.video_magnitude) == (("Identity", op), 1, 14)
     module = VideoRandAugment(augment.video_ops, augment.video_num_ops, augment.video_magnitude,
                               augment.video_magnitude_bins, augment.video_kernels, seed=5)

@@ -84,12 +84,12 @@ def test_write_report(two_runs, tmp_path):
     assert records[0] == [
         "run", "accuracy_percent", "log_loss", "log_loss_uncalibrated", "temperature", "ece", "ensemble",
         "macro_accuracy_percent", "selected_on_scored_split",
-        "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent"
+        "bus_accuracy_percent", "park_accuracy_percent", "tram_accuracy_percent", "features_dir"
     ]
     assert records[1][0] == "audio-only" and records[1][3:6] == ["", "", ""] and records[1][11] == ""
     np.testing.assert_allclose([float(v) for v in records[1][1:3] + records[1][6:11]],
                                [51.0, 0.8123, 0, 51.0, 0, 60.0, 42.0])
-    np.testing.assert_allclose([float(v) for v in records[2][1:]],
+    np.testing.assert_allclose([float(v) for v in records[2][1:-1]],
                                [98.0, 0.0712, 0.0931, 1.312, 0.02, 0, 98.0, 0, 100.0, 96.0, 98.0])
     assert (out / "per_class_accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in out.iterdir()) == ["per_class_accuracy.png", "report.csv", "report.md"]
@@ -147,3 +147,55 @@ def test_reliability_diagram(tmp_path):
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match="keys"):
         plots.plot_reliability_diagram({"x": {"count": []}}, tmp_path / "x.png")
+
+
+def test_the_features_folder_of_each_run_is_named_and_a_difference_warned(tmp_path, caplog):
+    features = {"a": str(tmp_path / "data" / "demo-features" / "evaluate"),
+                "b": str(tmp_path / "other" / "demo-features" / "evaluate"),
+                "c": str(tmp_path / "data" / "big-features" / "evaluate")}
+    runs = [_write(tmp_path / "runs" / name / "eval" / "evaluate",
+                   _metrics(0.5, 1.0, [0.5, 0.5, 0.5], features_dir=folder, features_config_hash="h1"))
+            for name, folder in features.items()]
+    # One folder for every run: named, no warning.
+    same = [_write(tmp_path / "same" / name / "eval" / "evaluate",
+                   _metrics(0.5, 1.0, [0.5, 0.5, 0.5], features_dir=features["a"], features_config_hash="h1"))
+            for name in ("x", "y")]
+    caplog.set_level("WARNING")
+    rows = report.load_rows(same)
+    table = report.format_table(rows).splitlines()
+    assert table[0].split()[-1] == "features" and table[1].split()[-1] == "demo-features/evaluate"
+    assert "not comparable" not in caplog.text and "!" not in "\n".join(table)
+    # Three folders, two of which end alike: told apart by a further part, and warned about.
+    rows = report.load_rows(runs)
+    assert report.features_names(rows) == ["data/demo-features/evaluate", "other/demo-features/evaluate",
+                                           "data/big-features/evaluate"]
+    assert "not comparable: the runs were scored on different features folders" in caplog.text
+    result = report.write_report(runs, tmp_path / "out")
+    assert result.table.splitlines()[-1].startswith("! not comparable")
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| T | features | bus |" in markdown and "| other/demo-features/evaluate |" in markdown
+    assert "**Warning:** not comparable" in markdown
+    with open(tmp_path / "out" / "report.csv", newline="", encoding="utf-8") as handle:
+        assert [r[-1] for r in csv.reader(handle)] == ["features_dir"] + list(features.values())
+    # One folder, extracted again with another feature config in between.
+    rehashed = _write(tmp_path / "runs" / "d" / "eval" / "evaluate",
+                      _metrics(0.5, 1.0, [0.5, 0.5, 0.5], features_dir=features["a"], features_config_hash="h2"))
+    caplog.clear()
+    report.load_rows([runs[0], rehashed])
+    assert "scored on features made with different configs" in caplog.text
+
+
+def test_a_run_without_evaluation_says_run_avsc_eval_first(tmp_path):
+    run = tmp_path / "runs" / "joint"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"joint: a run folder with no evaluation.*run avsc-eval first: "
+                                         r"avsc-eval --checkpoint .*best.pt FEATURES/evaluate"):
+        report.load_rows([run])
+    from click.testing import CliRunner
+
+    from avsc_pipeline_cli.report import main
+
+    result = CliRunner().invoke(main, [str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "run avsc-eval first" in result.output

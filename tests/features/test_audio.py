@@ -13,7 +13,7 @@ from avsc_pipeline.config import from_dict, to_dict
 from avsc_pipeline.features.audio import (
     FastLogMel, delta_matrix, load_audio, reference_features, regression_delta, regression_matrices, split_segments,
 )
-from avsc_pipeline.recipe import load_section
+from avsc_pipeline.sections import load_section
 from avsc_pipeline.testing import noisy_tone, write_wav
 
 CFG = FeatureConfig()  # the authors' definition

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avsc_pipeline.config import dump_yaml
-from avsc_pipeline.recipe import load_section
+from avsc_pipeline.sections import load_section
 from avsc_pipeline.features import pvoc
 from avsc_pipeline.sections.features import DSP_CHOICES, OfflineAugmentConfig
 from avsc_pipeline.features.offline_augment import (

@@ -14,7 +14,7 @@ def test_writer_leaves_nothing_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(path, stage_one_columns(cfg, with_video=False), shard_attrs(["a"], cfg)) as writer:
             writer.add(audio=np.zeros((1,) + cfg.audio_shape), label=[0], clip_id=["c"], segment=[0],
-                       identifier=["i"], variant=["orig"])
+                       identifier=["i"], variant=["orig"], audio_file=["c.wav"])
             raise RuntimeError("worker died")
     assert list(tmp_path.iterdir()) == []
 
@@ -26,10 +26,10 @@ def test_writer_checks_columns_and_shapes(tmp_path):
         writer.add(audio=np.zeros((1,) + cfg.audio_shape))
     with pytest.raises(ValueError, match=r"expected rows of shape \(6, 128, 39\)"):
         writer.add(audio=np.zeros((1, 6, 64, 39)), label=[0], clip_id=["c"], segment=[0], identifier=["i"],
-                   variant=["orig"])
+                   variant=["orig"], audio_file=["c.wav"])
     with pytest.raises(ValueError, match="equal row counts"):
         writer.add(audio=np.zeros((2,) + cfg.audio_shape), label=[0], clip_id=["c"], segment=[0],
-                   identifier=["i"], variant=["orig"])
+                   identifier=["i"], variant=["orig"], audio_file=["c.wav"])
 
 
 def test_read_attrs_rejects_foreign_files(tmp_path):
