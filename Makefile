@@ -43,16 +43,24 @@ ROWS ?=
 .PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help gpu-check
 
 help:
-	@echo "make demo      generate the demo data set, extract its features, train and score three small models"
-	@echo "make test      run the test suite"
-	@echo "make download  download the TAU data set (108 GB) into DATA_ROOT=$(DATA_ROOT)"
-	@echo "make features  extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
-	@echo "               then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
-	@echo "make train     train STEPS=\"$(STEPS)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<step>"
-	@echo "               (a rerun resumes each step from its last.pt), then score them (make eval)"
-	@echo "make eval      score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
-	@echo "make bench     run the benchmarks in bench/"
-	@echo "make ensemble  score RUNS=\"DIR DIR ...\" (each RUN/best.pt) as one ensemble on FEATURES/evaluate, then report"
+	@echo "make help           this list (every target)"
+	@echo "make install        create $(VENV) and install torch (TORCH_SPEC) and this package with its test extras"
+	@echo "make demo           generate the demo data set, extract its features, train and score three small models:"
+	@echo "make demo-features    generate DEMO=$(DEMO) ($(DEMO_CLIPS) clips per class), extract it into DEMO_FEATURES=$(DEMO_FEATURES)"
+	@echo "make demo-train       train the audio-only, video-only and joint models into DEMO_RUNS=$(DEMO_RUNS)"
+	@echo "make demo-eval        score each on the demo's evaluate split, then table them in DEMO_RUNS/report"
+	@echo "make clean-demo     remove the demo data set, its features and its runs"
+	@echo "make test           run the test suite"
+	@echo "make download       download the TAU data set (108 GB) into DATA_ROOT=$(DATA_ROOT)"
+	@echo "make features       extract the TAU data set: DATA=$(DATA) FEATURES=$(FEATURES) JOBS=$(JOBS)"
+	@echo "                    then augment its train split into FEATURES/train-aug (AUGMENT=0 skips it)"
+	@echo "make train          train STEPS=\"$(STEPS)\" of CONFIG=$(CONFIG) on FEATURES=$(FEATURES) into RUN=$(RUN)/<step>"
+	@echo "                    (a rerun resumes each step from its last.pt), then score them (make eval)"
+	@echo "make eval           score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
+	@echo "make ensemble       score RUNS=\"DIR DIR ...\" (each RUN/best.pt) as one ensemble on FEATURES/evaluate, then report"
+	@echo "make ablations      train and score a table of the paper, TABLE=$(TABLE) (ROWS=\"a b\" for some rows), into RUN/table-N.md"
+	@echo "make bench          run the benchmarks in bench/"
+	@echo "make gpu-check      the prepared GPU check (bench/gpu_check.py) into OUT=$(OUT)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -34,6 +34,15 @@ class ConfigMismatchError(ValueError):
     """An artifact made with a different config or class list than the one required."""
 
 
+def not_found(path: "str | os.PathLike[str]", what: str) -> str:
+    """`"<path>: <what> not found"`, saying for a relative path that it was resolved against the
+    current folder (which is often not the folder the user had in mind)."""
+    message = f"{os.fspath(path)}: {what} not found"
+    if not os.path.isabs(path):
+        message += f" (a relative path, resolved against the current folder {os.getcwd()})"
+    return message
+
+
 def describe(value: object) -> str:
     """A short description of a value for "expected X, got Y" messages: a tensor's or array's
     dtype and shape, otherwise the type's name."""

@@ -120,6 +120,9 @@ def ensemble_check(checkpoints: List[Path], split_dir: Path, validation_split: O
                                 "validation locations fit the weights), got no such folder; give --validation-split")
     check = check_ensemble(checkpoints, train_dir, given, mean, fit=auto, device=device, modality=modality,
                            batch_size=batch_size, workers=workers, progress=progress)
+    if auto and Path(check.split_dir) == split_dir.resolve():
+        logging.getLogger(__name__).warning("%s: the weights were fitted on the split scored (the runs select on it, "
+                                            "train.validation): its figures are not held out", split_dir)
     return (check.weights if auto else given), check.to_dict()
 
 

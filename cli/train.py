@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from avsc_pipeline_cli.common import Command, config_option, device_option, set_option, setup_logging
+from avsc_pipeline_cli.common import Command, config_option, device_option, output_folder, set_option, setup_logging
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +41,7 @@ def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overr
     The whole recipe: avsc-train data/features runs/paper --config configs/paper.yaml --steps audio,joint
     """
     setup_logging(max(verbose, 1))
+    output_folder(run_dir, "RUN_DIR", create=False)  # written once the inputs are checked
     if steps is not None:
         if resume or overwrite:
             raise click.UsageError("--steps resumes stopped steps and keeps finished ones by itself; "

@@ -95,8 +95,10 @@ def training_folders(features_dir: "str | Path", loader: LoaderConfig) -> List[P
     """
     train = Path(features_dir) / TRAIN_SPLIT
     if not (train / INDEX_NAME).is_file():
-        raise ValueError(f"{features_dir}: expected stage-one shards in {train} (with {INDEX_NAME}); "
-                         "run `avsc-features extract ... --split train` first")
+        hint = "run `avsc-features extract ... --split train` first"
+        if (Path(features_dir) / INDEX_NAME).is_file():  # a split folder: FEATURES_DIR/train given
+            hint = f"{features_dir} is itself a split folder: give its parent, {Path(features_dir).resolve().parent}"
+        raise ValueError(f"{features_dir}: expected stage-one shards in {train} (with {INDEX_NAME}); {hint}")
     folders = [train]
     augmented = Path(features_dir) / augmented_split(TRAIN_SPLIT)
     if loader.aug_fraction > 0 and (augmented / INDEX_NAME).is_file():

@@ -16,10 +16,13 @@ recording locations, and an improvement that holds when each location is left ou
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 #: The temperature is searched in [exp(-LOG_RANGE), exp(LOG_RANGE)].
 LOG_RANGE = 4.0
@@ -173,6 +176,8 @@ def decide_temperature(probs: np.ndarray, labels: np.ndarray, locations: np.ndar
         why = (f"{n_rows} labeled validation rows, at least {min_rows} needed" if n_rows < min_rows
                else f"{n_locations} validation location(s), at least {min_locations} needed")
         return TemperatureDecision(1.0, False, f"temperature 1 kept: {why} to fit one", n_rows, n_locations)
+    logger.info("fitting the calibration temperature on %d rows of %d locations, each location left out in "
+                "turn...", n_rows, n_locations)
     fitted = fit_temperature(probs, labels)
     held_out, uncalibrated, improved = 0.0, 0.0, 0
     for place in places:

@@ -15,7 +15,9 @@ recording locations of `FEATURES/train`, chosen with `loader.split_seed`
 the same rows. Every member scores them with its calibrated probabilities, as the ensemble
 combines them. The members must share that split (the same `val_fraction` and `split_seed`, and
 the same training folder): otherwise one member's validation rows are another's training rows.
-Never the split being scored: the weights would be fitted on the test.
+Runs that selected `best.pt` on a split of their own (`train.validation: evaluate`) validate on
+that whole split instead, and so do the weights: scored on that same split, the figures are
+"selected on the scored split" (a warning says so).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from avsc_pipeline.evaluation.ensemble import MEANS, normalized_weights, resolve
 from avsc_pipeline.evaluation.evaluate import check_split_folder, loader_config_of, open_split
 from avsc_pipeline.evaluation.scoring import load_scorer, score_rows
 from avsc_pipeline.models.checkpoint import ModelArtifact
+from avsc_pipeline.sections.train import VALIDATION_LOCATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +148,8 @@ class EnsembleCheck:
     """An ensemble's members and combination scored on their validation rows.
 
     Attributes:
-        split_dir: the training split folder whose validation locations were scored.
+        split_dir: the folder whose validation rows were scored: the training split (its
+            held-out locations), or the split the runs selected on (`train.validation`).
         n_rows: the labeled validation rows.
         n_locations: their recording locations.
         weights: the member weights used (fitted with `fitted`, else as given).
@@ -186,30 +190,41 @@ def parse_weights_option(text: Optional[str]) -> Tuple[bool, Optional[Tuple[floa
     return False, parse_weights(text)
 
 
+def validation_settings(artifacts: Sequence[ModelArtifact], paths: Sequence[PathLike]) -> Tuple[str, Any, Any]:
+    """How the checkpoints' runs chose their validation rows: `(train.validation,
+    loader.val_fraction, loader.split_seed)`, the last two None for a selection split.
+
+    Raises:
+        ValueError: checkpoints whose settings differ (one's validation rows would be another's
+            training rows), naming both.
+    """
+    settings = []
+    for artifact, path in zip(artifacts, paths):
+        validation = (artifact.config.get("train") or {}).get("validation", VALIDATION_LOCATIONS)
+        loader = loader_config_of(artifact, None, None, str(path))
+        settings.append((validation, loader.val_fraction, loader.split_seed) if validation == VALIDATION_LOCATIONS
+                        else (validation, None, None))
+    for setting, path in zip(settings[1:], paths[1:]):
+        if setting != settings[0]:
+            raise ValueError(f"{paths[0]} and {path}: expected the same validation split (train.validation, "
+                             f"loader.val_fraction, loader.split_seed), got {settings[0]} and {setting}")
+    return settings[0]
+
+
 def validation_rows(dataset: ShardDataset, artifacts: Sequence[ModelArtifact], paths: Sequence[PathLike]) -> np.ndarray:
     """The labeled rows of the checkpoints' validation locations of a training split, as
     training holds them out (`loader.val_fraction`, `loader.split_seed`).
 
     Raises:
-        ValueError: checkpoints whose `loader.val_fraction` or `loader.split_seed` differ (their
-            validation locations differ, so one's validation rows are another's training rows),
-            or a checkpoint selected on another split (`train.validation`), which trained on
-            every training location.
+        ValueError: checkpoints whose validation settings differ, or runs that selected on a
+            split of their own (`train.validation`: its rows are that whole split).
     """
-    settings = []
-    for artifact, path in zip(artifacts, paths):
-        chosen = (artifact.config.get("train") or {}).get("validation", "locations")
-        if chosen != "locations":
-            raise ValueError(f"{path}: selected on the {chosen!r} split (train.validation), not on held-out "
-                             f"training locations: the training split has no validation rows of it; use {chosen!r}")
-        loader = loader_config_of(artifact, None, None, str(path))
-        settings.append((loader.val_fraction, loader.split_seed))
-    for setting, path in zip(settings[1:], paths[1:]):
-        if setting != settings[0]:
-            raise ValueError(f"{paths[0]} and {path}: expected the same validation split (loader.val_fraction, "
-                             f"loader.split_seed), got {settings[0]} and {setting}")
+    validation, fraction, seed = validation_settings(artifacts, paths)
+    if validation != VALIDATION_LOCATIONS:
+        raise ValueError(f"{paths[0]}: selected on the {validation!r} split (train.validation), not on held-out "
+                         f"training locations: its validation rows are the labeled rows of FEATURES/{validation}")
     labels = np.asarray(dataset.labels)
-    split = split_items(dataset.identifiers, labels, dataset.is_augmented, *settings[0])
+    split = split_items(dataset.identifiers, labels, dataset.is_augmented, fraction, seed)
     return split.validation[labels[split.validation] >= 0]
 
 
@@ -247,8 +262,8 @@ def check_ensemble(checkpoints: Sequence[PathLike], train_dir: PathLike, weights
     train_dir = Path(train_dir)
     check_split_folder(train_dir)
     device = device if isinstance(device, torch.device) else pick_device(device)
-    member_probs, labels, locations = _member_probabilities(paths, train_dir, device, modality, batch_size, workers,
-                                                            progress)
+    folder, member_probs, labels, locations = _member_probabilities(paths, train_dir, device, modality, batch_size,
+                                                                    workers, progress)
     mean = spec.mean
     chosen = (fit_weights(member_probs, labels, mean) if fit
               else np.asarray(normalized_weights(spec.weights or None, len(paths))))
@@ -264,30 +279,36 @@ def check_ensemble(checkpoints: Sequence[PathLike], train_dir: PathLike, weights
                    f"{member_loss[best]:.4f} ({paths[best]}){'' if fit else '; --weights auto fits the weights'}")
         logger.warning("%s", warning)
     logger.info("ensemble on %d validation rows of %s: weights %s, log loss %.4f (members %s)", len(labels),
-                train_dir, ", ".join(f"{w:.3g}" for w in chosen), ensemble_loss,
+                folder, ", ".join(f"{w:.3g}" for w in chosen), ensemble_loss,
                 ", ".join(f"{loss:.4f}" for loss in member_loss))
-    return EnsembleCheck(str(train_dir.resolve()), int(len(labels)), int(len(np.unique(locations))),
+    return EnsembleCheck(str(folder.resolve()), int(len(labels)), int(len(np.unique(locations))),
                          tuple(float(w) for w in chosen), fit, mean, member_loss, float(ensemble_loss),
                          str(paths[best]), warning)
 
 
 def _member_probabilities(paths: Sequence[Path], train_dir: Path, device: torch.device, modality: Optional[str],
                           batch_size: Optional[int], workers: Optional[int],
-                          progress: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(M, N, C)` calibrated member probabilities of the validation rows, their labels and locations."""
+                          progress: bool) -> Tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """The folder scored, and `(M, N, C)` calibrated member probabilities of its validation
+    rows, their labels and locations: the held-out locations of `train_dir`, or every labeled
+    row of the split the runs selected on (`train.validation`, beside `train_dir`)."""
     loaded = [load_scorer(p, device, modality) for p in paths]
     artifacts = [artifact for _, artifact in loaded]
+    validation = validation_settings(artifacts, paths)[0]
+    folder = train_dir if validation == VALIDATION_LOCATIONS else train_dir.parent / validation
+    check_split_folder(folder)
     probs: List[np.ndarray] = []
     for index, ((scorer, artifact), path) in enumerate(zip(loaded, paths)):
-        with open_split(train_dir, scorer, path) as dataset:
+        with open_split(folder, scorer, path) as dataset:
             if index == 0:
-                rows = validation_rows(dataset, artifacts, paths)
+                labels = np.asarray(dataset.labels)
+                rows = (validation_rows(dataset, artifacts, paths) if validation == VALIDATION_LOCATIONS
+                        else np.flatnonzero(labels >= 0))
                 if len(rows) == 0:
-                    raise ValueError(f"{train_dir}: expected labeled rows of the members' validation locations, got "
+                    raise ValueError(f"{folder}: expected labeled rows of the members' validation locations, got "
                                      "none (trained with loader.val_fraction 0, or not their training split)")
-                labels = np.asarray(dataset.labels)[rows].astype(np.int64)
-                locations = np.asarray(dataset.identifiers)[rows]
-                logger.info("scoring %d members on %d validation rows of %s", len(paths), len(rows), train_dir)
+                labels, locations = labels[rows].astype(np.int64), np.asarray(dataset.identifiers)[rows]
+                logger.info("scoring %d members on %d validation rows of %s", len(paths), len(rows), folder)
             config = loader_config_of(artifact, batch_size, workers, str(path), device)
             probs.append(score_rows(dataset, scorer, config, rows=rows, progress=progress))
-    return np.stack(probs), labels, locations
+    return folder, np.stack(probs), labels, locations

@@ -117,9 +117,11 @@ def calibrate(checkpoints: Sequence[PathLike], split_dir: PathLike, out: PathLik
         if len(rows) == 0:
             raise ValueError(f"{split_dir}: expected labeled segments to fit a temperature on, got none "
                              f"({'no validation locations' if validation else 'an unlabeled split'})")
+        logger.info("%s: scoring %d segments to fit the calibration temperature on...", split_dir, len(rows))
         probs = score_rows(dataset, scorer, loader_config, rows=rows, progress=progress)
         labels = np.asarray(dataset.labels)[rows].astype(np.int64)
         n_locations = len(np.unique(np.asarray(dataset.identifiers)[rows]))
+    logger.info("fitting the calibration temperature on %d rows...", len(labels))
     temperature = fit_temperature(probs, labels)
     previous = (spec.temperature if ensemble_file is not None else 1.0) if ensemble else artifacts[0].temperature
     fitted_on = f"{split_dir.resolve()}{' (validation locations)' if validation else ''}"

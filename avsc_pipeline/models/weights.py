@@ -18,6 +18,8 @@ from typing import Dict, List, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from avsc_pipeline.errors import not_found
+
 from .video import BackboneSpec
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def load_weights_file(path: PathLike, allow_unsafe: bool = False) -> Dict[str, T
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: weights file not found")
+        raise ValueError(not_found(path, "weights file"))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as err:

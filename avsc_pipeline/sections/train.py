@@ -69,6 +69,11 @@ class TrainConfig:
             scored split".
         dist_timeout_s: how long a collective waits for the other processes under torchrun
             (the NCCL watchdog), e.g. while rank 0 computes the audio statistics.
+        tensorboard: write live curves to `RUN_DIR/tensorboard` (rank 0): the figures of
+            `metrics.csv` per epoch, and the batch loss and accuracy, learning rate, samples/s and
+            data wait every `tensorboard_every` steps; needs the `tensorboard` package (the
+            `tensorboard` extra). Watch them with `tensorboard --logdir runs/`.
+        tensorboard_every: optimizer steps between two writes of the step figures.
     """
 
     epochs: int = 30
@@ -96,6 +101,8 @@ class TrainConfig:
     select_by: str = "log_loss"
     validation: str = "locations"
     dist_timeout_s: float = 1800.0
+    tensorboard: bool = False
+    tensorboard_every: int = 50
 
     def __post_init__(self) -> None:
         check_choice(self, "optimizer", OPTIMIZERS)
@@ -105,7 +112,7 @@ class TrainConfig:
         check_choice(self, "compile_mode", COMPILE_MODES)
         if not self.dist_timeout_s > 0:
             raise ValueError(f"expected dist_timeout_s > 0, got {self.dist_timeout_s!r}")
-        check_int(self, ("epochs", "grad_accum"), minimum=1)
+        check_int(self, ("epochs", "grad_accum", "tensorboard_every"), minimum=1)
         check_int(self, ("seed",), minimum=0)
         check_unit(self, ("momentum",))
         for name in ("lr", "weight_decay", "min_lr", "lr_decay"):

@@ -133,6 +133,8 @@ def embedding_means(inference: Inference, inputs: TrainingInput, caches: Dict[st
         rows = np.sort(rng.choice(rows, EMBEDDING_MEAN_ROWS, replace=False))
     index = torch.as_tensor(rows, device=inputs.device)
     means = {}
+    if len(caches) < 2:
+        logger.info("mean embeddings of the joint model over %d training rows...", len(rows))
     for part in ("audio", "video"):
         # Rank 0 alone computes the means (for the checkpoint it writes): no collective here.
         table = caches[part] if part in caches else compute_embeddings(inference, part, inputs, rows)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from avsc_pipeline.config import config_diff
+from avsc_pipeline.errors import not_found
 from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.models.classifier import SceneClassifier, build_model
 from avsc_pipeline.sections.model import ModelConfig
@@ -62,6 +63,8 @@ def build_run_model(model_config: ModelConfig, train: TrainConfig, classes: List
 
 def init_extractors(model: SceneClassifier, path: Path, classes: List[str], features: Dict[str, Any]) -> None:
     """Copy the extractors an earlier step's checkpoint holds into `model` (strictly)."""
+    if not path.is_file():
+        raise ValueError("train.init_from " + not_found(path, "checkpoint"))
     artifact = load_checkpoint(path).artifact
     if list(artifact.classes) != list(classes):
         raise ValueError(f"{path}: init_from checkpoint has classes {list(artifact.classes)}, the shards {classes}")

@@ -36,8 +36,9 @@ RUN_SECTIONS = ("model", "train", "batch_augment", "loader")
 # The batch augmentation that acts on audio features only (the rest but `video_*` acts on both).
 AUDIO_AUGMENT_KEYS = ("spec_augment", "time_masks", "freq_masks", "mask_per_channel", "max_mask_fraction",
                       "mask_fill", "channel_swap_p")
-# Keys that a resumed run may change: more epochs extend a finished run.
-RESUMABLE_KEYS = ("train.epochs",)
+# Keys that a resumed run may change: more epochs extend a finished run; live curves may be
+# switched on or off (they change nothing trained).
+RESUMABLE_KEYS = ("train.epochs", "train.tensorboard", "train.tensorboard_every")
 # `lr` is the rate of the epoch's first optimizer step, `lr_last` of its last one.
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "val_log_loss", "best",
                   "lr", "lr_last", "samples_per_s", "data_wait_fraction", "seconds")

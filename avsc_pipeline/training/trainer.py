@@ -38,6 +38,7 @@ from avsc_pipeline.training.distributed import (
 from avsc_pipeline.training.embedding_cache import embedding_means
 from avsc_pipeline.training.losses import soft_target_cross_entropy
 from avsc_pipeline.training.meter import EpochMeter
+from avsc_pipeline.training.tensorboard import Board
 from avsc_pipeline.training.optim import build_optimizer, build_scheduler
 from avsc_pipeline.training.run_dir import BEST_NAME, CURVES_NAME, LAST_NAME, METRICS_NAME, write_metrics
 
@@ -77,6 +78,8 @@ class Trainer:
                              cached=caches)
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
         self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
+        self.board = Board(self.run_dir, self.train_cfg.tensorboard, self.train_cfg.tensorboard_every,
+                           context.is_main, context.world_size)
         self.history: List[Dict[str, Any]] = []
         self.best: Optional[Dict[str, Any]] = None
         self._stop_signal: Optional[int] = None
@@ -109,7 +112,7 @@ class Trainer:
         sampler = self.inputs.train_sampler
         loader = self.inputs.loader(sampler)
         row: Dict[str, Any] = self.history[-1] if self.history else {}
-        with _stop_signals(self._on_signal):
+        with _stop_signals(self._on_signal), self.board:
             while self.epoch < self.train_cfg.epochs:
                 logger.info("epoch %d/%d started", self.epoch + 1, self.train_cfg.epochs)
                 sampler.set_epoch(self.epoch)
@@ -164,6 +167,8 @@ class Trainer:
             sums[1] += correct
             meter.add(count)
             self.epoch_batches += 1
+            self.board.batch(self.step, loss, correct, count, self._last_lr, meter.samples_per_s,
+                             meter.waited / meter.elapsed)
             bar.update(1)
             if self.progress and self.epoch_batches % 10 == 0:
                 bar.set_postfix(samples_s=f"{meter.samples_per_s:.1f}")
@@ -252,6 +257,7 @@ class Trainer:
         if not self.context.is_main:
             return
         write_metrics(self.history, self.run_dir / METRICS_NAME, best_epoch=self.best["epoch"] if self.best else None)
+        self.board.epoch(row)
         from avsc_pipeline.evaluation.plots import plot_curves
 
         plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)  # the history has a row

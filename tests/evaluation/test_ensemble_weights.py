@@ -162,6 +162,8 @@ def test_avsc_eval_weights_auto_records_the_fitted_weights_in_metrics_json(runs,
     check = metrics["ensemble_validation"]
     assert check["fitted"] and check["n_rows"] == 100 and check["warning"] is None
     assert [m["weight"] for m in metrics["members"]] == pytest.approx(check["weights"])
+    assert metrics["features_dir"] == str((features / "evaluate").resolve())
+    assert check["split_dir"] == str((features / "train").resolve())
     assert "validation (100 rows of 10 locations, fitted weights)" in result.output
     alone = CliRunner().invoke(main, ["--checkpoint", str(ckpts[0]), str(features / "evaluate"), "--weights", "auto",
                                       "--out", str(tmp_path / "one"), "--device", "cpu", "--no-progress"])

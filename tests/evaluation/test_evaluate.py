@@ -196,6 +196,33 @@ def test_segment_filenames():
         segment_filenames(["a"], [0, 1])
 
 
+def test_segment_filenames_use_the_stored_audio_files():
+    names = segment_filenames(["a", "a", "b"], [0, 1, 0], ["x/take 1.flac", "x/take 1.flac", "../b.wav"])
+    assert names == ["x/take 1-0.wav", "x/take 1-1.wav", "../b.wav"]
+    with pytest.raises(ValueError, match="as many audio files"):
+        segment_filenames(["a"], [0], [])
+
+
+def test_predictions_name_a_csv_data_sets_own_files(tmp_path):
+    from avsc_pipeline.corpus.manifest import load_csv
+    from avsc_pipeline.features.extract import extract_split
+    from avsc_pipeline.sections.features import FeatureConfig
+    from avsc_pipeline.testing import noisy_tone, write_test_checkpoint, write_wav
+
+    write_wav(tmp_path / "field" / "take 01.wav", noisy_tone(1.0, seed=1))
+    write_wav(tmp_path / "field" / "b" / "take.wav", noisy_tone(2.0, seed=2))
+    (tmp_path / "clips.csv").write_text("audio,label,id\nfield/take 01.wav,dog,first\nfield/b/take.wav,cat,second\n")
+    folder = tmp_path / "features" / "evaluate"
+    extract_split(load_csv(tmp_path / "clips.csv"), folder, FeatureConfig(image_size=32), ["cat", "dog"],
+                  progress=False)
+    ckpt = write_test_checkpoint(tmp_path / "run" / "best.pt", folder, modality="audio")
+    evaluate_checkpoint(ckpt, folder, out_dir=tmp_path / "eval", device="cpu", progress=False)
+    names, _, _, _ = read_predictions(tmp_path / "eval" / "predictions.tsv")
+    # One row per one-second segment: the one-second clip by its own name, the two-second clip's
+    # segments as `<folder>/<stem>-<segment>.wav` (the predictions format's rule).
+    assert names == ["field/take 01.wav", "field/b/take-0.wav", "field/b/take-1.wav"]
+
+
 def test_the_confusion_matrix_names_the_run_and_the_modality_scored(features, checkpoints, tmp_path, monkeypatch):
     from avsc_pipeline.evaluation import plots
 

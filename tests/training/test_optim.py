@@ -133,3 +133,34 @@ def test_cosine_is_unchanged():
     factor = 1e-2 + (1 - 1e-2) * 0.5 * (1 + np.cos(np.pi * np.arange(10) / 10))
     np.testing.assert_allclose(got, 0.1 * factor, rtol=1e-12)
     assert math.isclose(got[0], 0.1)
+
+
+@pytest.mark.slow
+def test_the_audio_steps_metrics_csv_shows_the_callbacks_rates(tmp_path):
+    """`lr` and `lr_last` of each epoch (its first and last optimizer step) of a 4-epoch run of
+    `configs/steps/audio.yaml` at toy size, and the run's config, against the reference."""
+    import csv
+
+    from avsc_pipeline.sections import load_recipe
+    from avsc_pipeline.sections.features import FeatureConfig
+    from avsc_pipeline.storage.index import build_index
+    from avsc_pipeline.testing import write_random_shard
+    from avsc_pipeline.training.run import train_run
+
+    features, run = tmp_path / "features", tmp_path / "audio"
+    write_random_shard(features / "train" / "shard-00000.h5", 120, FeatureConfig(n_mels=32, image_size=32),
+                       with_video=False)
+    build_index(features / "train")
+    recipe = load_recipe([CONFIGS / "paper.yaml", CONFIGS / "steps" / "audio.yaml"],
+                         ["model.audio_widths=[8, 8, 8]", "loader.batch_size=8", "loader.num_workers=0",
+                          "loader.val_fraction=0", "train.epochs=4"])
+    train_run(features, run, recipe, device="cpu", progress=False)
+    nbatch = 120 // 8
+    expected = reference_rates(4, nbatch, 0.1, 1e-5, [3, 7, 15, 31, 63, 127], 2, 1e-6)
+    with open(run / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    got = [(float(r["lr"]), float(r["lr_last"])) for r in rows]
+    want = [(expected[e * nbatch], expected[(e + 1) * nbatch - 1]) for e in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    config = load_recipe(run / "config.yaml").train
+    assert (config.lr_decay, config.restart_epochs, config.validation) == (1e-6, (3, 7, 15, 31, 63, 127), "locations")
