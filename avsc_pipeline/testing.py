@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import numpy as np
 
 from avsc_pipeline.sections.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from avsc_pipeline.features.offline_augment import DspImplementation
 from avsc_pipeline.corpus.clips import write_tsv
 from avsc_pipeline.corpus.tau import FOLD_HEADER, META_HEADER, TAU_CLASSES, TEST_HEADER
 
@@ -267,3 +270,43 @@ def _spread_logits(model: "torch.nn.Module", scale: float) -> None:
             model.head[-1].bias.mul_(scale)
         else:  # the FCNN's logits are its last BatchNorm's output, attended and pooled
             model.audio.head_bn2.running_var.div_(scale ** 2)
+
+
+# -- the librosa effects: the reference the offline augmentation's fast DSP is compared with ----
+
+
+def librosa_dsp() -> "DspImplementation":
+    """librosa's pitch shift, time stretch and resampling as a
+    :class:`~avsc_pipeline.features.offline_augment.DspImplementation`, for tests and benchmarks
+    (`Augmenter(..., dsp=librosa_dsp())`)."""
+    from avsc_pipeline.features.offline_augment import DspImplementation
+
+    return DspImplementation(librosa_pitch_shift, librosa_change_tempo, librosa_change_speed, analysis=False)
+
+
+def librosa_pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft: int = 2048,
+                         hop_length: int = 512, quality: str = "HQ", analysis: Any = None) -> np.ndarray:
+    import librosa
+
+    out = librosa.effects.pitch_shift(audio, sr=sr, n_steps=float(semitones), n_fft=n_fft,
+                                      hop_length=hop_length, res_type=f"soxr_{quality.lower()}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def librosa_change_tempo(audio: np.ndarray, rate: float, *, n_fft: int = 2048, hop_length: int = 512,
+                          analysis: Any = None) -> np.ndarray:
+    import librosa
+
+    out = librosa.effects.time_stretch(audio, rate=float(rate), n_fft=n_fft, hop_length=hop_length)
+    from avsc_pipeline.features.offline_augment import repeat_to_length
+
+    return repeat_to_length(np.asarray(out, dtype=np.float32), audio.shape[-1])
+
+
+def librosa_change_speed(audio: np.ndarray, sr: int, factor: float, *, quality: str = "HQ") -> np.ndarray:
+    import librosa
+
+    out = librosa.resample(audio, orig_sr=sr, target_sr=sr / float(factor), res_type=f"soxr_{quality.lower()}")
+    from avsc_pipeline.features.offline_augment import fix_length
+
+    return fix_length(np.asarray(out, dtype=np.float32), int(round(audio.shape[-1] / factor)))

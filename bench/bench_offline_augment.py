@@ -74,7 +74,8 @@ def main() -> None:
     from avsc_pipeline.sections.features import FeatureConfig
     from avsc_pipeline.features.audio import load_audio
     from avsc_pipeline.sections.features import OfflineAugmentConfig
-    from avsc_pipeline.features.offline_augment import DSP_IMPLEMENTATIONS, add_fixed_noise, add_noise, draw_params, mix
+    from avsc_pipeline.features.offline_augment import FAST_DSP, add_fixed_noise, add_noise, draw_params, mix
+    from avsc_pipeline.testing import librosa_dsp
     from avsc_pipeline.features.offline_augment_shards import augment_clip, plan_items
     from avsc_pipeline.features.extract import extract_clip
 
@@ -97,8 +98,8 @@ def main() -> None:
                                                             draw_params(resample, c.clip_id, "speed", 0).speed),
         }
         for name, op in ops.items():
-            fast, slow = per_clip(clips, [lambda c, op=op: op(DSP_IMPLEMENTATIONS["fast"], c),
-                                          lambda c, op=op: op(DSP_IMPLEMENTATIONS["librosa"], c)], args.repeat)
+            fast, slow = per_clip(clips, [lambda c, op=op: op(FAST_DSP, c),
+                                          lambda c, op=op: op(librosa_dsp(), c)], args.repeat)
             print(f"{name:<28}{1e3 * fast:>10.1f}{1e3 * slow:>12.1f}{slow / fast:>9.2f}x")
         rng = np.random.default_rng(0)
         fixed, noise, mixing = per_clip(clips, [lambda c: add_fixed_noise(audio[c.clip_id], 0.01, rng),
@@ -111,11 +112,10 @@ def main() -> None:
 
         rows = {(c.clip_id, s): 0 for c in clips for s in range(20)}
         classes = sorted({c.label for c in clips})
-        configs = {b: dataclasses.replace(config, dsp=b) for b in ("fast", "librosa")}
-        items = {b: plan_items(clips, cfg, fc, classes, rows, "-") for b, cfg in configs.items()}
+        items = plan_items(clips, config, fc, classes, rows, "-")
         fast, slow, audio_only, with_video = per_clip(range(len(clips)), [
-            lambda i: augment_clip(items["fast"][i], fc, configs["fast"]),
-            lambda i: augment_clip(items["librosa"][i], fc, configs["librosa"]),
+            lambda i: augment_clip(items[i], fc, config),
+            lambda i: augment_clip(items[i], fc, config, dsp=librosa_dsp()),
             lambda i: extract_clip(clips[i], fc, with_video=False),
             lambda i: extract_clip(clips[i], fc, with_video=True),
         ], args.repeat)

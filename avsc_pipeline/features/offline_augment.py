@@ -141,7 +141,7 @@ def _check_audio(audio: np.ndarray) -> None:
         raise ValueError(f"expected (channels, samples) float32 audio, got {audio.shape} {audio.dtype}")
 
 
-def _fix_length(audio: np.ndarray, size: int) -> np.ndarray:
+def fix_length(audio: np.ndarray, size: int) -> np.ndarray:
     if audio.shape[-1] >= size:
         return np.ascontiguousarray(audio[..., :size])
     return np.pad(audio, ((0, 0), (0, size - audio.shape[-1])))
@@ -159,7 +159,7 @@ def _resample(audio: np.ndarray, in_rate: float, out_rate: float, size: int, qua
     import soxr
 
     out = soxr.resample(audio.T, in_rate, out_rate, quality=quality)  # (frames, C) float32
-    return _fix_length(np.ascontiguousarray(out.T), size)
+    return fix_length(np.ascontiguousarray(out.T), size)
 
 
 def pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft: int = 2048, hop_length: int = 512,
@@ -259,47 +259,26 @@ def mix(audio: np.ndarray, partner: np.ndarray, gain: float, clip_gain: float = 
     if partner.shape[0] != audio.shape[0]:
         raise ValueError(f"expected a partner with {audio.shape[0]} channels, got {partner.shape[0]}")
     own = audio if clip_gain == 1.0 else np.float32(clip_gain) * audio
-    return own + np.float32(gain) * _fix_length(partner, audio.shape[-1])
-
-
-def _librosa_pitch_shift(audio: np.ndarray, sr: int, semitones: float, *, n_fft: int = 2048,
-                         hop_length: int = 512, quality: str = "HQ", analysis: Any = None) -> np.ndarray:
-    import librosa
-
-    out = librosa.effects.pitch_shift(audio, sr=sr, n_steps=float(semitones), n_fft=n_fft,
-                                      hop_length=hop_length, res_type=f"soxr_{quality.lower()}")
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _librosa_change_tempo(audio: np.ndarray, rate: float, *, n_fft: int = 2048, hop_length: int = 512,
-                          analysis: Any = None) -> np.ndarray:
-    import librosa
-
-    out = librosa.effects.time_stretch(audio, rate=float(rate), n_fft=n_fft, hop_length=hop_length)
-    return repeat_to_length(np.asarray(out, dtype=np.float32), audio.shape[-1])
-
-
-def _librosa_change_speed(audio: np.ndarray, sr: int, factor: float, *, quality: str = "HQ") -> np.ndarray:
-    import librosa
-
-    out = librosa.resample(audio, orig_sr=sr, target_sr=sr / float(factor), res_type=f"soxr_{quality.lower()}")
-    return _fix_length(np.asarray(out, dtype=np.float32), int(round(audio.shape[-1] / factor)))
+    return own + np.float32(gain) * fix_length(partner, audio.shape[-1])
 
 
 @dataclass(frozen=True)
 class DspImplementation:
-    """The implementations of the operations that have a faster equivalent."""
+    """The implementations of the operations that have a faster equivalent.
+
+    `analysis` says whether they take the clip's phase-vocoder analysis (:class:`STFTAnalysis`),
+    made once per clip. The package uses :data:`FAST_DSP`; the librosa effects, the reference
+    the tests and benchmarks compare with, are :func:`avsc_pipeline.testing.librosa_dsp`.
+    """
 
     pitch_shift: Callable[..., np.ndarray]
     change_tempo: Callable[..., np.ndarray]
     change_speed: Callable[..., np.ndarray]
+    analysis: bool = True
 
 
-# The names are the config's `dsp` choices (DSP_CHOICES; tests/features/test_offline_augment.py).
-DSP_IMPLEMENTATIONS: Dict[str, DspImplementation] = {
-    "fast": DspImplementation(pitch_shift, change_tempo, change_speed),
-    "librosa": DspImplementation(_librosa_pitch_shift, _librosa_change_tempo, _librosa_change_speed),
-}
+#: This package's phase vocoder and soxr resampling.
+FAST_DSP = DspImplementation(pitch_shift, change_tempo, change_speed)
 
 
 class Augmenter:
@@ -310,14 +289,17 @@ class Augmenter:
         sr: its sample rate.
         clip_id: its id (keys the noise generator).
         config: the augmentation config.
+        dsp: the signal-processing implementation (the tests pass librosa's for comparison).
     """
 
-    def __init__(self, audio: np.ndarray, sr: int, clip_id: str, config: OfflineAugmentConfig) -> None:
+    def __init__(self, audio: np.ndarray, sr: int, clip_id: str, config: OfflineAugmentConfig,
+                 dsp: DspImplementation = FAST_DSP) -> None:
         _check_audio(audio)
         self.audio = audio
         self.sr = sr
         self.clip_id = clip_id
         self.config = config
+        self.dsp = dsp
         self._analysis: Optional[STFTAnalysis] = None
 
     def __call__(self, params: AugmentParams, partner: Optional[np.ndarray] = None) -> np.ndarray:
@@ -327,7 +309,7 @@ class Augmenter:
             AugmentError: the operation cannot apply to this clip.
             ValueError: `mix` without partner audio.
         """
-        cfg, dsp = self.config, DSP_IMPLEMENTATIONS[self.config.dsp]
+        cfg, dsp = self.config, self.dsp
         if params.op == "pitch":
             return dsp.pitch_shift(self.audio, self.sr, params.semitones, n_fft=cfg.n_fft,
                                    hop_length=cfg.hop_length, quality=cfg.resample_quality,
@@ -350,7 +332,7 @@ class Augmenter:
 
     def _stft(self) -> Optional[STFTAnalysis]:
         """The clip's phase-vocoder analysis, made once (None for the librosa effects)."""
-        if self.config.dsp != "fast":
+        if not self.dsp.analysis:
             return None
         if self._analysis is None:
             self._analysis = STFTAnalysis(self.audio, self.config.n_fft, self.config.hop_length)

@@ -31,7 +31,9 @@ import numpy as np
 from avsc_pipeline.config import config_diff, config_hash, to_dict
 from avsc_pipeline.sections.features import FeatureConfig, OfflineAugmentConfig
 from avsc_pipeline.errors import BadClipError, ConfigMismatchError
-from avsc_pipeline.features.offline_augment import AugmentError, Augmenter, AugmentParams, draw_params, output_samples
+from avsc_pipeline.features.offline_augment import (
+    FAST_DSP, AugmentError, Augmenter, AugmentParams, DspImplementation, draw_params, output_samples,
+)
 from avsc_pipeline.features.extract import audio_extractor, planned_samples
 from avsc_pipeline.features.shard_engine import (
     DEFAULT_SHARD_SIZE, RunSummary, ShardJob, check_run_args, check_state, group_into_shards, hash_strings,
@@ -169,8 +171,9 @@ def planned_rows(item: AugmentItem, feature_config: FeatureConfig) -> int:
 
 
 def augment_clip(item: AugmentItem, feature_config: FeatureConfig, config: OfflineAugmentConfig,
-                 threads: Optional[int] = None) -> AugmentResult:
-    """Features of every planned variant of one clip; bad input becomes `skipped`, never an exception."""
+                 threads: Optional[int] = None, dsp: Optional[DspImplementation] = None) -> AugmentResult:
+    """Features of every planned variant of one clip; bad input becomes `skipped`, never an exception.
+    `dsp` replaces the fast DSP (a benchmark passes librosa's, `testing.librosa_dsp()`)."""
     from avsc_pipeline.features.audio import load_audio
 
     set_worker_threads(threads)
@@ -180,7 +183,7 @@ def augment_clip(item: AugmentItem, feature_config: FeatureConfig, config: Offli
         audio = load_audio(item.clip.audio, feature_config)
     except BadClipError as err:
         return AugmentResult(item, skipped=(err.path, err.reason))
-    augmenter = Augmenter(audio, feature_config.sample_rate, item.clip_id, config)
+    augmenter = Augmenter(audio, feature_config.sample_rate, item.clip_id, config, dsp=dsp or FAST_DSP)
     partners = {c.clip_id: c for c in item.partners}
     loaded: Dict[str, np.ndarray] = {}
     outputs = []

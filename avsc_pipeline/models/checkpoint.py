@@ -292,6 +292,8 @@ def _from_format_2(state: Dict[str, Any], path: str) -> Dict[str, Any]:
     if not isinstance(artifact, dict) or not isinstance(artifact.get("config"), dict):
         return state
     config = dict(artifact["config"])
+    if isinstance(config.get("offline_augment"), dict):  # `dsp` became a test helper in format 3
+        config["offline_augment"] = {k: v for k, v in config["offline_augment"].items() if k != "dsp"}
     for name, omitted in _FORMAT_2_OMITTED.items():
         section = config.get(name)
         if isinstance(section, dict) and section and not set(section) & set(omitted):

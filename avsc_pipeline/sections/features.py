@@ -162,8 +162,6 @@ RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
 SPEED_METHODS = ("stretch", "resample")
 NOISE_KINDS = ("fixed", "snr")
 MIX_KINDS = ("two_gains", "one_gain")
-# Keys of `features.offline_augment.DSP_IMPLEMENTATIONS`.
-DSP_CHOICES = ("fast", "librosa")
 
 
 @dataclass(frozen=True)
@@ -194,8 +192,6 @@ class OfflineAugmentConfig:
         n_fft: FFT size of the phase vocoder (pitch shift and time stretch; librosa's default).
         hop_length: hop of the phase vocoder (librosa's default, `n_fft // 4`).
         resample_quality: soxr quality of the resampling steps (`HQ` is librosa's default).
-        dsp: the signal-processing implementation, `fast` (this package's phase vocoder) or
-            `librosa` (the librosa effects, for comparison).
     """
 
     ops: Tuple[str, ...] = OFFLINE_OPS
@@ -212,7 +208,6 @@ class OfflineAugmentConfig:
     n_fft: int = 2048
     hop_length: int = 512
     resample_quality: str = "HQ"
-    dsp: str = "fast"
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in OFFLINE_OPS]
@@ -232,7 +227,6 @@ class OfflineAugmentConfig:
         if self.n_fft % 2 or self.n_fft % self.hop_length:
             raise ValueError(f"expected an even n_fft that hop_length divides, got {self.n_fft} and {self.hop_length}")
         check_choice(self, "resample_quality", RESAMPLE_QUALITIES)
-        check_choice(self, "dsp", DSP_CHOICES)
 
 
 def feature_config_of(attrs: Dict[str, Any], source: str = "shard") -> FeatureConfig:

@@ -4,7 +4,9 @@ avsc-eval's metrics.json say how the temperature was decided."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -13,11 +15,11 @@ import pytest
 
 from avsc_pipeline.evaluation.calibration import decide_temperature
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
-from avsc_pipeline.models.checkpoint import load_checkpoint
+from avsc_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from avsc_pipeline.sections import load_recipe
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.storage.index import build_index
-from avsc_pipeline.testing import write_random_shard
+from avsc_pipeline.testing import write_random_folder, write_random_shard, write_test_checkpoint
 from avsc_pipeline.training.run import train_run
 from avsc_pipeline.training.tensorboard import Board
 
@@ -40,7 +42,13 @@ def run(tmp_path_factory) -> Path:
         handle["audio"][:] = audio
     build_index(root / "features" / "train")
     recipe = load_recipe(None, TINY + ["train.tensorboard=true", "train.tensorboard_every=1"])
-    train_run(root / "features", root / "run", recipe, device="cpu", progress=False)
+    package = logging.getLogger("avsc_pipeline")
+    level = package.level
+    package.setLevel(logging.INFO)  # train.log gets the calibration's reason
+    try:
+        train_run(root / "features", root / "run", recipe, device="cpu", progress=False)
+    finally:
+        package.setLevel(level)
     return root
 
 
@@ -64,7 +72,8 @@ def test_tensorboard_holds_the_metrics_csv_figures_per_epoch_and_per_step(run):
         assert [step for step, _ in found[f"epoch/{name}"]] == [1, 2]
         np.testing.assert_allclose([v for _, v in found[f"epoch/{name}"]], [float(r[name]) for r in rows], rtol=1e-6)
     steps = [step for step, _ in found["step/loss"]]
-    assert steps == sorted(set(steps)) and len(steps) >= 2 * (180 // 8)  # every optimizer step, each once
+    total = load_checkpoint(run / "run" / "last.pt").resume.step
+    assert steps == list(range(1, total + 1)) and total > 10  # every optimizer step, each once
     assert all(0.0 <= v <= 1.0 for _, v in found["step/accuracy"])
 
 
@@ -95,19 +104,11 @@ def test_the_checkpoint_and_metrics_json_say_how_the_temperature_was_decided(run
 
 
 def test_a_decision_round_trips_through_the_checkpoint(tmp_path):
-    import dataclasses
-
-    from avsc_pipeline.models.checkpoint import save_checkpoint
-
     probs = np.full((120, 3), 1 / 3)
     decision = decide_temperature(probs, np.arange(120) % 3, np.arange(120) % 4)
-    artifact = load_checkpoint(Path(__file__).parent / "missing.pt") if False else None  # noqa: F841
-    path = tmp_path / "a.pt"
-    from avsc_pipeline.testing import write_random_folder, write_test_checkpoint
-
     folder = write_random_folder(tmp_path / "f", (20,), FeatureConfig(image_size=32))
-    write_test_checkpoint(path, folder, modality="audio")
+    path = write_test_checkpoint(tmp_path / "a.pt", folder, modality="audio")
     old = load_checkpoint(path).artifact
-    assert old.calibration is None  # a checkpoint written without the record still loads
+    assert old.calibration is None  # a checkpoint written without the record loads as before
     save_checkpoint(path, dataclasses.replace(old, calibration=decision.to_dict()))
     assert load_checkpoint(path).artifact.calibration == decision.to_dict()
