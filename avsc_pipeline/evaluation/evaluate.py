@@ -34,20 +34,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from avsc_pipeline.atomic import write_text_atomic
-from avsc_pipeline.config import from_dict
 from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
 from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
 from avsc_pipeline.evaluation.ensemble import LoadedModel, load_model
-from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows, score_rows_pair
+from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows_pair
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import folder_column, load_index
 
@@ -165,8 +164,10 @@ def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers
     """The checkpoint's `loader:` section (the training machine's settings) with this run's
     batch size and workers; every row is read once, in order. Without a batch size, a CUDA
     device scores `CUDA_EVAL_BATCH` segments at a time (training's batch elsewhere)."""
-    section = artifact.config.get("loader") or {}
-    config = from_dict(LoaderConfig, dict(section), source=f"{source}: config.loader")
+    try:
+        config = artifact.recipe.loader
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     changes: Dict[str, Any] = {"drop_last": False, "persistent_workers": False}
     if batch_size is not None:
         changes["batch_size"] = batch_size
@@ -348,7 +349,7 @@ def selection_info(artifacts: Sequence[ModelArtifact], split: str) -> Dict[str, 
         existed), and `selected_on_scored_split`: True when one of them is `split`, the figure
         then being "selected on the scored split" (:data:`SELECTED_ON_SCORED_SPLIT`).
     """
-    chosen = [str((artifact.config.get("train") or {}).get("validation", "locations")) for artifact in artifacts]
+    chosen = [artifact.recipe.train.validation for artifact in artifacts]
     return {"selected_on": chosen, "selected_on_scored_split": split in chosen}
 
 

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_open
-from ..config import from_dict
+
 from .classifier import SceneClassifier, build_model
 from avsc_pipeline.sections import Recipe
-from avsc_pipeline.sections.model import MODALITIES, ModelConfig
+from avsc_pipeline.sections.model import MODALITIES
 from .weights import describe_error, needs_full_unpickler
 
 FORMAT = "avsc-pipeline-checkpoint"
@@ -324,7 +324,7 @@ def model_from_artifact(artifact: ModelArtifact, device: Any = "cpu") -> SceneCl
     Raises:
         ValueError: weights that do not fit the artifact's `model` section.
     """
-    config = from_dict(ModelConfig, artifact.config["model"], source="checkpoint config.model")
+    config = artifact.recipe.model
     in_bn = artifact.weights.get("audio.input_bn.weight")
     channels = int(in_bn.shape[0]) if in_bn is not None else 6
     model = build_model(config, len(artifact.classes), audio_channels=channels, load_weights=False)

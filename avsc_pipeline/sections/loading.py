@@ -11,7 +11,7 @@ The defaults are the paper's settings (USTC, DCASE 2021 Task 1b) where the paper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_unit
 
