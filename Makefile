@@ -131,8 +131,10 @@ download: install
 # One command runs the recipe's steps (avsc-train --steps): everything is checked before the first
 # step trains, a finished step is kept, a stopped one resumes from its last.pt (a pre-empted job
 # just reruns `make train`), and the joint step starts from RUN/audio/best.pt. Then each step is scored.
+# `exec`: avsc-train replaces the recipe's shell, which a SIGTERM to the process group (pre-emption)
+# would otherwise kill under it; make then waits for the step to stop and write last.pt.
 train: install
-	$(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN) --config $(CONFIG) --steps "$(STEPS)" --device $(DEVICE) $(TRAIN_ARGS)
+	exec $(LAUNCH) $(BIN)/avsc-train $(FEATURES) $(RUN) --config $(CONFIG) --steps "$(STEPS)" --device $(DEVICE) $(TRAIN_ARGS)
 	for step in $(STEPS); do $(MAKE) --no-print-directory eval RUN=$(RUN)/$$step FEATURES=$(FEATURES) || exit 1; done
 	$(BIN)/avsc-report $(foreach step,$(STEPS),$(RUN)/$(step)) --out $(RUN)/report
 

@@ -81,6 +81,8 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_dir: Optional[Path]
         click.echo(f"{result['split']}: {SELECTED_NOTE}")
     click.echo(headline_tables(result))
     click.echo(calibration_line(result))
+    if result.get("calibration"):
+        click.echo(f"training's calibration: {result['calibration']['reason']}")
     click.echo(f"wrote {', '.join(p.name for p in result['files'].values())} in {folder}")
 
 

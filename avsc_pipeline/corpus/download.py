@@ -23,7 +23,6 @@ import logging
 import re
 import shutil
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass

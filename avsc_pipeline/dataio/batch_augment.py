@@ -3,20 +3,31 @@
 Each module works on a whole batch, draws per-sample randomness from its own generator (see
 :class:`~avsc_pipeline.dataio.rng.SeededModule`), and is the identity in `eval()` mode. The
 video perturbation lives in :mod:`avsc_pipeline.dataio.video_augment`.
+
+Each module draws all of a batch's randomness in one call (one uniform tensor for every mask of
+every sample and channel, one for the mixup's positions and partners), and the mixup's
+Beta(alpha, alpha) ratios are drawn in blocks of many batches: on a GPU a batch costs a few
+kernel launches instead of one per mask or per gamma candidate, and nothing here synchronizes
+with the host, so the whole preparation can be captured in a CUDA graph
+(:mod:`avsc_pipeline.training.graphed_step`). The distributions are those of drawing per sample
+(`tests/dataio/test_batch_augment_draws.py` compares them with the per-sample draws).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from avsc_pipeline.sections.loading import MASK_FILLS
-from avsc_pipeline.dataio.rng import SeededModule, beta_sample, randint_inclusive
+from avsc_pipeline.dataio.rng import SeededModule, beta_sample
 from avsc_pipeline.errors import describe
 
 AUDIO_CHANNELS = 6
+#: Beta ratios drawn at once by :class:`JointMixup` (rounded up to whole batches): 256 batches of
+#: the recipe's 32 mixed samples.
+BETA_BLOCK = 8192
 
 
 class SpecAugment(SeededModule):
@@ -52,6 +63,7 @@ class SpecAugment(SeededModule):
             raise ValueError(f"expected fill in {MASK_FILLS}, got {fill!r}")
         self.time_masks, self.freq_masks = time_masks, freq_masks
         self.max_fraction, self.fill, self.per_channel = max_fraction, fill, bool(per_channel)
+        self._mask_constants: Dict[Any, Tuple[torch.Tensor, ...]] = {}
 
     def extra_repr(self) -> str:
         return (f"time_masks={self.time_masks}, freq_masks={self.freq_masks}, "
@@ -75,10 +87,9 @@ class SpecAugment(SeededModule):
         if not self.training or audio.shape[0] == 0:
             return audio
         batch, channels, n_freq, n_time = audio.shape
-        gen = self.generator_for(audio.device)
         rows = batch * channels if self.per_channel else batch
-        mask = self._axis_mask(rows, n_freq, self.freq_masks, gen, audio.device)[:, :, None]
-        mask = mask | self._axis_mask(rows, n_time, self.time_masks, gen, audio.device)[:, None, :]
+        freq, time = self.masks(rows, n_freq, n_time, audio.device)
+        mask = freq[:, :, None] | time[:, None, :]
         mask = mask.view(batch, channels, n_freq, n_time) if self.per_channel else mask[:, None]
         if self.fill == "mean":
             fill = audio.mean(dim=(2, 3), keepdim=True)
@@ -86,18 +97,42 @@ class SpecAugment(SeededModule):
             fill = audio.new_zeros(())
         return torch.where(mask, fill, audio)
 
-    def _axis_mask(self, batch: int, length: int, count: int, gen: torch.Generator,
-                   device: torch.device) -> torch.Tensor:
-        """`(batch, length)` bool: the union of `count` random masks per sample."""
-        mask = torch.zeros((batch, length), dtype=torch.bool, device=device)
-        top = self.max_width(length)
-        if count == 0 or top == 0:
-            return mask
-        width = randint_inclusive(torch.full((batch, count), top, device=device), gen)
-        start = randint_inclusive(length - width, gen)
-        pos = torch.arange(length, device=device).view(1, 1, length)
-        hit = (pos >= start[..., None]) & (pos < (start + width)[..., None])
-        return hit.any(dim=1)
+    def masks(self, rows: int, n_freq: int, n_time: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The masks of `rows` samples (or sample channels), from one draw.
+
+        Each of a row's `freq_masks + time_masks` masks takes two uniforms from one
+        `(2, rows, masks)` float32 draw: its width `floor(u * (top + 1))` (uniform over
+        `0..top`) and its start `floor(u' * (length - width + 1))` (uniform over the positions
+        where it fits).
+
+        Returns:
+            `(rows, n_freq)` and `(rows, n_time)` bool: the union of each row's masks per axis.
+        """
+        count = self.freq_masks + self.time_masks
+        if count == 0 or rows == 0:
+            return (torch.zeros((rows, n_freq), dtype=torch.bool, device=device),
+                    torch.zeros((rows, n_time), dtype=torch.bool, device=device))
+        top, length, pos = self._constants(n_freq, n_time, torch.device(device))
+        u = torch.rand((2, rows, count), generator=self.generator_for(device), device=device)
+        width = torch.minimum(u[0].mul(top + 1).floor_(), top)
+        room = length - width
+        start = torch.minimum(u[1].mul(room + 1).floor_(), room)
+        hit = (pos >= start[..., None]) & (pos < (start + width)[..., None])  # (rows, masks, max(F, T))
+        return hit[:, :self.freq_masks, :n_freq].any(dim=1), hit[:, self.freq_masks:, :n_time].any(dim=1)
+
+    def _constants(self, n_freq: int, n_time: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+        """Per mask its widest width and its axis length `(masks,)` float32, and the positions
+        `(max(F, T),)` float32, on `device`: built once per shape, so that a batch on a GPU draws
+        without a host-to-device copy."""
+        key = (str(device), n_freq, n_time)
+        cache = self._mask_constants
+        if key not in cache:
+            tops = [self.max_width(n_freq)] * self.freq_masks + [self.max_width(n_time)] * self.time_masks
+            lengths = [n_freq] * self.freq_masks + [n_time] * self.time_masks
+            cache[key] = (torch.tensor(tops, dtype=torch.float32, device=device),
+                          torch.tensor(lengths, dtype=torch.float32, device=device),
+                          torch.arange(max(n_freq, n_time), dtype=torch.float32, device=device))
+        return cache[key]
 
 
 class ChannelSwap(SeededModule):
@@ -117,6 +152,7 @@ class ChannelSwap(SeededModule):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"expected 0 <= p <= 1, got {p!r}")
         self.p = p
+        self._swap_constants: Dict[Any, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def extra_repr(self) -> str:
         return f"p={self.p}, left=[0:3], right=[3:6], seed={self.seed}"
@@ -136,14 +172,24 @@ class ChannelSwap(SeededModule):
         if not self.training or audio.shape[0] == 0:
             return audio
         batch = audio.shape[0]
-        gen = self.generator_for(audio.device)
-        swap = (torch.rand(batch, generator=gen, device=audio.device) < self.p).long()
+        swap = torch.rand((batch, 1), generator=self.generator_for(audio.device), device=audio.device) < self.p
         # Rows of the (2B, 3*F*T) block view in output order: sample b's blocks are 2b and
-        # 2b + 1, read in reverse for a swapped sample. One row-wise copy (index_select is as
-        # fast as a plain copy; advanced indexing was measured 4-5x slower on CPU).
-        first = 2 * torch.arange(batch, device=audio.device) + swap
-        order = torch.stack([first, first + 1 - 2 * swap], dim=1).flatten()
+        # 2b + 1, read in reverse for a swapped sample (each block moves by +1 or -1). One
+        # row-wise copy (index_select is as fast as a plain copy; advanced indexing was measured
+        # 4-5x slower on CPU).
+        blocks, step = self._constants(batch, audio.device)
+        order = blocks + swap.expand(batch, 2).reshape(-1) * step
         return audio.reshape(2 * batch, -1).index_select(0, order).view(audio.shape)
+
+    def _constants(self, batch: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(2B,)` int64 block rows `0..2B-1` and each block's move when swapped (+1, -1, ...),
+        built once per batch size and device."""
+        key = (str(device), batch)
+        cache = self._swap_constants
+        if key not in cache:
+            blocks = torch.arange(2 * batch, device=device)
+            cache[key] = (blocks, 1 - 2 * (blocks % 2))
+        return cache[key]
 
 
 class JointMixup(SeededModule):
@@ -154,6 +200,11 @@ class JointMixup(SeededModule):
     `x_i <- (1 - r) * x_i + r * x_partner`, with one ratio `r` per mixed sample shared by the
     audio, the frames and the target. `r` is `ratio` (the paper's fixed 0.4) or, when `alpha`
     is set, drawn per sample from Beta(alpha, alpha).
+
+    The mixed positions and partners of a batch come from one uniform draw; the Beta ratios are
+    drawn `BETA_BLOCK` at a time and consumed in order (the block and the position in it travel
+    in the state dict with the generator, so a resumed run continues the same ratios). Under a
+    CUDA graph the ratios are read through a device cursor (:meth:`capturing`, :meth:`advance`).
 
     Args:
         fraction: fraction of each batch that is mixed.
@@ -176,6 +227,11 @@ class JointMixup(SeededModule):
         if alpha is not None and not alpha > 0:
             raise ValueError(f"expected alpha > 0 or None, got {alpha!r}")
         self.fraction, self.ratio, self.alpha, self.inplace = fraction, ratio, alpha, bool(inplace)
+        self._block: Optional[torch.Tensor] = None  # Beta ratios, drawn BETA_BLOCK at a time
+        self._used = 0  # ratios of the block consumed
+        self._pending_block: Optional[Tuple[torch.Tensor, int]] = None  # restored, not yet on a device
+        self._cursor: Optional[torch.Tensor] = None  # set while a CUDA graph captures
+        self._constants: Dict[Any, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         how = f"ratio={self.ratio}" if self.alpha is None else f"ratio~Beta({self.alpha}, {self.alpha})"
@@ -196,7 +252,7 @@ class JointMixup(SeededModule):
         """
         self._check(audio, video, target)
         batch = audio.shape[0]
-        count = int(round(self.fraction * batch + 1e-9)) if batch > 1 else 0
+        count = self.count_for(batch)
         if not self.training or count == 0:
             return audio, video, target
         who, partner, ratio = self.draw(batch, count, audio.device)
@@ -204,18 +260,99 @@ class JointMixup(SeededModule):
         video = None if video is None else _mix(video, who, partner, ratio, self.inplace)
         return audio, video, _mix(target, who, partner, ratio, self.inplace)
 
+    def count_for(self, batch: int) -> int:
+        """How many samples of a batch of `batch` are mixed: `round(fraction * batch)` (none of
+        a batch of one)."""
+        return int(round(self.fraction * batch + 1e-9)) if batch > 1 else 0
+
     def draw(self, batch: int, count: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
         """`count` mixed positions `(count,)` int64, their partners `(count,)` int64 (never the
-        position itself) and ratios `(count,)` float32."""
+        position itself) and ratios `(count,)` float32.
+
+        The positions are the first `count` of a uniformly random order of the batch (an argsort
+        of uniforms) and each partner is at a uniform offset of 1 to `batch - 1` from its
+        position, both from one `(2, batch)` float64 draw; the ratios are the next `count` of
+        the Beta block.
+        """
+        device = torch.device(device)
+        start = self.advance(count, device) if self._cursor is None else None
         gen = self.generator_for(device)
-        who = torch.randperm(batch, generator=gen, device=device)[:count]
-        offset = torch.randint(1, batch, (count,), generator=gen, device=device)
-        partner = (who + offset) % batch
+        u = torch.rand((2, batch), generator=gen, device=device, dtype=torch.float64)
+        who = u[0].argsort()[:count]
+        offset = u[1, :count].mul(batch - 1).floor_().clamp_max_(batch - 2).to(torch.int64).add_(1)
+        partner = (who + offset).remainder_(batch)
         if self.alpha is None:
-            ratio = torch.full((count,), self.ratio, dtype=torch.float32, device=device)
-        else:
-            ratio = beta_sample(self.alpha, count, gen, device)
+            ratio = self._constant(count, device)
+        elif self._cursor is None:
+            ratio = self._block[start:start + count]
+        else:  # captured: the host moves the cursor before each replay (advance)
+            ratio = self._block.index_select(0, self._cursor + self._positions(count, device))
         return who, partner, ratio
+
+    def advance(self, count: int, device: torch.device) -> int:
+        """Host bookkeeping of the Beta block before a batch mixes `count` samples: refill the
+        block when fewer than `count` ratios are left, then reserve `count`.
+
+        Returns:
+            Where this batch's ratios start in the block (0 without `alpha`).
+        """
+        if self.alpha is None:
+            return 0
+        device = torch.device(device)
+        if self._block is None and self._pending_block is not None:
+            block, used = self._pending_block
+            self._block, self._used, self._pending_block = block.to(device), used, None
+        if self._block is not None and self._block.device != device:
+            self._block = self._block.to(device)
+        if self._block is None or self._used + count > self._block.numel():
+            size = max(count, -(-BETA_BLOCK // max(count, 1)) * count)
+            block = beta_sample(self.alpha, size, self.generator_for(device), device)
+            if self._block is not None and self._block.shape == block.shape:
+                self._block.copy_(block)  # in place: a captured graph reads this memory
+            else:
+                self._block = block
+            self._used = 0
+        start = self._used
+        self._used += count
+        return start
+
+    def capturing(self, cursor: Optional[torch.Tensor]) -> None:
+        """Read the ratios at a device `cursor` (`()` int64 on the batch's device) from now on,
+        for a CUDA graph's capture; None reads them eagerly again. While a cursor is set,
+        :meth:`draw` does no host bookkeeping: call :meth:`advance` before each replay and fill
+        the cursor with its result."""
+        if cursor is not None and (not isinstance(cursor, torch.Tensor) or cursor.dtype != torch.int64
+                                   or cursor.ndim != 0):
+            raise TypeError(f"expected a () int64 tensor or None, got {describe(cursor)}")
+        self._cursor = cursor
+
+    def _positions(self, count: int, device: torch.device) -> torch.Tensor:
+        key = ("positions", str(device), count)
+        if key not in self._constants:
+            self._constants[key] = torch.arange(count, device=device)
+        return self._constants[key]
+
+    def _constant(self, count: int, device: torch.device) -> torch.Tensor:
+        key = ("ratio", str(device), count)
+        if key not in self._constants:
+            self._constants[key] = torch.full((count,), self.ratio, dtype=torch.float32, device=device)
+        return self._constants[key]
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The generator states, with the Beta block and how much of it is used."""
+        state = super().get_extra_state()
+        if self._block is not None:
+            state["beta_block"] = (self._block.detach().to("cpu", copy=True), self._used)
+        elif self._pending_block is not None:
+            state["beta_block"] = self._pending_block
+        return state
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`get_extra_state` saved (the block moves to the device on use)."""
+        super().set_extra_state(state)
+        self._block, self._used = None, 0
+        block = state.get("beta_block")
+        self._pending_block = None if block is None else (block[0].detach().clone(), int(block[1]))
 
     @staticmethod
     def _check(audio: torch.Tensor, video: Optional[torch.Tensor], target: torch.Tensor) -> None:

@@ -19,7 +19,8 @@ The recipe draws from Identity, Sharpness and Contrast (`VIDEO_OPS`); the whole 
 2020) that torchvision's RandAugment leaves out: Invert (`255 - x`, no magnitude) and Cutout (a
 grey (128) square of half-side `magnitude` pixels at a uniformly drawn centre, clipped at the
 border; the paper's scale goes up to 40 px on 224 px images, so here up to `40 * min(H, W) /
-224`). Cutout's centres are drawn from the module's generator after the operations.
+224`). A batch's operations, signs and Cutout centres come from one uniform draw of the
+module's generator (one kernel launch on a GPU).
 
 Every image is drawn independently: the two frames of a sample get their own operations and
 signs. They are one second apart and the model sees each through the same backbone, so
@@ -284,11 +285,7 @@ class VideoRandAugment(SeededModule):
         if not self.training or self.num_ops == 0 or video.numel() == 0:
             return video
         images = video.reshape(-1, *video.shape[-3:])
-        op_ids, magnitudes = self.draw(images.shape[0], video.device, tuple(images.shape[-2:]))
-        centres = None
-        if "Cutout" in self.ops:  # drawn after the operations: the other ops' streams are unchanged
-            centres = torch.rand((images.shape[0], self.num_ops, 2), generator=self.generator_for(video.device),
-                                 device=video.device)
+        op_ids, magnitudes, centres = self._draw_all(images.shape[0], video.device, tuple(images.shape[-2:]))
         return self.apply(images, op_ids, magnitudes, centres=centres).view(video.shape)
 
     def unsigned_magnitudes(self, size: Optional[Tuple[int, int]] = None) -> Tuple[float, ...]:
@@ -315,13 +312,22 @@ class VideoRandAugment(SeededModule):
             drawn operation, negated with probability 0.5 for signed operations (0 for
             operations without magnitude).
         """
+        op_ids, magnitudes, _ = self._draw_all(n, device, size)
+        return op_ids, magnitudes
+
+    def _draw_all(self, n: int, device: torch.device,
+                  size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`draw`'s operations and magnitudes and the Cutout centres `(n, num_ops, 2)`
+        (None without Cutout), from one `(n, num_ops, 4)` float64 uniform draw: the operation
+        `floor(u * len(ops))`, the sign (negative when `u < 0.5`) and the two centre fractions."""
         table, signed_ops = self._device_constants(torch.device(device), size)
-        gen = self.generator_for(device)
-        op_ids = torch.randint(len(self.ops), (n, self.num_ops), generator=gen, device=device)
-        negate = torch.rand((n, self.num_ops), generator=gen, device=device) <= 0.5
+        u = torch.rand((n, self.num_ops, 4), generator=self.generator_for(device), device=device, dtype=torch.float64)
+        op_ids = u[..., 0].mul(len(self.ops)).floor_().clamp_max_(len(self.ops) - 1).to(torch.int64)
+        negate = u[..., 1] < 0.5
         magnitudes = table[op_ids]
         signed = signed_ops[op_ids]
-        return op_ids, torch.where(negate & signed, -magnitudes, magnitudes)
+        centres = u[..., 2:] if "Cutout" in self.ops else None
+        return op_ids, torch.where(negate & signed, -magnitudes, magnitudes), centres
 
     def _device_constants(self, device: torch.device,
                           size: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from avsc_pipeline.evaluation.ensemble import load_model
-from avsc_pipeline.evaluation.evaluate import clip_filename
 from avsc_pipeline.evaluation.metrics import check_clip_pool, pool_segments
 from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
 from avsc_pipeline.corpus.clips import Clip
@@ -223,8 +222,9 @@ def clips_path(path: PathLike) -> Path:
 def write_prediction_files(result: PredictionResult, path: PathLike) -> Tuple[Path, Path]:
     """Write the predicted recordings' segment rows to `path` and clip rows beside it.
 
-    Segment rows are named as `avsc-eval` names them (:func:`.evaluate.clip_filename` and
-    :func:`.predictions.segment_filename`); clip rows carry the clip's file name.
+    Rows are named after each recording's audio file as it was given (its path, or an MP4's
+    when it carries the sound), segments by :func:`.predictions.segment_filename`, as
+    `avsc-eval` names a data set's files; clip rows carry the file name itself.
 
     Returns:
         The per-segment file and the per-clip file (:func:`clips_path`).
@@ -233,12 +233,12 @@ def write_prediction_files(result: PredictionResult, path: PathLike) -> Tuple[Pa
     names, rows = [], []
     for outcome in done:
         count = len(outcome.probs)
-        names += [segment_filename(clip_filename(outcome.clip.clip_id), k, count) for k in range(count)]
+        names += [segment_filename(outcome.clip.audio_file, k, count) for k in range(count)]
         rows.append(outcome.probs)
     width = len(result.classes)
     segment_rows = np.concatenate(rows) if rows else np.zeros((0, width))
     clip_rows = np.stack([c.clip_probs for c in done]) if done else np.zeros((0, width))
     segments_file = write_predictions(path, names, segment_rows, result.classes)
-    clips_file = write_predictions(clips_path(path), [clip_filename(c.clip.clip_id) for c in done], clip_rows,
+    clips_file = write_predictions(clips_path(path), [c.clip.audio_file for c in done], clip_rows,
                                    result.classes)
     return segments_file, clips_file

@@ -17,7 +17,6 @@ Modules:
         changed clips and refuses, in words, a manifest that adds or removes clips.
     media_audio: the sound of a video file's own audio track (a lone MP4 in `avsc-predict`).
     verify: `avsc-features verify`: shards checked against the schema their configs imply.
-    download, unpack: `avsc-features download`: the TAU packages fetched, verified and unpacked.
 
 Nothing is imported here, so `import avsc_pipeline.features` stays cheap.
 """

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..atomic import atomic_open
 
 from .classifier import SceneClassifier, build_model
+from avsc_pipeline import earlier
 from avsc_pipeline.sections import Recipe
 from avsc_pipeline.sections.model import MODALITIES
 from .weights import describe_error, needs_full_unpickler
@@ -38,11 +39,8 @@ FORMAT = "avsc-pipeline-checkpoint"
 FORMAT_VERSION = 3
 # Format 2 wrote a section without these keys when all of them held these values (the
 # definitions before the keys existed); format 3 writes every key.
-_FORMAT_2_OMITTED = {
-    "features": {"pad_mode": "constant", "log": "db", "log_offset": 1e-8, "scaling": "none", "delta": "librosa"},
-    "offline_augment": {"speed_method": "resample", "noise": "snr", "noise_std": 0.01, "mix": "one_gain"},
-    "loader": {"audio_normalize": "standardize"},
-}
+_FORMAT_2_OMITTED = {"features": earlier.FEATURES, "offline_augment": earlier.OFFLINE_AUGMENT,
+                     "loader": earlier.LOADER}
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/DataParallel wrappers
 _SAFE_LEAVES = (Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
 
@@ -292,8 +290,9 @@ def _from_format_2(state: Dict[str, Any], path: str) -> Dict[str, Any]:
     if not isinstance(artifact, dict) or not isinstance(artifact.get("config"), dict):
         return state
     config = dict(artifact["config"])
-    if isinstance(config.get("offline_augment"), dict):  # `dsp` became a test helper in format 3
-        config["offline_augment"] = {k: v for k, v in config["offline_augment"].items() if k != "dsp"}
+    for name, keys in earlier.DROPPED.items():
+        if isinstance(config.get(name), dict):
+            config[name] = {k: v for k, v in config[name].items() if k not in keys}
     for name, omitted in _FORMAT_2_OMITTED.items():
         section = config.get(name)
         if isinstance(section, dict) and section and not set(section) & set(omitted):

@@ -221,6 +221,10 @@ class VideoExtractor(nn.Module):
         backbone: maps `(N, 3, H, W)` -> `(N, embed_dim)`.
         spec: the backbone's spec (embed_dim, frame mean and std).
         name: the backbone's name, for messages.
+
+    Attributes:
+        channels_last: whether the backbone's weights are channels-last, so the frames are made
+            so too; set at construction and after every `.to()` (not checked per forward).
     """
 
     def __init__(self, backbone: nn.Module, spec: BackboneSpec, name: str = "") -> None:
@@ -231,6 +235,14 @@ class VideoExtractor(nn.Module):
         self.embed_dim = spec.embed_dim
         self.frame_mean: Tuple[float, float, float] = tuple(spec.mean)
         self.frame_std: Tuple[float, float, float] = tuple(spec.std)
+        self.channels_last = is_channels_last(backbone)
+
+    def _apply(self, fn, recurse: bool = True):
+        # `.to(memory_format=...)`, `.cuda()`, `.half()` all come here: the frames' layout is
+        # decided once per conversion, not by a loop over the backbone's parameters per forward.
+        out = super()._apply(fn, recurse)
+        self.channels_last = is_channels_last(self.backbone)
+        return out
 
     def forward(self, video: Tensor) -> Tensor:
         """Embed a batch of segments.
@@ -248,7 +260,7 @@ class VideoExtractor(nn.Module):
             raise TypeError(f"expected normalized floating-point frames, got {video.dtype}")
         batch, frames = video.shape[:2]
         flat = video.flatten(0, 1)
-        if is_channels_last(self.backbone):
+        if self.channels_last:
             flat = flat.contiguous(memory_format=torch.channels_last)
         embeddings = self.backbone(flat)
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:

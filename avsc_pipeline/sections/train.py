@@ -13,6 +13,8 @@ from avsc_pipeline.config import check_choice, check_int, check_unit
 from avsc_pipeline.devices import AMP_MODES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+#: `train.compile_scope`: compiled regions (the default) or the whole model.
+COMPILE_SCOPES = ("regions", "model")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "warm_restarts")
 #: `train.validation`: the held-out share of the training locations.
@@ -57,6 +59,16 @@ class TrainConfig:
         compile_mode: `default`, `reduce-overhead` (CUDA graphs: the batch shapes are static
             since `loader.drop_last` keeps every training batch full; it pays at the paper's batch
             of 32, which leaves a large GPU launch-bound) or `max-autotune`.
+        compile_scope: what `compile` compiles: `regions` (the FCNN, and each dense block or
+            stage of the video backbone, each compiled once and reused: minutes less than the
+            whole model; the compiler's cache is kept in the run folder and reused on
+            `--resume`) or `model` (the whole model as one graph).
+        cuda_graph: on CUDA, capture the whole training step (batch preparation, forward,
+            backward, optimizer step) in one CUDA graph and replay it: one launch per step
+            instead of hundreds, which is what bounds the paper's batch of 32 on a large GPU.
+            Off, or where capture cannot work (CPU, several processes, `compile`,
+            `grad_accum` > 1, fp16 loss scaling, video operations other than Identity,
+            Sharpness and Contrast), the step runs eagerly; the log says which and why.
         grad_accum: batches whose gradients are summed before each optimizer step.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         seed: the run seed (initialization, epoch order, workers, augmentation streams).
@@ -94,6 +106,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     compile_mode: str = "default"
+    compile_scope: str = "regions"
+    cuda_graph: bool = True
     grad_accum: int = 1
     grad_clip: Optional[float] = None
     seed: int = 0
@@ -110,6 +124,7 @@ class TrainConfig:
         check_choice(self, "amp", AMP_MODES)
         check_choice(self, "select_by", ("log_loss", "accuracy"))
         check_choice(self, "compile_mode", COMPILE_MODES)
+        check_choice(self, "compile_scope", COMPILE_SCOPES)
         if not self.dist_timeout_s > 0:
             raise ValueError(f"expected dist_timeout_s > 0, got {self.dist_timeout_s!r}")
         check_int(self, ("epochs", "grad_accum", "tensorboard_every"), minimum=1)

@@ -4,7 +4,8 @@ A shard's `schema_version` attribute (and an index's `schema_version` key) says 
 wrote it. Readers (:func:`~avsc_pipeline.storage.shards.read_attrs`,
 :func:`~avsc_pipeline.storage.index.load_index`) bring the attributes of an earlier version to
 today's meaning on purpose, one function per version, and log that they did; `schema_version`
-itself keeps the stored value, because it also says which columns the file holds.
+itself keeps the stored value, because it also says which columns the file holds, and so does
+`config_hash`, which names the artifact (cached audio statistics refer to it).
 
 ========  ================================================================================
 version   what changed
@@ -15,7 +16,8 @@ version   what changed
           with the authors' definitions whenever all of them held their earlier values)
 ========  ================================================================================
 
-Nothing here knows the config classes (storage sits below them): the earlier values are data.
+Nothing here knows the config classes (storage sits below them): the earlier values are data
+(:mod:`avsc_pipeline.earlier`, shared with the checkpoint reader).
 """
 
 from __future__ import annotations
@@ -24,27 +26,24 @@ import json
 import logging
 from typing import Any, Callable, Dict, Set
 
+from avsc_pipeline import earlier
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
-#: The `feature_config` keys that version 1 left out when they held these values (librosa's
-#: zero padding, dB, no scaling, librosa's deltas: the definitions before the keys existed).
-EARLIER_FEATURE_VALUES: Dict[str, Any] = {
-    "pad_mode": "constant", "log": "db", "log_offset": 1e-8, "scaling": "none", "delta": "librosa",
-}
-#: The same for an augmented folder's `augment_config` (resampling speed change, noise at an
-#: SNR, one gain).
-EARLIER_AUGMENT_VALUES: Dict[str, Any] = {
-    "speed_method": "resample", "noise": "snr", "noise_std": 0.01, "mix": "one_gain",
-}
+#: The `feature_config` keys that version 1 left out when they held these values.
+EARLIER_FEATURE_VALUES: Dict[str, Any] = earlier.FEATURES
+#: The same for an augmented folder's `augment_config`.
+EARLIER_AUGMENT_VALUES: Dict[str, Any] = earlier.OFFLINE_AUGMENT
 
 _LOGGED: Set[str] = set()  # files whose migration was logged (once per file and process)
 
 
-def fill_earlier(config: Dict[str, Any], earlier: Dict[str, Any]) -> Dict[str, Any]:
-    """`config` with each key of `earlier` it lacks set to its earlier value (a new dict)."""
-    return {**earlier, **config}
+def fill_earlier(config: Dict[str, Any], values: Dict[str, Any], dropped: tuple = ()) -> Dict[str, Any]:
+    """`config` with each key of `values` it lacks set to its earlier value, and the keys no
+    section has any more (`dropped`) left out (a new dict)."""
+    return {k: v for k, v in {**values, **config}.items() if k not in dropped}
 
 
 def _from_version_1(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -57,9 +56,10 @@ def _from_version_1(record: Dict[str, Any]) -> Dict[str, Any]:
     out["feature_config"] = fill_earlier(record["feature_config"], EARLIER_FEATURE_VALUES)
     augment = record.get("augment_config")
     if isinstance(augment, str):
-        out["augment_config"] = json.dumps(fill_earlier(json.loads(augment), EARLIER_AUGMENT_VALUES))
+        out["augment_config"] = json.dumps(fill_earlier(json.loads(augment), EARLIER_AUGMENT_VALUES,
+                                                            earlier.DROPPED["offline_augment"]))
     elif isinstance(augment, dict):
-        out["augment_config"] = fill_earlier(augment, EARLIER_AUGMENT_VALUES)
+        out["augment_config"] = fill_earlier(augment, EARLIER_AUGMENT_VALUES, earlier.DROPPED["offline_augment"])
     return out
 
 

@@ -36,7 +36,7 @@ from avsc_pipeline.training.distributed import (
     Context, all_sum, broadcast_buffers, broadcast_flag, gather_objects, unwrap,
 )
 from avsc_pipeline.training.embedding_cache import embedding_means
-from avsc_pipeline.training.losses import soft_target_cross_entropy
+from avsc_pipeline.training.graphed_step import GraphedStep, StepParts, train_step
 from avsc_pipeline.training.meter import EpochMeter
 from avsc_pipeline.training.tensorboard import Board
 from avsc_pipeline.training.optim import build_optimizer, build_scheduler
@@ -69,13 +69,17 @@ class Trainer:
         self.progress = progress and context.is_main
         model = self.model = inference.model
         self.step_model = self._wrap(model)
-        self.optimizer = build_optimizer(model.parameters(), self.train_cfg)
+        self.optimizer = build_optimizer(model.parameters(), self.train_cfg, self.device)
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / self.train_cfg.grad_accum))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, self.steps_per_epoch)
         self.precision = inference.precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.scorer = Scorer(inference, list(inputs.classes), inputs.dataset.feature_config, model.modality,
                              cached=caches)
+        self.parts = StepParts(inference, self.step_model, self.optimizer, self.scaler, caches,
+                               self.train_cfg.grad_accum, self.train_cfg.grad_clip)
+        self.graphed = GraphedStep.for_run(self.parts, self.train_cfg)  # None: the eager step (logged why)
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
         self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
         self.board = Board(self.run_dir, self.train_cfg.tensorboard, self.train_cfg.tensorboard_every,
@@ -162,7 +166,7 @@ class Trainer:
                 break
             done = self.epoch_batches + 1
             # The epoch's last batch closes a partial accumulation (its gradients synchronized).
-            loss, correct, count = self._step(raw, boundary=done % accum == 0 or done >= total)
+            loss, correct, count = self.train_step(raw, boundary=done % accum == 0 or done >= total)
             sums[0] += loss.detach().double() * count
             sums[1] += correct
             meter.add(count)
@@ -181,34 +185,27 @@ class Trainer:
         return {"train_loss": float(totals[0]) / count, "train_accuracy": float(totals[1]) / count,
                 **meter.summary(float(totals[2]))}
 
-    def _step(self, raw: Dict[str, Any], boundary: bool) -> tuple:
-        batch = self.inference.prepare(raw)
-        given = {}
-        if self.caches:  # the row index goes to the device only when a table is read with it
-            index = batch["index"].to(self.device, non_blocking=True)
-            given = {part: table[index] for part, table in self.caches.items()}
-        sync = contextlib.nullcontext()
-        if not boundary and isinstance(self.step_model, torch.nn.parallel.DistributedDataParallel):
-            sync = self.step_model.no_sync()
-        with sync:
-            logits = self.inference.logits(batch, given, module=self.step_model)
-            loss = soft_target_cross_entropy(logits.float(), batch["target"])
-            self.scaler.scale(loss / self.train_cfg.grad_accum).backward()
-        if boundary:
-            self._optimizer_step()
-        correct = (logits.argmax(1) == batch["target"].argmax(1)).sum()
-        return loss, correct, int(batch["label"].shape[0])
+    def train_step(self, raw: Dict[str, Any], boundary: bool = True) -> tuple:
+        """One training batch (:func:`~avsc_pipeline.training.graphed_step.train_step`, replayed
+        from a CUDA graph where the run has one) and, at `boundary`, the schedule's next rate.
 
-    def _optimizer_step(self) -> None:
-        if self.train_cfg.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
-        self._last_lr = self.optimizer.param_groups[0]["lr"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
+        Args:
+            raw: a loader batch (`audio`, `label`, and `video`, `index` where used).
+            boundary: the batch closes an accumulation: the optimizer steps.
+
+        Returns:
+            The batch's mean loss `()` and correct count `()` on the device, and its size.
+        """
+        if boundary:
+            self._last_lr = self.optimizer.param_groups[0]["lr"]
+        if self.graphed is not None:
+            loss, correct, count = self.graphed(raw, boundary)
+        else:
+            loss, correct, count = train_step(self.parts, raw, boundary)
+        if boundary:
+            self.scheduler.step()
+            self.step += 1
+        return loss, correct, count
 
     @torch.no_grad()
     def validate(self) -> Dict[str, Optional[float]]:

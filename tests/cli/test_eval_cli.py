@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import h5py
 import pytest
@@ -131,10 +132,12 @@ def test_predict_pairs_a_failure_and_the_output_files(runner, setup, tau_root, t
     assert f"{tmp_path / 'missing.wav'}: audio file not found" in result.output
     assert "1 of 3 recordings failed" in result.output
     names, _, probs, _ = read_predictions(out)
-    assert names == [f"audio/{c.clip_id}-{k}.wav" for c in (clips[0], clips[2]) for k in range(3)]
+    # rows are named after the files as given, not a guessed `audio/<id>.wav`
+    assert names == [str(c.audio.with_name(f"{c.audio.stem}-{k}.wav")) for c in (clips[0], clips[2]) for k in range(3)]
     clip_names, clip_labels, clip_probs, _ = read_predictions(tmp_path / "preds.clips.tsv")
+    assert clip_names == [str(clips[0].audio), str(clips[2].audio)]
     for name, label, row in zip(clip_names, clip_labels, clip_probs):
-        line = next(line for line in result.output.splitlines() if line.startswith(name[6:-4] + " "))
+        line = next(line for line in result.output.splitlines() if line.startswith(Path(name).stem + " "))
         assert line.split()[1:3] == [label, f"{row.max():.3f}"]
 
 

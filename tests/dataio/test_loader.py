@@ -12,6 +12,9 @@ from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.training_input import build_training_input, process_seed
 from avsc_pipeline.dataio.samplers import EpochSampler
+from avsc_pipeline.models.video import IMAGENET_MEAN, IMAGENET_STD
+
+FRAMES = (IMAGENET_MEAN, IMAGENET_STD)  # what the model hands the training input
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -48,7 +51,7 @@ def test_loader_reads_every_item_once_per_epoch(small_pair, workers):
 def test_build_training_input_end_to_end(small_pair):
     config = LoaderConfig(batch_size=4, num_workers=0, val_fraction=0.34, aug_fraction=0.5,
                           audio_normalize="standardize")
-    inputs = build_training_input(small_pair, config, BatchAugmentConfig(), "cpu", seed=1)
+    inputs = build_training_input(small_pair, config, BatchAugmentConfig(), "cpu", seed=1, frame_norm=FRAMES)
     assert [p.name for p in inputs.folders] == ["train", "train-aug"]
     ids = inputs.dataset.identifiers
     assert len(inputs.split.validation) and not set(ids[inputs.split.train]) & set(ids[inputs.split.validation])
@@ -66,7 +69,7 @@ def test_build_training_input_end_to_end(small_pair):
 def test_each_rank_draws_its_own_augmentation(small_pair):
     config = LoaderConfig(batch_size=8, num_workers=0, val_fraction=0.0)
     augment = BatchAugmentConfig(video_ops=(), mixup_fraction=0.0, channel_swap_p=0.5)
-    ranks = [build_training_input(small_pair, config, augment, "cpu", seed=3, rank=rank) for rank in (0, 1)]
+    ranks = [build_training_input(small_pair, config, augment, "cpu", seed=3, rank=rank, frame_norm=FRAMES) for rank in (0, 1)]
     assert process_seed(3, 0) == 3 and len({process_seed(3, r) for r in range(4)}) == 4
     raw = ranks[0].dataset.read_batch(list(range(8)))
     first, second = (inputs.preparer.train()(dict(raw))["audio"] for inputs in ranks)
@@ -88,7 +91,7 @@ def test_unlabeled_rows_stay_out_of_training_and_validation(tmp_path, caplog):
         handle["label"][:] = labels
     build_index(tmp_path / "train")
     caplog.set_level("WARNING", logger="avsc_pipeline")
-    inputs = build_training_input(tmp_path, LoaderConfig(num_workers=0, val_fraction=0.34), None, "cpu")
+    inputs = build_training_input(tmp_path, LoaderConfig(num_workers=0, val_fraction=0.34), None, "cpu", frame_norm=FRAMES)
     used = np.concatenate([inputs.split.train, inputs.split.validation])
     assert len(used) == 20 and (inputs.dataset.labels[used] >= 0).all()
     assert "10 rows without a label" in caplog.text
@@ -129,13 +132,14 @@ def test_slots_copied_on_a_thread_of_their_own_give_every_item_once(small_pair):
 
 
 def test_audio_goes_in_as_stored_unless_standardization_is_asked_for(small_pair):
-    stored = build_training_input(small_pair, LoaderConfig(num_workers=0, val_fraction=0.0), None, "cpu")
+    stored = build_training_input(small_pair, LoaderConfig(num_workers=0, val_fraction=0.0), None, "cpu", frame_norm=FRAMES)
     assert stored.audio_stats is None
     raw = stored.dataset.read_batch([0, 1, 2])
     assert torch.equal(stored.preparer.eval()(dict(raw))["audio"], raw["audio"])
     stored.close()
     standardized = build_training_input(small_pair, LoaderConfig(num_workers=0, val_fraction=0.0,
-                                                                 audio_normalize="standardize"), None, "cpu")
+                                                                 audio_normalize="standardize"), None, "cpu",
+                                        frame_norm=FRAMES)
     assert standardized.audio_stats is not None
     assert not torch.equal(standardized.preparer.eval()(dict(raw))["audio"], raw["audio"])
     standardized.close()

@@ -84,3 +84,11 @@ def test_the_ablation_table_marks_rows_selected_on_evaluate(tmp_path):
         records = list(csv.DictReader(handle))
     assert [(r["macro_accuracy"], r["selected_on_scored_split"]) for r in records] == [("88.0", "True"),
                                                                                         ("79.0", "False")]
+
+
+def test_validation_rows_of_a_run_selected_on_another_split_are_refused(selected_on_evaluate):
+    from avsc_pipeline.evaluation.ensemble_weights import validation_rows
+
+    artifact = load_checkpoint(selected_on_evaluate).artifact
+    with pytest.raises(ValueError, match="selected on the 'evaluate' split"):
+        validation_rows(None, [artifact], [selected_on_evaluate])

@@ -97,6 +97,25 @@ def broken_root(tmp_path):
     return root
 
 
+def test_shards_keep_each_clips_files_as_the_list_names_them(tau_root, tmp_path):
+    extract(tau_root, tmp_path, shard_size=4)
+    rows = all_rows(tmp_path / "train")
+    assert rows["audio_file"].tolist() == [f"audio/{c}.wav" for c in rows["clip_id"]]
+    assert rows["video_file"].tolist() == [f"video/{c}.mp4" for c in rows["clip_id"]]
+    assert read_attrs(list_shards(tmp_path / "train")[0])["schema_version"] == 2
+
+
+def test_a_rerun_writes_schema_1_shards_again_in_schema_2(tau_root, tmp_path):
+    extract(tau_root, tmp_path, shard_size=4)
+    first, second = list_shards(tmp_path / "train")[:2]
+    with h5py.File(first, "a") as handle:  # as schema 1 wrote it: no file names
+        handle.attrs["schema_version"] = 1
+        del handle["audio_file"], handle["video_file"]
+    summary = extract(tau_root, tmp_path, shard_size=4)
+    assert summary.shards_written == [first.name] and second.name in summary.shards_kept
+    assert read_attrs(first)["schema_version"] == 2 and "audio_file" in read_attrs(first)["datasets"]
+
+
 def test_bad_input_is_skipped_reported_and_indexed(broken_root, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         summary = extract(broken_root, tmp_path, shard_size=4)

@@ -82,7 +82,11 @@ def test_format_1_files_are_read(tmp_path):
            "epoch": 2, "step": 40}
     torch.save(old, tmp_path / "old.pt")
     artifact = load_checkpoint(tmp_path / "old.pt").artifact
-    assert artifact.modality == "joint" and artifact.feature_config == {"n_mels": 128} and artifact.epoch == 2
+    # format 1 left out the keys the authors' definitions added: read back with their earlier values
+    from avsc_pipeline import earlier
+
+    assert artifact.modality == "joint" and artifact.feature_config == {"n_mels": 128, **earlier.FEATURES}
+    assert artifact.epoch == 2
     assert "stage" not in artifact.config["train"]
     model_from_artifact(artifact)
 

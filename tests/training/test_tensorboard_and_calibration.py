@@ -112,3 +112,16 @@ def test_a_decision_round_trips_through_the_checkpoint(tmp_path):
     assert old.calibration is None  # a checkpoint written without the record loads as before
     save_checkpoint(path, dataclasses.replace(old, calibration=decision.to_dict()))
     assert load_checkpoint(path).artifact.calibration == decision.to_dict()
+
+
+def test_avsc_calibrate_writes_its_own_record_over_trainings(tmp_path):
+    from avsc_pipeline.evaluation.recalibrate import calibrate
+
+    folder = write_random_folder(tmp_path / "f", (30,), FeatureConfig(image_size=32))
+    path = write_test_checkpoint(tmp_path / "a.pt", folder, modality="audio")
+    stale = {"temperature": 1.0, "fitted": False, "reason": "temperature 1 kept: training's"}
+    save_checkpoint(path, dataclasses.replace(load_checkpoint(path).artifact, calibration=stale))
+    result = calibrate([path], folder, tmp_path / "b.pt", device="cpu")
+    record = load_checkpoint(tmp_path / "b.pt").artifact.calibration
+    assert record["temperature"] == result.temperature and record["n_rows"] == 30
+    assert record["reason"].startswith(f"temperature {result.temperature:.3g} fitted by avsc-calibrate on 30 rows")
