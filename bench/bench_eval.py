@@ -34,7 +34,7 @@ from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, loader_config_of, open_split
-from avsc_pipeline.evaluation.scoring import load_scorer
+from avsc_pipeline.evaluation.loading import load_scorer
 from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.sections.model import ModelConfig
 from avsc_pipeline.testing import write_random_folder

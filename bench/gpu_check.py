@@ -326,7 +326,7 @@ def score_like_avsc_eval(ckpt: Path, folder: Path, device: torch.device, rows: O
     section, its split reader and `score_rows`; `seconds` is its own timed region. (Its files
     are left out: the confusion figure needs matplotlib, which a bare GPU machine lacks.)"""
     from avsc_pipeline.evaluation.evaluate import loader_config_of, open_split, score_rows
-    from avsc_pipeline.evaluation.scoring import load_scorer
+    from avsc_pipeline.evaluation.loading import load_scorer
 
     scorer, artifact = load_scorer(ckpt, device, calibrated=calibrated)
     config = loader_config_of(artifact, None, None, str(ckpt))

@@ -43,7 +43,7 @@ def main(checkpoints: Tuple[Path, ...], split_dir: Path, out_file: Path, weights
     setup_logging(verbose)
     output_folder(out_file.parent, "--out's folder")
     from avsc_pipeline.evaluation.ensemble import parse_weights
-    from avsc_pipeline.evaluation.recalibrate import calibrate
+    from avsc_pipeline.evaluation.checkpoint_temperature import calibrate
 
     try:
         result = calibrate(list(checkpoints), split_dir, out_file, weights=parse_weights(weights), mean=mean,

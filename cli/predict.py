@@ -74,7 +74,7 @@ def main(checkpoints: Tuple[Path, ...], inputs: Tuple[Path, ...], manifest: Opti
     """
     setup_logging(verbose)
     from avsc_pipeline.evaluation.ensemble import parse_weights
-    from avsc_pipeline.evaluation.predict import predict_files, write_prediction_files
+    from avsc_pipeline.evaluation.recordings import predict_files, write_prediction_files
     from avsc_pipeline.evaluation.tta import parse_tta
     from avsc_pipeline.corpus.manifest import load_manifest
 

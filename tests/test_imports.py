@@ -17,7 +17,7 @@ MODULES = (
     "avsc_pipeline.training.trainer",
     "avsc_pipeline.evaluation.evaluate",
     "avsc_pipeline.evaluation.scoring",
-    "avsc_pipeline.evaluation.predict",
+    "avsc_pipeline.evaluation.recordings",
     "avsc_pipeline_cli.train",
     "avsc_pipeline_cli.eval",
     "gpu_check",  # bench/gpu_check.py and, through it, bench/gpu_check_parts.py

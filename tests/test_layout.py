@@ -100,3 +100,36 @@ def test_training_never_imports_the_recipe():
     offending = sorted(m for m in graph if m.startswith("avsc_pipeline.training")
                        and "avsc_pipeline.recipe" in graph[m])
     assert not offending, f"{offending} import avsc_pipeline.recipe (above training)"
+
+
+def _reachable(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
+
+
+def test_the_trainer_scores_without_ensembles_and_tta():
+    """Validation scores through `evaluation.scoring`; the trainer never pulls in ensembles,
+    test-time augmentation or checkpoint loading for scoring (any import depth)."""
+    reached = _reachable(import_graph(), "avsc_pipeline.training.trainer")
+    assert "avsc_pipeline.evaluation.scoring" in reached
+    pulled = sorted(reached & {"avsc_pipeline.evaluation.ensemble", "avsc_pipeline.evaluation.tta",
+                               "avsc_pipeline.evaluation.loading", "avsc_pipeline.evaluation.ensemble_weights"})
+    assert not pulled, f"the trainer imports {pulled}"
+
+
+def test_one_forward_path():
+    """The trainer, the scorer and the embedding cache run their forwards through
+    `avsc_pipeline.inference`; none calls autocast itself (the one place that does is inference)."""
+    graph = import_graph()
+    for module in ("avsc_pipeline.training.trainer", "avsc_pipeline.evaluation.scoring",
+                   "avsc_pipeline.training.embedding_cache"):
+        assert "avsc_pipeline.inference" in graph[module], module
+    for path in (PACKAGE / "training" / "trainer.py", PACKAGE / "evaluation" / "scoring.py",
+                 PACKAGE / "training" / "embedding_cache.py", PACKAGE / "evaluation" / "loading.py"):
+        text = path.read_text()
+        assert "autocast(" not in text and "memory_format=" not in text, path.name

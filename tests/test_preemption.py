@@ -1,5 +1,5 @@
-"""Pre-emption keeps the epoch: SIGTERM to a whole process group, the loader's workers included
-(as a scheduler or `scripts/slurm/train.sbatch` sends it), mid-epoch.
+"""Pre-emption keeps the epoch: SIGTERM (or Ctrl-C's SIGINT) to a whole process group, the
+loader's workers included (as a scheduler or `scripts/slurm/train.sbatch` sends it), mid-epoch.
 
 Under `avsc-train`, `make train` and the sbatch script's harness, with 2 loader workers: the run
 stops after its current step with exit status 143 (128 + SIGTERM), writes a mid-epoch last.pt,
@@ -93,9 +93,9 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _assert_stopped_mid_epoch(run: Path, output: str) -> None:
+def _assert_stopped_mid_epoch(run: Path, output: str, signum: int = signal.SIGTERM) -> None:
     assert "Traceback" not in output, output[-5000:]
-    assert "stopped by signal 15" in (run / "train.log").read_text()
+    assert f"stopped by signal {int(signum)}" in (run / "train.log").read_text()
     state = load_checkpoint(run / "last.pt").resume
     assert state.epoch == 0 and state.epoch_batches > 0, (state.epoch, state.epoch_batches)
 
@@ -114,18 +114,20 @@ def _fake_venv(root: Path) -> Path:
     return venv
 
 
-def test_avsc_train_stops_mid_epoch_on_sigterm_to_its_process_group(features, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_avsc_train_stops_mid_epoch_on_a_signal_to_its_process_group(features, tmp_path, signum):
     run, output = tmp_path / "run", tmp_path / "stderr.txt"
     command = [str(BIN / "avsc-train"), str(features), str(run), "--no-progress", "--device", "cpu", *SETS]
     with open(output, "w") as err:
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         _wait_until(_epoch_started(run / "train.log"), proc, "epoch 1 started", output)
-        os.killpg(proc.pid, signal.SIGTERM)  # the process group: the main process and its loader workers
-        assert proc.wait(timeout=TIMEOUT) == 143, output.read_text()[-5000:]
+        os.killpg(proc.pid, signum)  # the process group: the main process and its loader workers
+        assert proc.wait(timeout=TIMEOUT) == 128 + signum, output.read_text()[-5000:]
     _wait_for_group_to_empty(proc.pid)
-    _assert_stopped_mid_epoch(run, output.read_text())
-    assert output.read_text().rstrip().endswith(f"{run}: stopped by signal 15; continue with --resume")
-
+    _assert_stopped_mid_epoch(run, output.read_text(), signum)
+    assert output.read_text().rstrip().endswith(f"{run}: stopped by signal {int(signum)}; continue with --resume")
+    if signum != signal.SIGTERM:
+        return
     resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resumed" in (run / "train.log").read_text() and _epochs_done(run) == list(range(1, EPOCHS + 1))

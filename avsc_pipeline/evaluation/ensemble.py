@@ -2,7 +2,7 @@
 
 :class:`Ensemble` has the :class:`~avsc_pipeline.evaluation.scoring.Scorer`'s interface
 (`probabilities(batch)`, `probability_pair(batch)`, `eval_mode()`, `classes`, `with_video`, ...),
-so :func:`~.evaluate.score_rows` and :func:`~.predict.predict_files` take either. Each batch is
+so :func:`~.scoring.score_rows` and :func:`~.recordings.predict_files` take either. Each batch is
 read once (with frames when any member uses them) and handed to every member; each member's
 calibrated probabilities (its checkpoint's temperature) are combined by a weighted mean,
 
@@ -35,17 +35,15 @@ import contextlib
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from avsc_pipeline.config import config_diff, from_dict, load_yaml, to_dict
 from avsc_pipeline.atomic import write_text_atomic
-from avsc_pipeline.devices import pick_device
-from avsc_pipeline.evaluation.scoring import Scorer, load_scorer
-from avsc_pipeline.models.checkpoint import ModelArtifact
+from avsc_pipeline.evaluation.scoring import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +254,11 @@ class Ensemble:
         return self.members[0].device
 
     @property
+    def transforms(self) -> Tuple[str, ...]:
+        """No test-time transforms (a :class:`~.tta.TTAScorer` around the ensemble adds them)."""
+        return ()
+
+    @property
     def modality(self) -> str:
         """What the members score, e.g. `joint` or `audio+joint`."""
         kinds = sorted({m.modality for m in self.members})
@@ -298,124 +301,3 @@ class Ensemble:
     def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The ensemble's class probabilities of one raw batch: `(B, C)` float64 on the CPU."""
         return self.probability_pair(batch)[0]
-
-
-@dataclass
-class LoadedModel:
-    """What `--checkpoint` (one or several, or an ensemble file) stands for, loaded.
-
-    Attributes:
-        scorer: a :class:`Scorer` (one checkpoint), an :class:`Ensemble`, or either wrapped in a
-            :class:`~.tta.TTAScorer`.
-        artifacts: each member's checkpoint artifact.
-        sources: each member's checkpoint path.
-        members: each member's scorer.
-        weights: the normalized member weights.
-        mean: how members are combined.
-        temperature: the ensemble's own temperature (a single checkpoint's is its scorer's).
-        ensemble_file: the ensemble file read, or None.
-        tta: the test-time transforms averaged over.
-        calibrated: whether the temperatures are applied.
-    """
-
-    scorer: Any
-    artifacts: List[ModelArtifact]
-    sources: List[Path]
-    members: List[Scorer]
-    weights: Tuple[float, ...]
-    mean: str = "arithmetic"
-    temperature: float = 1.0
-    ensemble_file: Optional[Path] = None
-    tta: Tuple[str, ...] = field(default_factory=tuple)
-    calibrated: bool = True
-
-    @property
-    def is_ensemble(self) -> bool:
-        """Several members, or an ensemble file (which may hold one checkpoint)."""
-        return len(self.members) > 1 or self.ensemble_file is not None
-
-    def members_info(self) -> List[Dict[str, Any]]:
-        """One JSON-ready record per member: checkpoint, run, epoch, weight, temperature and how
-        training decided it (`calibration`)."""
-        return [{"checkpoint": str(Path(src).resolve()), "run": Path(src).resolve().parent.name,
-                 "epoch": artifact.epoch, "weight": weight, "temperature": member.temperature,
-                 "modality": member.modality, "calibration": artifact.calibration}
-                for src, artifact, weight, member in zip(self.sources, self.artifacts, self.weights, self.members)]
-
-
-def resolve_members(checkpoints: Sequence[PathLike], weights: Optional[Sequence[float]] = None,
-                    mean: Optional[str] = None) -> Tuple[List[Path], Optional[EnsembleSpec], Optional[Path]]:
-    """The member checkpoints that `--checkpoint` values name, and the ensemble file's spec.
-
-    Returns:
-        `(paths, spec, ensemble_file)`: with an ensemble file, its members and spec; else the
-        paths given, a spec of the given weights and mean (None for one checkpoint without
-        them), and None.
-
-    Raises:
-        ValueError: an ensemble file among other checkpoints, `--weights` or `--mean` with an
-            ensemble file, or a weight list of the wrong length.
-    """
-    paths = [Path(c) for c in checkpoints]
-    if not paths:
-        raise ValueError("--checkpoint: expected at least one checkpoint, got none")
-    files = [p for p in paths if is_ensemble_file(p)]
-    if files:
-        if len(paths) > 1:
-            raise ValueError(f"--checkpoint {files[0]}: an ensemble file stands alone, got {len(paths) - 1} "
-                             "other --checkpoint value(s) with it")
-        if weights is not None or mean is not None:
-            option = "--weights" if weights is not None else "--mean"
-            raise ValueError(f"{option}: {files[0]} fixes its members' weights and mean (its temperature was "
-                             f"fitted with them); write a new ensemble with avsc-calibrate to change them")
-        spec = read_ensemble_file(files[0])
-        return [Path(c) for c in spec.checkpoints], spec, files[0]
-    normalized = normalized_weights(weights, len(paths))
-    spec = EnsembleSpec(tuple(str(p) for p in paths), normalized, mean or "arithmetic")
-    return paths, spec, None
-
-
-def load_model(checkpoints: Sequence[PathLike], device: "str | torch.device" = "auto", modality: Optional[str] = None,
-               calibrated: bool = True, weights: Optional[Sequence[float]] = None, mean: Optional[str] = None,
-               tta: Sequence[str] = ()) -> LoadedModel:
-    """Load one checkpoint, several as an ensemble, or an ensemble file, ready to score.
-
-    Args:
-        checkpoints: `--checkpoint` values: checkpoint files, or one ensemble file.
-        device: `auto`, `cpu`, `cuda`, `cuda:N` or a torch.device (one for every member).
-        modality: None, or `audio`/`video`: one modality of every (joint) member.
-        calibrated: apply the checkpoints' and the ensemble's temperatures; False scores the
-            probabilities the models give.
-        weights: one weight per checkpoint (None: equal).
-        mean: `arithmetic` (default) or `geometric`.
-        tta: test-time transforms (:data:`~.tta.TTA_TRANSFORMS`); empty for none.
-
-    Raises:
-        CheckpointError: an unreadable checkpoint (naming it).
-        ValueError: see :func:`resolve_members`, :func:`check_compatible` and :class:`~.tta.TTAScorer`.
-    """
-    from avsc_pipeline.evaluation.tta import TTAScorer
-
-    paths, spec, ensemble_file = resolve_members(checkpoints, weights, mean)
-    device = device if isinstance(device, torch.device) else pick_device(device)
-    loaded = [load_scorer(p, device, modality, calibrated) for p in paths]
-    members, artifacts = [m for m, _ in loaded], [a for _, a in loaded]
-    temperature = spec.temperature if calibrated else 1.0
-    if ensemble_file is not None:
-        _warn_if_stale(ensemble_file, spec, artifacts)
-    if len(members) == 1 and ensemble_file is None:
-        scorer: Any = members[0]
-    else:
-        scorer = Ensemble(members, [str(p) for p in paths], spec.weights or None, spec.mean, temperature)
-    if tta:
-        scorer = TTAScorer(scorer, tta)
-    return LoadedModel(scorer, artifacts, paths, members, normalized_weights(spec.weights or None, len(paths)),
-                       spec.mean, temperature, ensemble_file, tuple(getattr(scorer, "transforms", ())), calibrated)
-
-
-def _warn_if_stale(path: Path, spec: EnsembleSpec, artifacts: Sequence[ModelArtifact]) -> None:
-    """Warn when a member's temperature is not the one the ensemble's was fitted with."""
-    for member, then, artifact in zip(spec.checkpoints, spec.member_temperatures, artifacts):
-        if abs(float(then) - float(artifact.temperature)) > 1e-9:
-            logger.warning("%s: member %s has temperature %.4g now, %.4g when the ensemble's was fitted; "
-                           "refit it with avsc-calibrate", path, member, artifact.temperature, then)

@@ -35,10 +35,11 @@ from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.samplers import split_items
 from avsc_pipeline.devices import pick_device
 from avsc_pipeline.evaluation import metrics
-from avsc_pipeline.evaluation.calibration import apply_temperature
-from avsc_pipeline.evaluation.ensemble import MEANS, normalized_weights, resolve_members
+from avsc_pipeline.evaluation.temperature import apply_temperature
+from avsc_pipeline.evaluation.ensemble import MEANS, normalized_weights
+from avsc_pipeline.evaluation.loading import load_scorer, resolve_members
 from avsc_pipeline.evaluation.evaluate import check_split_folder, loader_config_of, open_split
-from avsc_pipeline.evaluation.scoring import load_scorer, score_rows
+from avsc_pipeline.evaluation.scoring import score_rows
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.sections.train import VALIDATION_LOCATIONS
 

@@ -7,7 +7,7 @@ training's validation takes too, through :func:`score_rows`) and writes into the
 (default `RUN_DIR/eval/<split>/`, `RUN_DIR/eval/<split>-<modality>/` with `--modality
 audio|video` on a joint model, where `RUN_DIR` is the checkpoint's folder):
 
-* `predictions.tsv`: one row per segment in the task's format (:mod:`.predictions`);
+* `predictions.tsv`: one row per segment in the task's format (:mod:`.output_file`);
 * for a split with labels, `metrics.json` (segment scores from :func:`.metrics.score`, clip
   scores from segment probabilities pooled per clip, the log loss and expected calibration
   error with and without the temperature, and where they came from), `confusion_matrix.png`
@@ -21,7 +21,7 @@ ensemble file (`<its folder>/eval/<split>-<its stem>`), optionally with test-tim
 
 Segment file names. Shards keep each clip's audio file as the manifest lists it (`audio_file`,
 e.g. `audio/airport-lisbon-1000-40000.wav` in a TAU list, `clips/dog_1.flac` in a CSV), and its
-segments are named by :func:`.predictions.segment_filename`. Shards of schema 1 kept only the
+segments are named by :func:`.output_file.segment_filename`. Shards of schema 1 kept only the
 clip id: their clips are named `audio/<clip_id>.wav`, as the TAU lists name them
 (:func:`clip_filename`), and a log line says so.
 """
@@ -44,8 +44,8 @@ from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
-from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
-from avsc_pipeline.evaluation.ensemble import LoadedModel, load_model
+from avsc_pipeline.evaluation.output_file import segment_filename, write_predictions
+from avsc_pipeline.evaluation.loading import LoadedModel, load_model
 from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows_pair
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import folder_column, load_index
@@ -65,7 +65,7 @@ def clip_filename(clip_id: str) -> str:
 
 def segment_filenames(clip_ids: Sequence[str], segments: Sequence[int],
                       audio_files: Optional[Sequence[str]] = None) -> List[str]:
-    """The predictions-file name of each segment (see :func:`.predictions.segment_filename`).
+    """The predictions-file name of each segment (see :func:`.output_file.segment_filename`).
 
     A clip's segment count is one more than its highest segment index among the rows given, so
     a clip cut short in stage one (video shorter than audio) is named as it was stored.

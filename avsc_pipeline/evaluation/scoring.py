@@ -6,7 +6,7 @@ probabilities: a :class:`~avsc_pipeline.dataio.preparation.BatchPreparer` in eva
 model's one forward in eval mode under the run's precision policy
 (:func:`avsc_pipeline.devices.amp_dtype` of `train.amp`: bf16 autocast on a GPU that has it,
 float32 on the CPU), and a softmax in float64. Training's validation, `avsc-eval`
-(:mod:`.evaluate`) and `avsc-predict` (:mod:`.predict`) all score through it and through
+(:mod:`.evaluate`) and `avsc-predict` (:mod:`.recordings`) all score through it and through
 :func:`score_rows`, so their figures agree. :class:`ScorerLike` is the interface a
 :class:`Scorer`, an ensemble and test-time augmentation share.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Dict, List, Mapping, Optional, Protocol, Tuple
 
@@ -31,14 +30,11 @@ from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.loader import make_loader
 from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.samplers import EpochSampler
-from avsc_pipeline.dataio.stats import AudioStats
-from avsc_pipeline.devices import amp_dtype, pick_device
 from avsc_pipeline.inference import Inference
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.sections.loading import LoaderConfig
-from avsc_pipeline.models.checkpoint import ModelArtifact, load_checkpoint, model_from_artifact
+from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.sections.model import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -235,83 +231,3 @@ def _score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: Loader
     if np.isnan(outputs[0]).any():
         raise RuntimeError(f"expected every row scored, got {int(np.isnan(outputs[0]).any(axis=1).sum())} unscored")
     return outputs
-
-
-def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device" = "auto",
-                modality: Optional[str] = None, calibrated: bool = True) -> Tuple[Scorer, ModelArtifact]:
-    """Read a checkpoint and build its :class:`Scorer`.
-
-    Args:
-        ckpt_path: a checkpoint written by the trainer (`best.pt`, `last.pt`).
-        device: `auto`, `cpu`, `cuda`, `cuda:N` or a torch.device.
-        modality: None (the model's own), or `audio`/`video` for one modality of a joint
-            checkpoint with stored `embedding_means`.
-        calibrated: divide the logits by the checkpoint's temperature (fitted on the run's
-            validation rows); False scores them as the model gives them.
-
-    Returns:
-        The scorer (in eval mode) and the checkpoint's artifact.
-
-    Raises:
-        CheckpointError: a missing, truncated, corrupt or foreign file (one line naming it).
-        ValueError: a modality the checkpoint cannot give, or a device that is not there.
-    """
-    if modality is not None and modality not in MODALITIES:
-        raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
-    device = device if isinstance(device, torch.device) else pick_device(device)
-    artifact = load_checkpoint(ckpt_path, map_location="cpu").artifact
-    model = model_from_artifact(artifact, device)
-    source = str(ckpt_path)
-    scored = modality or model.modality
-    stand_ins = _stand_ins(artifact, model, scored, source)
-    stats = _audio_stats(artifact, model, source)
-    preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std)).to(device).eval()
-    recipe = artifact.recipe
-    # The layout and precision training validated with: one policy for both.
-    inference = Inference(model, preparer, device, amp_dtype(recipe.train.amp, device),
-                          channels_last=recipe.train.channels_last)
-    scorer = Scorer(inference, list(artifact.classes), recipe.features, scored,
-                    stand_ins={k: v.to(device) for k, v in stand_ins.items()},
-                    temperature=artifact.temperature if calibrated else 1.0)
-    return scorer, artifact
-
-
-def _stand_ins(artifact: ModelArtifact, model: SceneClassifier, modality: str,
-               source: str) -> Dict[str, torch.Tensor]:
-    """The stored mean embedding of the modality that `modality` drops (none for the model's own)."""
-    if modality == model.modality:
-        return {}
-    if model.modality != "joint":
-        raise ValueError(
-            f"{source}: --modality {modality} needs a joint checkpoint, got an {model.modality} model "
-            f"(score it with --modality {model.modality})"
-        )
-    if modality == "joint":
-        return {}
-    dropped = "video" if modality == "audio" else "audio"
-    means = artifact.embedding_means or {}
-    mean = means.get(dropped) if isinstance(means, dict) else None
-    if mean is None:
-        raise ValueError(
-            f"{source}: --modality {modality} needs the training-set mean {dropped} embedding, "
-            f"got none in the checkpoint (embedding_means is stored with every checkpoint of a joint run)"
-        )
-    width = (model.video if dropped == "video" else model.audio).embed_dim
-    if not isinstance(mean, torch.Tensor) or tuple(mean.shape) != (width,):
-        raise ValueError(
-            f"{source}: expected embedding_means[{dropped!r}] of shape ({width},), got "
-            f"{tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__}"
-        )
-    return {dropped: mean.detach().to(torch.float32)}
-
-
-def _audio_stats(artifact: ModelArtifact, model: SceneClassifier, source: str) -> Optional[AudioStats]:
-    """The statistics the run standardized its audio with, or None when it fed the features as
-    stored (`loader.audio_normalize: none`) or the model reads no audio."""
-    if artifact.audio_stats is not None:
-        return AudioStats.from_json(artifact.audio_stats, f"{source}: audio_stats")
-    loader = artifact.recipe.loader
-    if model.uses_audio and loader.audio_normalize == "standardize":
-        raise ValueError(f"{source}: expected audio_stats for a {model.modality!r} checkpoint that standardizes its "
-                         "audio, got None")
-    return None

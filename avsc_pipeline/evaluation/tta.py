@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 import torch
 
 from avsc_pipeline.dataio.batch_augment import ChannelSwap
+from avsc_pipeline.evaluation.scoring import ScorerLike
 
 #: The transforms `--tta` accepts, in the order variants apply them.
 TTA_TRANSFORMS = ("swap", "flip")
@@ -65,7 +66,7 @@ class TTAScorer:
         ValueError: no or unknown transforms, or `flip` for a model that reads no frames.
     """
 
-    def __init__(self, inner: Any, transforms: Sequence[str]) -> None:
+    def __init__(self, inner: ScorerLike, transforms: Sequence[str]) -> None:
         transforms = parse_tta(transforms)
         if not transforms:
             raise ValueError(f"--tta: expected at least one of {', '.join(TTA_TRANSFORMS)}, got none")

@@ -76,7 +76,7 @@ class ModelArtifact:
         epoch: the epochs trained when it was written.
         temperature: the calibration temperature the logits are divided by (1.0: none).
         calibration: how training decided the temperature (the dict of
-            :class:`~avsc_pipeline.evaluation.calibration.TemperatureDecision`: `temperature`,
+            :class:`~avsc_pipeline.evaluation.temperature.TemperatureDecision`: `temperature`,
             `fitted`, `reason` and the leave-one-location-out figures), or None (a checkpoint
             written before the decision was recorded, or not calibrated by training).
     """

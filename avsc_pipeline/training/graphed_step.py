@@ -290,7 +290,10 @@ class GraphedStep:
     def _capture(self, raw: Mapping[str, Any], signature: tuple) -> None:
         device = self.parts.device
         self.static = {key: raw[key].to(device, copy=True) for key in STEP_KEYS if key in raw}
-        self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        # float32 is what the fused CUDA kernels read; the CPU's fused kernels read a double
+        # (there the replayed step then equals the eager one bit for bit)
+        dtype = torch.float32 if device.type == "cuda" else torch.float64
+        self.lrs = [torch.tensor(float(group["lr"]), dtype=dtype, device=device)
                     for group in self.parts.optimizer.param_groups]
         mixup = self._mixup()
         self.cursor = torch.zeros((), dtype=torch.int64, device=device) if mixup is not None else None

@@ -7,15 +7,16 @@ with the model's own frame statistics, cache frozen embeddings, train.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from avsc_pipeline.config import from_dict, to_dict
-from avsc_pipeline.dataio.training_input import build_training_input, shard_info, training_folders
+from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input, shard_info, training_folders
 from avsc_pipeline.devices import amp_dtype
 from avsc_pipeline.inference import Inference
 from avsc_pipeline.sections import Recipe
@@ -83,23 +84,9 @@ def train_run(features_dir: Path, run_dir: Path, recipe: Recipe, *,
 
 def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, given_features: Optional[dict],
            resume: bool, overwrite: bool, progress: bool) -> Dict[str, Any]:
-    train, model_config = recipe.train, recipe.model
-    configure_determinism(train.deterministic, context.device)
-    rng_state.seed_everything(train.seed)
-    classes, shard_features = shard_info(features_dir, recipe.loader)
-    recipe = _as_read(recipe, features_dir, shard_features, given_features)
+    recipe, classes, shard_features = read_recipe(context, features_dir, recipe, given_features)
     check_run_dir(run_dir, recipe, resume, overwrite)
-    # The model first; the preparer then normalizes frames with the model's own statistics.
-    model = build_run_model(model_config, train, classes, to_dict(shard_features),
-                            shard_features.audio_shape[0]).to(context.device)
-    inputs = None
-    try:
-        frozen_video = train.freeze_video and model_config.uses_video
-        video_cached = cacheable(False, frozen_video, train, recipe.batch_augment)["video"]
-        inputs = build_training_input(
-            features_dir, recipe.loader, recipe.batch_augment, context.device, train.seed,
-            with_video=model_config.uses_video and not video_cached, frame_norm=(model.frame_mean, model.frame_std),
-            rank=context.rank, barrier=lambda: barrier(context), validation=train.validation)
+    with built_input(context, features_dir, recipe, classes, shard_features) as (model, inputs):
         checkpoint = load_checkpoint(run_dir / LAST_NAME, map_location="cpu") if resume else None
         # Everything that can fail on bad input has run: only now is the run folder written.
         handler = None
@@ -109,13 +96,7 @@ def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, 
         try:
             logger.info("training the %s model on %s (%d process(es)), run folder %s", model.modality,
                         context.device, context.world_size, run_dir)
-            if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
-                torch.manual_seed(inputs.seed)
-            inference = Inference(model, inputs.preparer, context.device, amp_dtype(train.amp, context.device),
-                                  channels_last=train.channels_last)
-            caches = build_caches(inference, inputs, train, recipe.batch_augment, progress and context.is_main,
-                                  context)
-            trainer = Trainer(recipe, inputs, inference, caches, run_dir, context, progress)
+            trainer = build_trainer(context, recipe, model, inputs, run_dir, progress)
             if checkpoint is not None:
                 if checkpoint.resume is None:
                     raise ValueError(f"{run_dir / LAST_NAME}: holds no resume state")
@@ -126,9 +107,50 @@ def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, 
             if handler is not None:
                 logging.getLogger("avsc_pipeline").removeHandler(handler)
                 handler.close()
+
+
+def read_recipe(context: Context, features_dir: Path, recipe: Recipe,
+                given_features: Optional[dict]) -> Tuple[Recipe, List[str], FeatureConfig]:
+    """Seed the process and read what the shards hold: the recipe as the run reads it (the
+    shards' feature config), the class list and the feature config."""
+    configure_determinism(recipe.train.deterministic, context.device)
+    rng_state.seed_everything(recipe.train.seed)
+    classes, shard_features = shard_info(features_dir, recipe.loader)
+    return _as_read(recipe, features_dir, shard_features, given_features), classes, shard_features
+
+
+@contextlib.contextmanager
+def built_input(context: Context, features_dir: Path, recipe: Recipe, classes: List[str],
+                shard_features: FeatureConfig) -> Iterator[Tuple[Any, TrainingInput]]:
+    """The run's model on its device, then its training input (the preparer normalizing frames
+    with the model's own statistics); the input is closed on leaving."""
+    train, model_config = recipe.train, recipe.model
+    model = build_run_model(model_config, train, classes, to_dict(shard_features),
+                            shard_features.audio_shape[0]).to(context.device)
+    inputs = None
+    try:
+        frozen_video = train.freeze_video and model_config.uses_video
+        video_cached = cacheable(False, frozen_video, train, recipe.batch_augment)["video"]
+        inputs = build_training_input(
+            features_dir, recipe.loader, recipe.batch_augment, context.device, train.seed,
+            with_video=model_config.uses_video and not video_cached, frame_norm=(model.frame_mean, model.frame_std),
+            rank=context.rank, barrier=lambda: barrier(context), validation=train.validation)
+        yield model, inputs
     finally:
         if inputs is not None:
             inputs.close()
+
+
+def build_trainer(context: Context, recipe: Recipe, model: Any, inputs: TrainingInput, run_dir: Path,
+                  progress: bool) -> Trainer:
+    """The run's forward path, its embedding caches and the :class:`Trainer` over them."""
+    train = recipe.train
+    if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
+        torch.manual_seed(inputs.seed)
+    inference = Inference(model, inputs.preparer, context.device, amp_dtype(train.amp, context.device),
+                          channels_last=train.channels_last)
+    caches = build_caches(inference, inputs, train, recipe.batch_augment, progress and context.is_main, context)
+    return Trainer(recipe, inputs, inference, caches, run_dir, context, progress)
 
 
 def _as_read(recipe: Recipe, features_dir: Path, shard_features: FeatureConfig,

@@ -25,7 +25,7 @@ import torch
 
 from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
-from avsc_pipeline.evaluation.calibration import TemperatureDecision, decide_temperature
+from avsc_pipeline.evaluation.temperature import TemperatureDecision, decide_temperature
 from avsc_pipeline.evaluation.metrics import score
 from avsc_pipeline.evaluation.scoring import Scorer, score_rows
 from avsc_pipeline.inference import Inference

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from avsc_pipeline.sections.features import FeatureConfig
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions
 from avsc_pipeline.testing import write_test_checkpoint
 from avsc_pipeline.corpus.tau import load_tau
 from avsc_pipeline.storage.index import build_index
@@ -166,7 +166,7 @@ def test_pair_inputs(tmp_path):
 def test_predict_a_lone_mp4_from_its_own_sound(runner, setup, shared_mini, tmp_path):
     import numpy as np
 
-    from avsc_pipeline.evaluation.predictions import read_predictions
+    from avsc_pipeline.evaluation.output_file import read_predictions
 
     _, ckpt = setup
     mp4 = sorted((shared_mini / "video").glob("*.mp4"))[0]
@@ -236,7 +236,7 @@ def test_calibrate_a_checkpoint_and_an_ensemble_then_score_them(runner, setup, t
     import numpy as np
     from sklearn.metrics import log_loss
 
-    from avsc_pipeline.evaluation.calibration import apply_temperature
+    from avsc_pipeline.evaluation.temperature import apply_temperature
     from avsc_pipeline.models.checkpoint import load_checkpoint
 
     root, ckpt = setup

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from avsc_pipeline.corpus.tau import load_tau
 from avsc_pipeline.dataio.loader import ShardLoader
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.testing import write_random_shard, write_test_checkpoint

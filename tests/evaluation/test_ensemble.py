@@ -12,10 +12,11 @@ import pytest
 from sklearn import metrics as skm
 
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.evaluation.ensemble import (Ensemble, EnsembleSpec, load_model, normalized_weights,
-                                               parse_weights, read_ensemble_file, write_ensemble_file)
+from avsc_pipeline.evaluation.ensemble import (Ensemble, EnsembleSpec, normalized_weights, parse_weights,
+                                               read_ensemble_file, write_ensemble_file)
+from avsc_pipeline.evaluation.loading import load_model
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_model
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from avsc_pipeline.storage.index import build_index

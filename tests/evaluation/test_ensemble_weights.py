@@ -11,10 +11,10 @@ from scipy.optimize import minimize
 from sklearn.metrics import log_loss
 
 from avsc_pipeline.dataio.samplers import location_split
-from avsc_pipeline.evaluation.calibration import apply_temperature
+from avsc_pipeline.evaluation.temperature import apply_temperature
 from avsc_pipeline.evaluation.ensemble_weights import check_ensemble, combine, fit_weights, parse_weights_option
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.testing import write_random_folder, write_test_checkpoint
 

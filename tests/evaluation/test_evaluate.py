@@ -13,7 +13,7 @@ import torch
 from sklearn import metrics as skm
 
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint, segment_filenames
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions
 import dataclasses
 
 from avsc_pipeline.models.checkpoint import CheckpointError, load_checkpoint, model_from_artifact, save_checkpoint

@@ -10,8 +10,8 @@ import torch
 
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.evaluation.evaluate import evaluate_model
-from avsc_pipeline.evaluation.predictions import read_predictions
-from avsc_pipeline.evaluation.scoring import load_scorer
+from avsc_pipeline.evaluation.output_file import read_predictions
+from avsc_pipeline.evaluation.loading import load_scorer
 from avsc_pipeline.evaluation.tta import TTAScorer, parse_tta
 from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.storage.index import build_index

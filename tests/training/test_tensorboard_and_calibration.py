@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from avsc_pipeline.evaluation.calibration import decide_temperature
+from avsc_pipeline.evaluation.temperature import decide_temperature
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
 from avsc_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from avsc_pipeline.sections import load_recipe
@@ -115,7 +115,7 @@ def test_a_decision_round_trips_through_the_checkpoint(tmp_path):
 
 
 def test_avsc_calibrate_writes_its_own_record_over_trainings(tmp_path):
-    from avsc_pipeline.evaluation.recalibrate import calibrate
+    from avsc_pipeline.evaluation.checkpoint_temperature import calibrate
 
     folder = write_random_folder(tmp_path / "f", (30,), FeatureConfig(image_size=32))
     path = write_test_checkpoint(tmp_path / "a.pt", folder, modality="audio")

@@ -103,7 +103,8 @@ def assert_validation_is_avsc_eval(features: Path, run: Path, rel: float = 1e-9)
     from avsc_pipeline.dataio.dataset import ShardDataset
     from avsc_pipeline.dataio.training_input import build_training_input
     from avsc_pipeline.evaluation.metrics import score
-    from avsc_pipeline.evaluation.scoring import load_scorer, score_rows
+    from avsc_pipeline.evaluation.loading import load_scorer
+    from avsc_pipeline.evaluation.scoring import score_rows
 
     last = metrics_rows(run)[-1]
     artifact = load_checkpoint(run / "last.pt").artifact

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avsc_pipeline.evaluation.predictions import read_predictions, segment_filename, write_predictions
+from avsc_pipeline.evaluation.output_file import read_predictions, segment_filename, write_predictions
 
 CLASSES = ["airport", "bus", "metro", "street_traffic"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from avsc_pipeline.evaluation.evaluate import evaluate_checkpoint
-from avsc_pipeline.evaluation.predict import clips_path, predict_files, write_prediction_files
-from avsc_pipeline.evaluation.predictions import read_predictions
+from avsc_pipeline.evaluation.recordings import clips_path, predict_files, write_prediction_files
+from avsc_pipeline.evaluation.output_file import read_predictions
 from avsc_pipeline.corpus.tau import load_tau
 
 

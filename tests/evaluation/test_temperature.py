@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from avsc_pipeline.evaluation.calibration import apply_temperature, fit_temperature
+from avsc_pipeline.evaluation.temperature import apply_temperature, fit_temperature
 
 
 def overconfident(n=400, c=5, seed=0):
@@ -41,7 +41,7 @@ def test_apply_temperature_keeps_rows_summing_to_one_and_the_ranking():
 
 # ---- decide_temperature: a temperature only where held-out locations confirm it ----------------
 
-from avsc_pipeline.evaluation.calibration import MIN_ROWS, decide_temperature  # noqa: E402
+from avsc_pipeline.evaluation.temperature import MIN_ROWS, decide_temperature  # noqa: E402
 
 
 def calibrated_rows(n, c=5, seed=0, sharpness=2.0):

@@ -27,14 +27,15 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from avsc_pipeline.evaluation.ensemble import load_model
+from avsc_pipeline.evaluation.loading import load_model
 from avsc_pipeline.evaluation.metrics import check_clip_pool, pool_segments
-from avsc_pipeline.evaluation.predictions import segment_filename, write_predictions
+from avsc_pipeline.evaluation.output_file import segment_filename, write_predictions
+from avsc_pipeline.evaluation.scoring import ScorerLike
 from avsc_pipeline.corpus.clips import Clip
 from avsc_pipeline.corpus.tau import identifier_from_name
 
@@ -167,7 +168,7 @@ def predict_files(ckpt_path: "PathLike | Sequence[PathLike]", inputs: Iterable[R
     return PredictionResult(scorer.classes, outcomes)
 
 
-def _extract(scorer: Any, outcomes: Sequence[ClipPrediction], jobs: int) -> List[Tuple[np.ndarray, ...]]:
+def _extract(scorer: ScorerLike, outcomes: Sequence[ClipPrediction], jobs: int) -> List[Tuple[np.ndarray, ...]]:
     """Stage-one features of each clip: `(audio (K, 6, F, T) stored dtype, video (K, 2, 3, S, S)
     uint8 or None)`; a clip that fails gets its error set and an empty entry."""
     from avsc_pipeline.features.extract import extract_clip
@@ -189,7 +190,7 @@ def _extract(scorer: Any, outcomes: Sequence[ClipPrediction], jobs: int) -> List
     return out
 
 
-def _score(scorer: Any, outcomes: Sequence[ClipPrediction], segments: Sequence[Tuple[np.ndarray, ...]],
+def _score(scorer: ScorerLike, outcomes: Sequence[ClipPrediction], segments: Sequence[Tuple[np.ndarray, ...]],
            batch_size: int, progress: bool) -> None:
     """Score every extracted segment in batches of `batch_size` and hand each clip its rows."""
     from tqdm import tqdm
@@ -223,7 +224,7 @@ def write_prediction_files(result: PredictionResult, path: PathLike) -> Tuple[Pa
     """Write the predicted recordings' segment rows to `path` and clip rows beside it.
 
     Rows are named after each recording's audio file as it was given (its path, or an MP4's
-    when it carries the sound), segments by :func:`.predictions.segment_filename`, as
+    when it carries the sound), segments by :func:`.output_file.segment_filename`, as
     `avsc-eval` names a data set's files; clip rows carry the file name itself.
 
     Returns:
