@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from avsc_pipeline.sections.train import AMP_MODES
+
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto` -> CUDA (this process's local GPU) when available, else CPU; or the named device.
@@ -34,7 +36,6 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 #: `train.amp` values: `auto` (bf16 where the GPU supports it, else fp16), `off`, `bf16`, `fp16`.
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 def amp_dtype(mode: str, device: torch.device) -> "torch.dtype | None":

@@ -8,6 +8,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import click
 
+# `metrics` imports numpy only, so `--help` stays free of torch.
+from avsc_pipeline.evaluation.metrics import CLIP_POOLS, ENSEMBLE_MEANS
+
+
 def setup_logging(verbose: int, log_file: Optional[Path] = None) -> None:
     """Configure logging once, at the top of a command (group); optionally also into a file."""
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
@@ -108,10 +112,6 @@ class Group(_OneLineInterrupt, click.Group):
 
 
 # ---- Options of the commands that score checkpoints (avsc-eval, avsc-predict, avsc-calibrate) ----
-# The names are the library's (ensemble.MEANS, metrics.CLIP_POOLS, tta.TTA_TRANSFORMS), written
-# out here so that `--help` does not import torch.
-ENSEMBLE_MEANS = ("arithmetic", "geometric")
-CLIP_POOLS = ("mean-prob", "mean-log-prob")
 
 
 def checkpoints_option(command: Callable) -> Callable:

@@ -60,3 +60,16 @@ def test_a_module_that_pulls_one_in_is_named_with_its_import_chain(tmp_path):
     assert result.returncode == 1
     assert result.stdout.startswith("stage_two_like: import of soundfile halted")
     assert "stage_two_like.py:1 -> " in result.stdout and "uses_soundfile.py:1" in result.stdout
+
+
+def test_every_command_imports_without_torch():
+    """`--help` stays fast: the command modules and the config sections they read import no torch
+    (options list the library's own names, from numpy-only modules)."""
+    script = ("import sys\n"
+              "for m in ('eval', 'train', 'features', 'predict', 'calibrate', 'report', 'ablations'):\n"
+              "    __import__('avsc_pipeline_cli.' + m)\n"
+              "import avsc_pipeline.sections\n"
+              "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

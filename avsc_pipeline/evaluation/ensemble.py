@@ -43,12 +43,12 @@ import torch
 
 from avsc_pipeline.config import config_diff, from_dict, load_yaml, to_dict
 from avsc_pipeline.atomic import write_text_atomic
+from avsc_pipeline.evaluation.metrics import ENSEMBLE_MEANS
 from avsc_pipeline.evaluation.scoring import Scorer
 
 logger = logging.getLogger(__name__)
 
 #: How member probabilities are combined.
-MEANS = ("arithmetic", "geometric")
 #: File name endings that mark an ensemble file given to `--checkpoint`.
 ENSEMBLE_SUFFIXES = (".yaml", ".yml")
 ENSEMBLE_SECTION = "ensemble"
@@ -63,7 +63,7 @@ class EnsembleSpec:
     Attributes:
         checkpoints: the member checkpoints (relative paths are relative to the file's folder).
         weights: one weight per member (normalized when used); empty for equal weights.
-        mean: `arithmetic` or `geometric` (:data:`MEANS`).
+        mean: `arithmetic` or `geometric` (:data:`ENSEMBLE_MEANS`).
         temperature: the ensemble's own temperature (1.0: none).
         member_temperatures: the members' own temperatures when the ensemble's was fitted
             (a member recalibrated since makes the ensemble's stale: a warning says so).
@@ -84,8 +84,8 @@ class EnsembleSpec:
             raise ValueError("expected at least one checkpoint in the ensemble, got none")
         if self.weights:
             normalized_weights(self.weights, len(self.checkpoints), "weights")
-        if self.mean not in MEANS:
-            raise ValueError(f"expected mean in {MEANS}, got {self.mean!r}")
+        if self.mean not in ENSEMBLE_MEANS:
+            raise ValueError(f"expected mean in {ENSEMBLE_MEANS}, got {self.mean!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"expected a temperature > 0, got {self.temperature!r}")
         if self.member_temperatures and len(self.member_temperatures) != len(self.checkpoints):
@@ -222,8 +222,8 @@ class Ensemble:
             raise ValueError("expected at least one member checkpoint, got none")
         if len(sources) != len(members):
             raise ValueError(f"expected {len(members)} sources, one per member, got {len(sources)}")
-        if mean not in MEANS:
-            raise ValueError(f"--mean: expected one of {', '.join(MEANS)}, got {mean!r}")
+        if mean not in ENSEMBLE_MEANS:
+            raise ValueError(f"--mean: expected one of {', '.join(ENSEMBLE_MEANS)}, got {mean!r}")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"expected an ensemble temperature > 0, got {temperature!r}")
         check_compatible(members, [str(s) for s in sources])

@@ -36,7 +36,8 @@ from avsc_pipeline.dataio.samplers import split_items
 from avsc_pipeline.devices import pick_device
 from avsc_pipeline.evaluation import metrics
 from avsc_pipeline.evaluation.temperature import apply_temperature
-from avsc_pipeline.evaluation.ensemble import MEANS, normalized_weights
+from avsc_pipeline.evaluation.ensemble import normalized_weights
+from avsc_pipeline.evaluation.metrics import ENSEMBLE_MEANS
 from avsc_pipeline.evaluation.loading import load_scorer, resolve_members
 from avsc_pipeline.evaluation.evaluate import check_split_folder, loader_config_of, open_split
 from avsc_pipeline.evaluation.scoring import score_rows
@@ -115,8 +116,8 @@ def fit_weights(member_probs: np.ndarray, labels: np.ndarray, mean: str = "arith
     """
     member_probs = np.asarray(member_probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if mean not in MEANS:
-        raise ValueError(f"expected mean in {MEANS}, got {mean!r}")
+    if mean not in ENSEMBLE_MEANS:
+        raise ValueError(f"expected mean in {ENSEMBLE_MEANS}, got {mean!r}")
     if member_probs.ndim != 3 or member_probs.shape[1] != len(labels) or len(labels) == 0:
         raise ValueError(f"expected (M, N, C) member probabilities and (N,) labels with N > 0, got "
                          f"{member_probs.shape} and {labels.shape}")

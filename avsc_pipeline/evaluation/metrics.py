@@ -26,6 +26,10 @@ import numpy as np
 _KEPT_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16))
 #: How a clip's segment probabilities become the clip's (:func:`pool_segments`).
 CLIP_POOLS = ("mean-prob", "mean-log-prob")
+#: How an ensemble's members' probabilities are averaged (:class:`~.ensemble.Ensemble`): the
+#: arithmetic mean of probabilities, or the geometric one (the mean of log-probabilities,
+#: renormalized), the same two choices as :data:`CLIP_POOLS` makes over segments.
+ENSEMBLE_MEANS = ("arithmetic", "geometric")
 #: Equal-width confidence bins of :func:`reliability_bins` and :func:`expected_calibration_error`.
 ECE_BINS = 15
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from avsc_pipeline.dataio.dataset import ShardDataset
-from avsc_pipeline.dataio.loader import make_loader
+from avsc_pipeline.dataio.loader import ShardLoader, make_loader
 from avsc_pipeline.dataio.preparation import BatchPreparer
 from avsc_pipeline.dataio.samplers import EpochSampler
 from avsc_pipeline.inference import Inference
@@ -166,14 +166,22 @@ class Scorer:
     def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Class probabilities of one raw batch: `(B, C)` float64 on the CPU, the softmax of the
         logits divided by :attr:`temperature`, computed in float64."""
-        return torch.softmax(self.logits(batch).double() / self.temperature, dim=1).cpu()
+        return self.device_outputs(batch, pair=False)[0].cpu()
 
     def log_probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of one raw batch from one forward: `(calibrated, uncalibrated)`,
         each `(B, C)` float64 on the CPU (the log-softmax of the logits divided by
         :attr:`temperature`, and of the logits as they are)."""
+        calibrated, uncalibrated = self.device_outputs(batch, pair=True)
+        return calibrated.cpu(), uncalibrated.cpu()
+
+    def device_outputs(self, batch: Mapping[str, Any], pair: bool) -> Tuple[torch.Tensor, ...]:
+        """What :meth:`probabilities` (`pair` False: a 1-tuple) or :meth:`log_probability_pair`
+        (`pair` True) return, left on the device (no host synchronization): each `(B, C)` float64."""
         logits = self.logits(batch).double()
-        return torch.log_softmax(logits / self.temperature, dim=1).cpu(), torch.log_softmax(logits, dim=1).cpu()
+        if not pair:
+            return (torch.softmax(logits / self.temperature, dim=1),)
+        return torch.log_softmax(logits / self.temperature, dim=1), torch.log_softmax(logits, dim=1)
 
     def probability_pair(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """`(calibrated, uncalibrated)` probabilities of one raw batch, each `(B, C)` float64 on
@@ -183,8 +191,17 @@ class Scorer:
         return calibrated.exp(), uncalibrated.exp()
 
 
+def scoring_loader(dataset: ShardDataset, rows: np.ndarray, loader_config: LoaderConfig,
+                   device: torch.device) -> ShardLoader:
+    """The loader :func:`score_rows` reads `rows` with, in order, every row once; pass it back to
+    each call over the same rows to keep its workers (with `loader_config.persistent_workers`)."""
+    sampler = EpochSampler(np.asarray(rows, dtype=np.int64), shuffle=False, num_replicas=1, rank=0)
+    return make_loader(dataset, sampler, loader_config, device, drop_last=False)
+
+
 def score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig,
-               rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
+               rows: Optional[np.ndarray] = None, progress: bool = False,
+               loader: Optional[ShardLoader] = None) -> np.ndarray:
     """Probabilities of dataset rows, in the order given: how `avsc-eval` scores a split and
     how training scores its validation rows.
 
@@ -195,11 +212,14 @@ def score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderC
         loader_config: batch size and workers (`drop_last` is ignored: every row is scored).
         rows: `(M,)` dataset positions; default every row in row order.
         progress: show a progress bar.
+        loader: a :func:`scoring_loader` of these rows to read with (its workers kept between
+            calls); default a new one.
 
     Returns:
-        `(M, C)` float64 probabilities, row i for `rows[i]`.
+        `(M, C)` float64 probabilities, row i for `rows[i]`. A :class:`Scorer`'s outputs stay
+        on its device during the pass and are copied to the host once at its end.
     """
-    return _score_rows(dataset, scorer, loader_config, rows, progress, pair=False)[0]
+    return _score_rows(dataset, scorer, loader_config, rows, progress, pair=False, loader=loader)[0]
 
 
 def score_rows_pair(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig,
@@ -211,23 +231,37 @@ def score_rows_pair(dataset: ShardDataset, scorer: ScorerLike, loader_config: Lo
 
 
 def _score_rows(dataset: ShardDataset, scorer: ScorerLike, loader_config: LoaderConfig, rows: Optional[np.ndarray],
-                progress: bool, pair: bool) -> List[np.ndarray]:
+                progress: bool, pair: bool, loader: Optional[ShardLoader] = None) -> List[np.ndarray]:
     from tqdm import tqdm
 
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
     position = np.full(len(dataset), -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    sampler = EpochSampler(rows, shuffle=False, num_replicas=1, rank=0)
-    loader = make_loader(dataset, sampler, loader_config, scorer.device, drop_last=False)
+    if loader is None:
+        loader = scoring_loader(dataset, rows, loader_config, scorer.device)
     outputs = [np.full((len(rows), len(scorer.classes)), np.nan) for _ in range(2 if pair else 1)]
     if len(rows):
         logger.info("scoring %d rows", len(rows))
+    # A Scorer's outputs stay on the device and are copied once at the end: a copy per batch
+    # would make the host wait for every batch's forward before reading the next batch.
+    on_device = isinstance(scorer, Scorer)
+    kept: List[Tuple[torch.Tensor, ...]] = []
+    wheres: List[np.ndarray] = []
     with scorer.eval_mode():
         for raw in tqdm(loader, desc="scoring", unit="batch", disable=not progress, leave=False):
-            got = scorer.probability_pair(raw) if pair else (scorer.probabilities(raw),)
             where = position[raw["index"].numpy()]
+            if on_device:
+                kept.append(scorer.device_outputs(raw, pair))
+                wheres.append(where)
+                continue
+            got = scorer.probability_pair(raw) if pair else (scorer.probabilities(raw),)
             for out, part in zip(outputs, got):
                 out[where] = part.numpy()
+    if kept:
+        where = np.concatenate(wheres)
+        for i, out in enumerate(outputs):
+            part = torch.cat([k[i] for k in kept]).cpu()
+            out[where] = (part.exp() if pair else part).numpy()  # the pair's exp on the host, as probability_pair
     if np.isnan(outputs[0]).any():
         raise RuntimeError(f"expected every row scored, got {int(np.isnan(outputs[0]).any(axis=1).sum())} unscored")
     return outputs

@@ -27,6 +27,7 @@ from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atom
 from avsc_pipeline.storage.shards import (
     SCHEMA_VERSION, SHARD_GLOB, TEMPORARY_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name,
 )
+from avsc_pipeline.storage.versions import BEFORE_WAVEFORM_VALUES, fill_earlier
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ def check_state(folder: Path, state: Dict[str, Any], overwrite: bool, name: str)
 
         with open(path, encoding="utf-8") as handle:
             old = json.load(handle)
+        if isinstance(old.get("feature_config"), dict):  # written before shard schema 3: log-mel
+            old["feature_config"] = fill_earlier(old["feature_config"], BEFORE_WAVEFORM_VALUES)
         diff = state_diff(old, state)
         if diff:
             raise ConfigMismatchError(

@@ -23,6 +23,12 @@ PAD_MODES = ("reflect", "constant")
 LOG_KINDS = ("natural", "db")
 SCALINGS = ("segment", "clip", "none")
 DELTA_KINDS = ("regression", "librosa")
+#: What a shard stores per segment: the log-mel features, or the resampled waveform (for an
+#: extractor with its own front end, computed on the training device: PANNs' CNN14).
+AUDIO_KINDS = ("logmel", "waveform")
+#: The highest mel frequency of PANNs' log-mel front end (`dataio.front_end`): a waveform rate
+#: below twice this has no room for its bands.
+PANNS_FMAX = 14000.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,11 @@ class FeatureConfig:
     padding: 47 frames), natural log `log(mel + 1e-8)`, min-max scaling to [0, 1] of the
     segment's log-mel (both channels together), then regression deltas without padding
     (47 -> 43 -> 39 frames) stacked as `[x[4:-4], d[2:-2], dd]`.
+
+    With `audio: waveform` a segment is stored as its waveform instead: both channels resampled to
+    `waveform_rate`, `(2, waveform_samples)` (`(2, 32000)` for one second at PANNs' 32 kHz); the
+    log-mel fields then describe nothing stored, and stage two computes PANNs' log-mel from the
+    waveform on the training device (:mod:`avsc_pipeline.dataio.front_end`).
 
     Channel order of the `(6, n_mels, n_frames)` tensor, whatever the definition: log-mel, delta,
     delta-delta of the left channel, then the same of the right (`[0:3]` left, `[3:6]` right,
@@ -71,6 +82,11 @@ class FeatureConfig:
         frame_times: video frames kept per segment, in seconds from the segment start.
         image_size: side of the resized square frames.
         audio_dtype: `float32` or `float16`.
+        audio: what a segment's audio is stored as: `logmel` (the features above) or `waveform`
+            (both channels resampled to `waveform_rate`).
+        waveform_rate: the stored waveform's rate in Hz (`audio: waveform`; PANNs' 32000). One
+            segment holds `segment_samples * waveform_rate / sample_rate` samples, which must be
+            whole, and PANNs' front end needs at least 28000 (its bands reach 14 kHz).
     """
 
     sample_rate: int = 48000
@@ -97,6 +113,8 @@ class FeatureConfig:
     frame_times: Tuple[float, ...] = (0.0, 14.0 / 30.0)
     image_size: int = 224
     audio_dtype: str = "float32"
+    audio: str = "logmel"
+    waveform_rate: int = 32000
 
     def __post_init__(self) -> None:
         check_int(self, ("sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels", "delta_width"), minimum=1)
@@ -124,6 +142,20 @@ class FeatureConfig:
             raise ValueError(
                 f"expected 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}"
             )
+        self._check_waveform()
+
+    def _check_waveform(self) -> None:
+        check_choice(self, "audio", AUDIO_KINDS)
+        check_int(self, ("waveform_rate",), minimum=1)
+        if self.audio != "waveform":
+            return
+        if (self.segment_samples * self.waveform_rate) % self.sample_rate:
+            raise ValueError(f"expected a whole number of waveform samples per segment "
+                             f"(segment_samples * waveform_rate / sample_rate), got {self.segment_samples} * "
+                             f"{self.waveform_rate} / {self.sample_rate}")
+        if self.waveform_rate < 2 * PANNS_FMAX:
+            raise ValueError(f"expected waveform_rate >= {int(2 * PANNS_FMAX)} (PANNs' front end has mel bands up "
+                             f"to {int(PANNS_FMAX)} Hz), got {self.waveform_rate}")
 
     @property
     def stft_frames(self) -> int:
@@ -145,8 +177,16 @@ class FeatureConfig:
         return self.stft_frames - 2 * self.delta_trim
 
     @property
-    def audio_shape(self) -> Tuple[int, int, int]:
-        """Shape of one segment's audio features, `(6, n_mels, n_frames)`."""
+    def waveform_samples(self) -> int:
+        """Samples per segment of the stored waveform at `waveform_rate` (32000 for one second)."""
+        return self.segment_samples * self.waveform_rate // self.sample_rate
+
+    @property
+    def audio_shape(self) -> Tuple[int, ...]:
+        """Shape of one segment's stored audio: `(6, n_mels, n_frames)` log-mel features, or
+        `(2, waveform_samples)` with `audio: waveform`."""
+        if self.audio == "waveform":
+            return (2, self.waveform_samples)
         return (6, self.n_mels, self.n_frames)
 
     @property

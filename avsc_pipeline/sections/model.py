@@ -19,6 +19,15 @@ AUDIO_EMBEDDINGS: Tuple[str, ...] = ("attention", "block3")
 #: `video_weights` values that mean "the library's own named pretrained weights" (downloads).
 NAMED_WEIGHTS: Tuple[str, ...] = ("torchvision", "timm")
 
+#: Audio extractors pre-trained elsewhere (`audio_weights`), each reading waveform shards
+#: (`features.audio: waveform`) through the on-device log-mel front end; the others (the FCNN)
+#: start from `train.init_from` or from scratch.
+PRETRAINED_AUDIO: Tuple[str, ...] = ("panns_cnn14",)
+
+#: The FCNN's own fields, which a pre-trained audio extractor never reads.
+FCNN_FIELDS: Tuple[str, ...] = ("audio_widths", "audio_dropout", "audio_embedding", "audio_bn_eps",
+                                "audio_bn_momentum")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -27,7 +36,10 @@ class ModelConfig:
     Attributes:
         modality: what the model classifies from: `audio` (the FCNN alone), `video` (video
             backbone and MLP head) or `joint` (both extractors and the MLP head over [E_A, E_V]).
-        audio: audio extractor, a name in `registry.AUDIO_EXTRACTORS` ("fcnn").
+        audio: audio extractor, a name in `registry.AUDIO_EXTRACTORS`: "fcnn" (Hu et al.'s, on
+            the stored log-mel features) or "panns_cnn14" (PANNs' CNN14 on each channel of the
+            on-device log-mel of waveform shards; E_A is the mean of the channels' 2048-d `fc1`
+            embeddings).
         audio_widths: channels of the FCNN's three conv blocks; the paper's (24, 48, 96) filters
             times 6 input channels = (144, 288, 576).
         audio_dropout: dropout after each of the first three convs of block 3.
@@ -39,6 +51,10 @@ class ModelConfig:
             that does not pass through the 1x1 class head.
         audio_bn_eps: epsilon of every FCNN BatchNorm (Keras default 1e-3).
         audio_bn_momentum: torch-convention BatchNorm momentum (0.01 = Keras momentum 0.99).
+        audio_weights: a local weights file of a pre-trained audio extractor (`PRETRAINED_AUDIO`,
+            e.g. PANNs' `Cnn14_mAP=0.431.pth`), loaded exactly; None for random initialization
+            (a warning is logged). Nothing is downloaded. Refused for the FCNN.
+        audio_weights_unsafe: allow the full unpickler for a trusted legacy audio weights file.
         video: video backbone, a name in `VIDEO_BACKBONES` or "timm:<model_name>".
         video_weights: a local weights file (e.g. Places365 `densenet161_places365.pth.tar`),
             "torchvision" / "timm" for the library's named pretrained weights (downloads), or
@@ -55,6 +71,8 @@ class ModelConfig:
     audio_embedding: str = "attention"
     audio_bn_eps: float = 1e-3
     audio_bn_momentum: float = 0.01
+    audio_weights: Optional[str] = None
+    audio_weights_unsafe: bool = False
     video: str = "densenet161"
     video_weights: Optional[str] = None
     video_weights_unsafe: bool = False
@@ -83,6 +101,12 @@ class ModelConfig:
                 f"expected audio_bn_momentum in (0, 1] (torch convention), "
                 f"got {self.audio_bn_momentum!r}"
             )
+        weights = self.audio_weights
+        if weights is not None and (not isinstance(weights, str) or not weights):
+            raise ValueError(f"expected audio_weights to be a path or None, got {weights!r}")
+        if weights is not None and self.audio not in PRETRAINED_AUDIO:
+            raise ValueError(f"expected audio_weights null for audio {self.audio!r} (only {list(PRETRAINED_AUDIO)} "
+                             f"load pre-trained weights; the FCNN starts from train.init_from), got {weights!r}")
 
     def _check_video(self) -> None:
         weights = self.video_weights
@@ -103,15 +127,18 @@ class ModelConfig:
 
     def unused_fields(self) -> Tuple[str, ...]:
         """The fields this modality's model never reads: the video backbone's and the fusion
-        head's for an audio model (the FCNN alone), the FCNN's for a video model."""
-        audio = ("audio", "audio_widths", "audio_dropout", "audio_embedding", "audio_bn_eps", "audio_bn_momentum")
+        head's for an audio model, the audio extractor's for a video model; and of the audio
+        fields, the weights file's for the FCNN and the FCNN's for a pre-trained extractor."""
+        weights = ("audio_weights", "audio_weights_unsafe")
+        audio = ("audio",) + FCNN_FIELDS + weights
         video = ("video", "video_weights", "video_weights_unsafe")
         head = ("fusion_hidden", "fusion_dropout")
+        other_audio = FCNN_FIELDS if self.audio in PRETRAINED_AUDIO else weights
         if self.modality == "audio":
-            return video + head
+            return video + head + other_audio
         if self.modality == "video":
             return audio
-        return ()
+        return other_audio
 
 
 def _is_number(value: object) -> bool:

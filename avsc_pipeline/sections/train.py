@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_unit
-from avsc_pipeline.devices import AMP_MODES
 
+#: `train.amp`: mixed precision on CUDA (`devices.amp_dtype` turns it into a dtype).
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: `train.compile_scope`: compiled regions (the default) or the whole model.
 COMPILE_SCOPES = ("regions", "model")

@@ -7,7 +7,10 @@ single-sample reads (`bench/bench_shard_reads.py`):
 =============  ==========================  ============================================
 dataset        shape, dtype                meaning
 =============  ==========================  ============================================
-`audio`        `(N, 6, 128, 39)` float32   log-mel + deltas, left then right (or float16)
+`audio`        `(N, 6, 128, 39)` float32   log-mel + deltas, left then right (or float16);
+                                           with `feature_config.audio: waveform` (schema 3)
+                                           `(N, 2, W)`, both channels' waveform at
+                                           `waveform_rate` (W = 32000 for 1 s at 32 kHz)
 `video`        `(N, 2, 3, 224, 224)` uint8 the frame pair of the segment (absent in
                                            audio-only and augmented shards)
 `label`        `(N,)` int16                index into `classes`, -1 where unknown

@@ -14,6 +14,9 @@ version   what changed
 2         columns `audio_file` and `video_file` (the clip's files as the manifest lists them);
           configs written with every key (version 1 left out the keys a config section gained
           with the authors' definitions whenever all of them held their earlier values)
+3         `feature_config.audio` (`logmel` or `waveform`) and `waveform_rate`: with `waveform`
+          the `audio` column holds each segment's resampled waveform, `(N, 2, samples)`;
+          every earlier shard holds log-mel features (`audio: logmel`)
 ========  ================================================================================
 
 Nothing here knows the config classes (storage sits below them): the earlier values are data
@@ -30,12 +33,16 @@ from avsc_pipeline import earlier
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The `feature_config` keys that version 1 left out when they held these values.
 EARLIER_FEATURE_VALUES: Dict[str, Any] = earlier.FEATURES
 #: The same for an augmented folder's `augment_config`.
 EARLIER_AUGMENT_VALUES: Dict[str, Any] = earlier.OFFLINE_AUGMENT
+
+#: The `feature_config` keys version 3 added, with what every earlier shard holds: log-mel
+#: features (the rate of a waveform, which none stores, at its default).
+BEFORE_WAVEFORM_VALUES: Dict[str, Any] = {"audio": "logmel", "waveform_rate": 32000}
 
 _LOGGED: Set[str] = set()  # files whose migration was logged (once per file and process)
 
@@ -63,8 +70,14 @@ def _from_version_1(record: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _from_version_2(record: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 2 -> 3: the feature config gains `audio: logmel` (and `waveform_rate`); the
+    augmentation config is unchanged."""
+    return {**record, "feature_config": fill_earlier(record["feature_config"], BEFORE_WAVEFORM_VALUES)}
+
+
 #: `version -> function` bringing a record of that version to the next one.
-MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _from_version_1}
+MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _from_version_1, 2: _from_version_2}
 
 
 def migrate(record: Dict[str, Any], source: str) -> Dict[str, Any]:

@@ -27,7 +27,8 @@ from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
 from avsc_pipeline.evaluation.temperature import TemperatureDecision, decide_temperature
 from avsc_pipeline.evaluation.metrics import score
-from avsc_pipeline.evaluation.scoring import Scorer, score_rows
+from avsc_pipeline.evaluation.evaluate import CUDA_EVAL_BATCH
+from avsc_pipeline.evaluation.scoring import Scorer, score_rows, scoring_loader
 from avsc_pipeline.inference import Inference
 from avsc_pipeline.models.checkpoint import ModelArtifact, ResumeState, save_checkpoint
 from avsc_pipeline.sections import Recipe
@@ -82,6 +83,7 @@ class Trainer:
         self._last_lr = self.optimizer.param_groups[0]["lr"]
         self.epoch, self.step, self.epoch_batches = 0, 0, 0
         self._validation: Optional[tuple] = None  # the last validation's (probabilities, labels)
+        self._val_loader: Optional[ShardLoader] = None  # made at the first validation, kept
         self.board = Board(self.run_dir, self.train_cfg.tensorboard, self.train_cfg.tensorboard_every,
                            context.is_main, context.world_size)
         self.history: List[Dict[str, Any]] = []
@@ -219,11 +221,12 @@ class Trainer:
         if len(rows) == 0:
             return {"val_accuracy": None, "val_log_loss": None}
         broadcast_buffers(self.model, self.context)  # rank 0's model is the one checkpointed
-        config = dataclasses.replace(self.loader_cfg, persistent_workers=False, drop_last=False)
         rank, world = self.context.rank, self.context.world_size
         mine = rows[rank::world]
-        part = (score_rows(self.inputs.dataset, self.scorer, config, rows=mine) if len(mine)
-                else np.zeros((0, len(self.inputs.classes))))
+        if self._val_loader is None and len(mine):  # one loader for the run: its workers stay
+            self._val_loader = scoring_loader(self.inputs.dataset, mine, self._val_config(), self.device)
+        part = (score_rows(self.inputs.dataset, self.scorer, self._val_config(), rows=mine, loader=self._val_loader)
+                if len(mine) else np.zeros((0, len(self.inputs.classes))))
         probs = np.empty((len(rows), len(self.inputs.classes)))
         for other, gathered in enumerate(gather_objects(part, self.context)):
             probs[other::world] = gathered
@@ -231,6 +234,14 @@ class Trainer:
         self._validation = (probs, labels)
         metrics = score(labels, probs, self.inputs.classes)
         return {"val_accuracy": metrics["accuracy"], "val_log_loss": metrics["log_loss"]}
+
+    def _val_config(self):
+        """The loader of validation: avsc-eval's batch on CUDA (`CUDA_EVAL_BATCH`: scoring keeps no
+        activations for a backward), training's elsewhere; every row once."""
+        batch = self.loader_cfg.batch_size
+        if self.device.type == "cuda":
+            batch = max(batch, CUDA_EVAL_BATCH)
+        return dataclasses.replace(self.loader_cfg, batch_size=batch, drop_last=False)
 
     # -- epochs, checkpoints, resumption --------------------------------------------------------
 
