@@ -17,13 +17,14 @@ from typing import List, Optional
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Run torchrun with `argv` (default: the command line)."""
+    import click
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun_main
 
     try:
         torchrun_main(sys.argv[1:] if argv is None else argv)
     except SignalException as err:
-        print(f"torchrun: stopped by {err.sigval.name}; its workers finished their step", file=sys.stderr)
+        click.echo(f"torchrun: stopped by {err.sigval.name}; its workers finished their step", err=True)
         sys.exit(128 + int(err.sigval))
 
 

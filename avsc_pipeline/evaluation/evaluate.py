@@ -46,7 +46,8 @@ from avsc_pipeline.errors import ConfigMismatchError
 from avsc_pipeline.evaluation import metrics
 from avsc_pipeline.evaluation.output_file import segment_filename, write_predictions
 from avsc_pipeline.evaluation.loading import LoadedModel, load_model
-from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows_pair
+from avsc_pipeline.evaluation.scoring import CUDA_EVAL_BATCH as _CUDA_SCORING_BATCH
+from avsc_pipeline.evaluation.scoring import ScorerLike, checkpoint_config_hash, score_rows_pair, scoring_config
 from avsc_pipeline.models.checkpoint import ModelArtifact
 from avsc_pipeline.storage.index import folder_column, load_index
 
@@ -154,9 +155,8 @@ def open_split(split_dir: "str | os.PathLike[str]", scorer: ScorerLike, ckpt_pat
         raise ValueError(f"{split_dir}: features do not match checkpoint {ckpt_path}: {err}") from None
 
 
-#: `avsc-eval`'s default batch on a GPU: scoring keeps no activations for a backward, so a batch
-#: far larger than training's 32 fits and keeps the GPU busy.
-CUDA_EVAL_BATCH = 256
+#: `avsc-eval`'s default batch on a GPU (the one scoring rule, :func:`.scoring.scoring_config`).
+CUDA_EVAL_BATCH = _CUDA_SCORING_BATCH
 
 
 def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers: Optional[int],
@@ -168,15 +168,9 @@ def loader_config_of(artifact: ModelArtifact, batch_size: Optional[int], workers
         config = artifact.recipe.loader
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
-    changes: Dict[str, Any] = {"drop_last": False, "persistent_workers": False}
-    if batch_size is not None:
-        changes["batch_size"] = batch_size
-    elif device is not None and device.type == "cuda":
-        changes["batch_size"] = max(config.batch_size, CUDA_EVAL_BATCH)
-    if workers is not None:
-        changes["num_workers"] = workers
     try:
-        return dataclasses.replace(config, **changes)
+        config = dataclasses.replace(config, persistent_workers=False)
+        return scoring_config(config, device if device is not None else "cpu", batch_size, workers)
     except ValueError as err:
         raise ValueError(f"expected batch size >= 1 and workers >= 0: {err}") from None
 

@@ -17,6 +17,7 @@ each modality contributes on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -189,6 +190,27 @@ class Scorer:
         `log_loss_uncalibrated`)."""
         calibrated, uncalibrated = self.log_probability_pair(batch)
         return calibrated.exp(), uncalibrated.exp()
+
+
+#: The scoring batch on a GPU (`avsc-eval`, training's validation, the embedding cache): scoring
+#: keeps no activations for a backward, so a batch far larger than training's 32 fits and keeps
+#: the GPU busy.
+CUDA_EVAL_BATCH = 256
+
+
+def scoring_config(config: LoaderConfig, device: "torch.device | str", batch_size: Optional[int] = None,
+                   workers: Optional[int] = None) -> LoaderConfig:
+    """A loader section for a scoring pass: every row once (`drop_last` off), `batch_size` when
+    given, else at least `CUDA_EVAL_BATCH` on CUDA and the section's own elsewhere; `workers`
+    when given."""
+    changes: Dict[str, Any] = {"drop_last": False}
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    elif torch.device(device).type == "cuda":
+        changes["batch_size"] = max(config.batch_size, CUDA_EVAL_BATCH)
+    if workers is not None:
+        changes["num_workers"] = workers
+    return dataclasses.replace(config, **changes)
 
 
 def scoring_loader(dataset: ShardDataset, rows: np.ndarray, loader_config: LoaderConfig,

@@ -4,6 +4,8 @@ Modules:
     config: the `features:` and `offline_augment:` sections (`FeatureConfig`,
         `OfflineAugmentConfig`), the authors' definitions by default.
     audio: log-mel + delta + delta-delta features (`FastLogMel`; `reference_features` in librosa).
+    waveform: the waveform definition (`features.audio: waveform`): each segment resampled to
+        `waveform_rate` (`WaveformSegments`).
     video: frame-pair decoding and the one resize (`read_frame_pairs`, `resize_frames`).
     extract: extraction of a manifest into a shard folder (`extract_split`, `avsc-features extract`).
     offline_augment: the four waveform operations (pitch, speed, noise, mix) and their keyed

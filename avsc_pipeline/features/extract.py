@@ -40,7 +40,7 @@ class ClipResult:
     """What a worker returns for one clip: features, or the reason it was skipped."""
 
     clip: Clip
-    audio: Optional[np.ndarray] = None  # (K, 6, n_mels, T)
+    audio: Optional[np.ndarray] = None  # (K, 6, n_mels, T), or (K, 2, W) waveforms
     video: Optional[np.ndarray] = None  # (K, 2, 3, S, S) uint8
     skipped: Optional[Tuple[str, str]] = None  # (file, reason)
     dropped: int = 0  # trailing segments without frames
@@ -77,12 +77,20 @@ _EXTRACTORS: Dict[str, Any] = {}
 
 
 def audio_extractor(config: FeatureConfig) -> Any:
-    """This process's fast feature extractor for `config` (made once; holds only filter matrices)."""
-    from avsc_pipeline.features.audio import FastLogMel
-
+    """This process's audio extractor for `config` (made once; holds only filter matrices):
+    `(K, 2, segment_samples)` segments -> the `(K,) + config.audio_shape` rows a shard stores,
+    log-mel features (:class:`~avsc_pipeline.features.audio.FastLogMel`) or, with
+    `audio: waveform`, the resampled waveforms (:class:`~avsc_pipeline.features.waveform.WaveformSegments`)."""
     key = config_hash(config)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = FastLogMel(config)
+        if config.audio == "waveform":
+            from avsc_pipeline.features.waveform import WaveformSegments
+
+            _EXTRACTORS[key] = WaveformSegments(config)
+        else:
+            from avsc_pipeline.features.audio import FastLogMel
+
+            _EXTRACTORS[key] = FastLogMel(config)
     return _EXTRACTORS[key]
 
 

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from avsc_pipeline.evaluation.scoring import scoring_config
 from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.dataset import ShardDataset
 from avsc_pipeline.dataio.loader import make_loader
@@ -97,7 +98,7 @@ def compute_embeddings(inference: Inference, part: str, inputs: TrainingInput, r
         distinct = distinct[context.rank::context.world_size]
     device = inputs.device
     sampler = EpochSampler(distinct, shuffle=False, num_replicas=1, rank=0)
-    batches = make_loader(dataset, sampler, inputs.loader_config, device, drop_last=False)
+    batches = make_loader(dataset, sampler, scoring_config(inputs.loader_config, device), device, drop_last=False)
     table: Optional[torch.Tensor] = None
     with inference.eval_mode():
         for raw in tqdm(batches, desc=f"caching {part} embeddings", disable=not progress, leave=False):

@@ -142,14 +142,16 @@ def built_input(context: Context, features_dir: Path, recipe: Recipe, classes: L
 
 
 def build_trainer(context: Context, recipe: Recipe, model: Any, inputs: TrainingInput, run_dir: Path,
-                  progress: bool) -> Trainer:
-    """The run's forward path, its embedding caches and the :class:`Trainer` over them."""
+                  progress: bool, caches: Optional[Dict[str, torch.Tensor]] = None) -> Trainer:
+    """The run's forward path, its embedding caches (computed here unless `caches` are given,
+    as the estimate's stand-ins are) and the :class:`Trainer` over them."""
     train = recipe.train
     if context.rank > 0:  # its own dropout masks from here on (rank 0 draws as a single process)
         torch.manual_seed(inputs.seed)
     inference = Inference(model, inputs.preparer, context.device, amp_dtype(train.amp, context.device),
                           channels_last=train.channels_last)
-    caches = build_caches(inference, inputs, train, recipe.batch_augment, progress and context.is_main, context)
+    if caches is None:
+        caches = build_caches(inference, inputs, train, recipe.batch_augment, progress and context.is_main, context)
     return Trainer(recipe, inputs, inference, caches, run_dir, context, progress)
 
 

@@ -27,8 +27,7 @@ from avsc_pipeline.dataio.loader import ShardLoader
 from avsc_pipeline.dataio.training_input import TrainingInput
 from avsc_pipeline.evaluation.temperature import TemperatureDecision, decide_temperature
 from avsc_pipeline.evaluation.metrics import score
-from avsc_pipeline.evaluation.evaluate import CUDA_EVAL_BATCH
-from avsc_pipeline.evaluation.scoring import Scorer, score_rows, scoring_loader
+from avsc_pipeline.evaluation.scoring import Scorer, score_rows, scoring_config, scoring_loader
 from avsc_pipeline.inference import Inference
 from avsc_pipeline.models.checkpoint import ModelArtifact, ResumeState, save_checkpoint
 from avsc_pipeline.sections import Recipe
@@ -223,9 +222,10 @@ class Trainer:
         broadcast_buffers(self.model, self.context)  # rank 0's model is the one checkpointed
         rank, world = self.context.rank, self.context.world_size
         mine = rows[rank::world]
-        if self._val_loader is None and len(mine):  # one loader for the run: its workers stay
-            self._val_loader = scoring_loader(self.inputs.dataset, mine, self._val_config(), self.device)
-        part = (score_rows(self.inputs.dataset, self.scorer, self._val_config(), rows=mine, loader=self._val_loader)
+        # avsc-eval's batch on CUDA; one loader for the run, whose workers stay between epochs
+        if self._val_loader is None and len(mine):
+            self._val_loader = scoring_loader(self.inputs.dataset, mine, scoring_config(self.loader_cfg, self.device), self.device)
+        part = (score_rows(self.inputs.dataset, self.scorer, scoring_config(self.loader_cfg, self.device), rows=mine, loader=self._val_loader)
                 if len(mine) else np.zeros((0, len(self.inputs.classes))))
         probs = np.empty((len(rows), len(self.inputs.classes)))
         for other, gathered in enumerate(gather_objects(part, self.context)):
@@ -234,14 +234,6 @@ class Trainer:
         self._validation = (probs, labels)
         metrics = score(labels, probs, self.inputs.classes)
         return {"val_accuracy": metrics["accuracy"], "val_log_loss": metrics["log_loss"]}
-
-    def _val_config(self):
-        """The loader of validation: avsc-eval's batch on CUDA (`CUDA_EVAL_BATCH`: scoring keeps no
-        activations for a backward), training's elsewhere; every row once."""
-        batch = self.loader_cfg.batch_size
-        if self.device.type == "cuda":
-            batch = max(batch, CUDA_EVAL_BATCH)
-        return dataclasses.replace(self.loader_cfg, batch_size=batch, drop_last=False)
 
     # -- epochs, checkpoints, resumption --------------------------------------------------------
 

@@ -74,36 +74,62 @@ def test_predictions_are_the_models_probabilities_one_row_per_segment(joint_eval
     assert probs.max(axis=1).min() < 0.9 and probs.max() > 0.3  # far from uniform, not one-hot
 
 
-@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
-def test_metrics_equal_scikit_learn(joint_eval, features):
+@pytest.fixture
+def scored(joint_eval, features):
+    """`(metrics.json, probabilities, labels, clip ids, class names)` of the joint model's pass."""
     out, result = joint_eval
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["log_loss"] == result["log_loss"] and saved["classes"] == result["classes"]
     _, _, probs, classes = read_predictions(out / "predictions.tsv")
     rows = shard_rows(features["evaluate"])
-    y = rows["label"].astype(np.int64)
+    return saved, probs, rows["label"].astype(np.int64), rows["clip_id"], classes
+
+
+def test_segment_counts(scored):
+    saved = scored[0]
+    assert saved["n_segments"] == 9 and saved["n_unlabeled"] == 0 and saved["n_clips"] == 3
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_accuracy_log_loss_and_confusion_equal_scikit_learn(scored):
+    saved, probs, y, _, _ = scored
     predicted = probs.argmax(axis=1)
-    assert saved["n_segments"] == 9 and saved["n_unlabeled"] == 0
     assert saved["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted), abs=1e-12)
     assert saved["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(C)), rel=1e-12)
     assert saved["confusion_matrix"] == skm.confusion_matrix(y, predicted, labels=range(C)).tolist()
-    recall = skm.recall_score(y, predicted, labels=range(C), average=None, zero_division=0)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_macro_accuracy_equals_balanced_accuracy(scored):
+    saved, probs, y, _, _ = scored
+    assert saved["class_mean_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, probs.argmax(axis=1)),
+                                                         abs=1e-12)
+
+
+def test_per_class_figures_equal_scikit_learn(scored):
+    saved, probs, y, _, classes = scored
+    recall = skm.recall_score(y, probs.argmax(axis=1), labels=range(C), average=None, zero_division=0)
     for k, name in enumerate(classes):
         entry = saved["per_class"][name]
         if (y == k).any():
-            assert entry["accuracy"] == pytest.approx(recall[k], abs=1e-12)
+            assert entry["accuracy"] == pytest.approx(recall[k], abs=1e-12), name
             reference = skm.log_loss(y[y == k], probs[y == k], labels=range(C))
-            assert entry["log_loss"] == pytest.approx(reference, rel=1e-12)
+            assert entry["log_loss"] == pytest.approx(reference, rel=1e-12), name
         else:
-            assert entry == {"accuracy": None, "log_loss": None, "n": 0}
-    assert saved["class_mean_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, predicted), abs=1e-12)
-    ids = sorted(set(rows["clip_id"]))
-    clip_probs = np.stack([probs[rows["clip_id"] == c].mean(axis=0) for c in ids])
-    clip_y = np.array([y[rows["clip_id"] == c][0] for c in ids])
-    assert saved["n_clips"] == 3
+            assert entry == {"accuracy": None, "log_loss": None, "n": 0}, name
+
+
+def test_clip_figures_pool_segment_probabilities(scored):
+    saved, probs, y, clip_ids, _ = scored
+    ids = sorted(set(clip_ids))
+    clip_probs = np.stack([probs[clip_ids == c].mean(axis=0) for c in ids])
+    clip_y = np.array([y[clip_ids == c][0] for c in ids])
     assert saved["clip_log_loss"] == pytest.approx(skm.log_loss(clip_y, clip_probs, labels=range(C)), rel=1e-12)
     assert saved["clip_accuracy"] == pytest.approx(skm.accuracy_score(clip_y, clip_probs.argmax(axis=1)), abs=1e-12)
-    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_confusion_figure_is_a_png(joint_eval):
+    assert (joint_eval[0] / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_metrics_say_where_they_came_from(joint_eval, features, checkpoints):

@@ -74,27 +74,47 @@ def assert_same_state(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_training_lowers_the_loss_and_fills_the_run_folder(features, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def audio_run(features, tmp_path_factory):
+    """A 4-epoch audio run without augmentation: `(run folder, train_run's row)`."""
+    run = tmp_path_factory.mktemp("audio-run") / "run"
     row = train_run(features, run, sections("model.modality=audio", "train.epochs=4", *NO_AUGMENT), progress=False)
-    rows = metrics_rows(run)
+    return run, row
+
+
+def test_training_lowers_the_loss(audio_run):
+    rows = metrics_rows(audio_run[0])
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < 0.9 * losses[0] and losses == sorted(losses, reverse=True), losses
+
+
+def test_the_run_folder_holds_every_file(audio_run):
     for name in ("config.yaml", "metrics.csv", "curves.png", "train.log", "last.pt", "best.pt"):
-        assert (run / name).is_file(), name
-    ckpt = load_checkpoint(run / "last.pt")
+        assert (audio_run[0] / name).is_file(), name
+
+
+def test_the_checkpoint_holds_the_model_and_the_resume_state(audio_run):
+    ckpt = load_checkpoint(audio_run[0] / "last.pt")
     artifact, state = ckpt.artifact, ckpt.resume
     assert artifact.epoch == 4 and artifact.classes[0] == "airport" and artifact.modality == "audio"
-    assert artifact.config["train"]["epochs"] == 4 and artifact.feature_config["n_mels"] == 32
+    assert artifact.recipe.train.epochs == 4 and artifact.recipe.features == FEATURES
     assert set(state.rng["0"]) >= {"torch", "numpy", "python"} and state.optimizer and state.scheduler
+
+
+def test_metrics_rows_hold_validation_data_wait_best_and_lr(audio_run):
+    run, row = audio_run
+    rows = metrics_rows(run)
     assert row["val_log_loss"] is not None and 0 <= float(rows[-1]["data_wait_fraction"]) <= 1
-    saved = load_recipe(run / "config.yaml")
-    assert saved.train.epochs == 4 and saved.features == FEATURES  # the shards' features, not the defaults
+    assert sum(int(r["best"]) for r in rows) == 1 and float(rows[0]["lr"]) == float(rows[0]["lr_last"]) == 0.003
+
+
+def test_config_yaml_records_what_the_run_read(audio_run):
     import yaml
 
-    assert "offline_augment" not in yaml.safe_load((run / "config.yaml").read_text())  # no train-aug was read
-    assert sum(int(r["best"]) for r in rows) == 1 and float(rows[0]["lr"]) == float(rows[0]["lr_last"]) == 0.003
+    saved = load_recipe(audio_run[0] / "config.yaml")
+    assert saved.train.epochs == 4 and saved.features == FEATURES  # the shards' features, not the defaults
+    assert "offline_augment" not in yaml.safe_load((audio_run[0] / "config.yaml").read_text())  # no train-aug
 
 
 def assert_validation_is_avsc_eval(features: Path, run: Path, rel: float = 1e-9) -> None:
