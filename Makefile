@@ -39,6 +39,10 @@ AUGMENT ?= 1
 # trained and scored beside its figures (RUN/table-N.md); CONFIG is layered on top of every row.
 TABLE ?= 3
 ROWS ?=
+# Rows trained at once on every visible GPU (on the CPU: processes), each its own seeded process;
+# the table is the same as with 1. PLAN=1 lists the steps with a timed estimate and trains nothing.
+PER_DEVICE ?= 1
+PLAN ?=
 .PHONY: ablations
 .PHONY: install test demo demo-features demo-train demo-eval features train eval bench clean-demo help gpu-check
 
@@ -59,6 +63,7 @@ help:
 	@echo "make eval           score RUN's best.pt on FEATURES/evaluate and predict FEATURES/test"
 	@echo "make ensemble       score RUNS=\"DIR DIR ...\" (each RUN/best.pt) as one ensemble on FEATURES/evaluate, then report"
 	@echo "make ablations      train and score a table of the paper, TABLE=$(TABLE) (ROWS=\"a b\" for some rows), into RUN/table-N.md"
+	@echo "                    PER_DEVICE=K trains K rows at once per GPU; PLAN=1 estimates the time and trains nothing"
 	@echo "make bench          run the benchmarks in bench/"
 	@echo "make gpu-check      the prepared GPU check (bench/gpu_check.py) into OUT=$(OUT)"
 
@@ -168,7 +173,8 @@ clean-demo:
 
 ablations: install
 	$(BIN)/avsc-ablations $(TABLE) $(FEATURES) $(RUN) $(if $(filter-out configs/paper.yaml,$(CONFIG)),--config $(CONFIG)) \
-	  $(if $(ROWS),--rows "$(shell echo $(ROWS) | tr ' ' ',')") --device $(DEVICE)
+	  $(if $(ROWS),--rows "$(shell echo $(ROWS) | tr ' ' ',')") --device $(DEVICE) --per-device $(PER_DEVICE) \
+	  $(if $(PLAN),--plan)
 
 # The prepared GPU check (bench/gpu_check.py): stage two and evaluation on a GPU, correct and
 # fast, within its time budget, on shards it writes itself; OUT/gpu_check.json and .md. On a

@@ -161,23 +161,23 @@ class RowResult:
 
 def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str]] = None,
               extra: Sequence[Path] = (), overrides: Sequence[str] = (), device: str = "auto",
-              progress: bool = False) -> List[RowResult]:
+              progress: bool = False, per_device: int = 1) -> List[RowResult]:
     """Train and score the rows of one table, then write `RUN/table-N.md` and `.csv`.
+
+    With `per_device` K > 1 the audio steps, then the rows, train K at a time on every visible
+    GPU (K processes on the CPU; :func:`~avsc_pipeline.packing.run_packed`), each in its own
+    seeded process: the table is the one of training them one at a time.
 
     Raises:
         ValueError: an unknown table or row name, or bad input of a run (named).
     """
-    tables = load_tables()
-    if table not in tables:
-        raise ValueError(f"expected a table in {sorted(tables)}, got {table!r}")
-    chosen = tables[table]
-    if rows:
-        unknown = sorted(set(rows) - {row.name for row in chosen})
-        if unknown:
-            raise ValueError(f"table {table}: unknown row(s) {unknown}; known: {[row.name for row in chosen]}")
-        chosen = [row for row in chosen if row.name in rows]
+    chosen = chosen_rows(table, rows)
     audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides)
     preflight([*audio_steps.values(), *row_steps.values()], Path(features))
+    trained = [row_steps[row.name] for row in chosen if row.name in row_steps]
+    if per_device > 1:
+        _train_packed(list(audio_steps.values()), features, device, per_device)
+        _train_packed(trained, features, device, per_device)
     checkpoints = {kind: _train(step, features, device, progress) for kind, step in audio_steps.items()}
     results = []
     for row in chosen:
@@ -189,6 +189,76 @@ def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str
         results.append(_score(row, best, features))
     write_table(table, results, Path(run))
     return results
+
+
+def chosen_rows(table: int, rows: Optional[Sequence[str]] = None) -> List[Row]:
+    """The rows of a table, or those of them named in `rows`.
+
+    Raises:
+        ValueError: an unknown table or row name.
+    """
+    tables = load_tables()
+    if table not in tables:
+        raise ValueError(f"expected a table in {sorted(tables)}, got {table!r}")
+    chosen = tables[table]
+    if rows:
+        unknown = sorted(set(rows) - {row.name for row in chosen})
+        if unknown:
+            raise ValueError(f"table {table}: unknown row(s) {unknown}; known: {[row.name for row in chosen]}")
+        chosen = [row for row in chosen if row.name in rows]
+    return chosen
+
+
+def plan_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str]] = None,
+               extra: Sequence[Path] = (), overrides: Sequence[str] = (), device: str = "auto",
+               probe_steps: Optional[int] = None) -> str:
+    """What running a table will take, trained nothing: each step (the audio steps, then each
+    row) with its epochs, rows per epoch and the wall time estimated from a short timed probe on
+    `device` (:func:`~avsc_pipeline.training.estimate.estimate_run`); a finished run is listed
+    as kept. Writes no checkpoint and no run folder.
+
+    Returns:
+        The plan as a Markdown table, with the total.
+    """
+    from avsc_pipeline.training.estimate import PROBE_STEPS, estimate_run, format_estimates
+
+    chosen = chosen_rows(table, rows)
+    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides)
+    preflight([*audio_steps.values(), *row_steps.values()], Path(features))
+    kept = {row.name: f"not run: {row.reason}" for row in chosen if not row.reproducible}
+    kept.update({row.name: f"scored as audio-{row.audio_step}" for row in chosen if row.score == "audio_step"})
+    estimates = []
+    for step in [*audio_steps.values(), *row_steps.values()]:
+        if finished(step):
+            kept[step.name] = "finished, kept"
+            continue
+        logger.info("probing %s on %s", step.name, device)
+        estimates.append(estimate_run(step.name, features, step.recipe, device, step.given_features,
+                                      probe_steps or PROBE_STEPS))
+    return f"# Table {table}: plan\n\n" + format_estimates(estimates, kept)
+
+
+def finished(step: Step) -> bool:
+    """Whether the step's folder holds a finished run (its `last.pt` at the last epoch)."""
+    from avsc_pipeline.models.checkpoint import load_checkpoint
+
+    last = step.run_dir / "last.pt"
+    if not last.is_file():
+        return False
+    state = load_checkpoint(last).resume
+    return state is not None and state.epoch >= step.recipe.train.epochs
+
+
+def _train_packed(steps: Sequence[Step], features: Path, device: str, per_device: int) -> None:
+    """Train independent steps K per device at once (a later `_train` of each finds it finished)."""
+    from avsc_pipeline.packing import run_packed
+
+    todo = [step for step in steps if not finished(step)]
+    if not todo:
+        return
+    rows = run_packed(todo, features, device, per_device)
+    if any("stopped_by" in row for row in rows.values()):
+        raise KeyboardInterrupt  # the runs wrote last.pt; rerunning the table resumes them
 
 
 def table_steps(table: int, rows: Sequence[Row], run: Path, extra: Sequence[Path] = (),

@@ -37,6 +37,9 @@ WEIGHTS_HELP = ("the README's \"Pre-trained weights\" (Places365 DenseNet-161: "
                 "http://places2.csail.mit.edu/models_places365/densenet161_places365.pth.tar, "
                 "put at data/weights/densenet161_places365.pth.tar), or --set model.video_weights=null "
                 "for random initialization")
+AUDIO_WEIGHTS_HELP = ("the README's \"Beyond the paper\" (PANNs' CNN14: Cnn14_mAP=0.431.pth from Zenodo record "
+                      "3987831, put at data/weights/Cnn14_mAP=0.431.pth), or --set model.audio_weights=null for "
+                      "random initialization")
 
 
 def configs_dir() -> Path:
@@ -169,13 +172,18 @@ def _weights_problems(step: Step) -> List[str]:
     from avsc_pipeline.sections.model import NAMED_WEIGHTS
 
     model = step.recipe.model
+    problems = []
+    audio = model.audio_weights
+    if model.uses_audio and audio is not None and not Path(audio).is_file():
+        problems.append(f"step {step.name}: model.audio_weights {audio} not found ({_resolved_note(audio)}); "
+                        f"get it from {AUDIO_WEIGHTS_HELP}")
     weights = model.video_weights
     if not model.uses_video or weights is None or weights in NAMED_WEIGHTS:
-        return []
+        return problems
     if Path(weights).is_file():
-        return []
-    return [f"step {step.name}: model.video_weights {weights} not found ({_resolved_note(weights)}); "
-            f"get it from {WEIGHTS_HELP}"]
+        return problems
+    return problems + [f"step {step.name}: model.video_weights {weights} not found ({_resolved_note(weights)}); "
+                       f"get it from {WEIGHTS_HELP}"]
 
 
 def _resolved_note(path: str) -> str:

@@ -25,11 +25,14 @@ from avsc_pipeline_cli.common import Command, config_option, device_option, outp
                    "files plus the packaged configs/steps/<step>.yaml: a finished step is kept, a stopped one "
                    "resumes, the joint step starts from RUN_DIR/audio/best.pt; everything is checked before the "
                    "first step trains.")
+@click.option("--estimate", is_flag=True, help="Train nothing: estimate the run's (or each --steps step's) wall time "
+                                               "from a short timed probe of its training step on DEVICE, with its "
+                                               "epochs and rows per epoch; writes no checkpoint.")
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...], resume: bool,
-         overwrite: bool, steps: Optional[str], device: str, progress: bool, verbose: int) -> None:
+         overwrite: bool, steps: Optional[str], estimate: bool, device: str, progress: bool, verbose: int) -> None:
     """Train one model of the recipe on FEATURES_DIR/train (+ train-aug) into RUN_DIR.
 
     Holds out 10% of each class's recording locations for validation, writes config.yaml,
@@ -42,6 +45,9 @@ def main(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overr
     """
     setup_logging(max(verbose, 1))
     output_folder(run_dir, "RUN_DIR", create=False)  # written once the inputs are checked
+    if estimate:
+        click.echo(_estimate(features_dir, run_dir, config_path, overrides, steps, device))
+        return
     if steps is not None:
         if resume or overwrite:
             raise click.UsageError("--steps resumes stopped steps and keeps finished ones by itself; "
@@ -80,6 +86,33 @@ def _run_steps(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...],
         if "stopped_by" not in row and not row.get("kept"):
             _summary(run_dir / name, row)
     return list(rows.values())[-1] if rows else {}
+
+
+def _estimate(features_dir: Path, run_dir: Path, config_path: Tuple[Path, ...], overrides: Tuple[str, ...],
+              steps: Optional[str], device: str) -> str:
+    """The estimate of one run, or of each step of --steps (a finished step listed as kept)."""
+    from avsc_pipeline.models.checkpoint import CheckpointError
+    from avsc_pipeline.sections import merge_files, recipe_from_layers
+    from avsc_pipeline.training.estimate import estimate_run, format_estimates
+
+    try:
+        _refuse_feature_overrides(overrides)
+        if steps is None:
+            raw, source = merge_files(list(config_path), overrides)
+            recipe = recipe_from_layers(raw, source, overrides)
+            return format_estimates([estimate_run(run_dir.name, features_dir, recipe, device,
+                                                  raw.get("features") or None)])
+        from avsc_pipeline.ablations import finished
+        from avsc_pipeline.recipe import plan_steps, preflight
+
+        names = [name.strip() for name in steps.replace(" ", ",").split(",") if name.strip()]
+        planned = plan_steps(names, run_dir, list(config_path), overrides)
+        preflight(planned, features_dir)
+        kept = {step.name: "finished, kept" for step in planned if finished(step)}
+        return format_estimates([estimate_run(step.name, features_dir, step.recipe, device, step.given_features)
+                                 for step in planned if step.name not in kept], kept)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _refuse_feature_overrides(overrides: Tuple[str, ...]) -> None:

@@ -136,7 +136,9 @@ class SpecAugment(SeededModule):
 
 
 class ChannelSwap(SeededModule):
-    """Exchange the left-channel features `[0:3]` with the right-channel ones `[3:6]`.
+    """Exchange the left-channel features `[0:3]` with the right-channel ones `[3:6]` (or, for
+    one map per audio channel, the front end's log-mel `(B, 2, F, T)` or a waveform `(B, 2, N)`,
+    channel 0 with channel 1).
 
     Each sample is swapped with probability `p`. The swap is its own inverse.
 
@@ -161,14 +163,18 @@ class ChannelSwap(SeededModule):
         """Swap the channel blocks of a random subset of samples.
 
         Args:
-            audio: `(B, 6, F, T)` floating point.
+            audio: `(B, 6, F, T)` floating point, or `(B, 2, F, T)` / `(B, 2, N)`.
 
         Returns:
             A new tensor of the same shape (the input itself in eval mode).
         """
-        _check_audio(audio)
-        if audio.shape[1] != AUDIO_CHANNELS:
-            raise ValueError(f"expected {AUDIO_CHANNELS} feature channels, got {audio.shape[1]}")
+        if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+            raise TypeError(f"expected a floating point audio tensor, got {describe(audio)}")
+        if audio.ndim not in (3, 4):
+            raise ValueError(f"expected audio of shape (B, C, F, T) or (B, C, N), got {tuple(audio.shape)}")
+        if audio.shape[1] not in (AUDIO_CHANNELS, 2):
+            raise ValueError(f"expected {AUDIO_CHANNELS} feature channels or 2 (one per audio channel), "
+                             f"got {audio.shape[1]}")
         if not self.training or audio.shape[0] == 0:
             return audio
         batch = audio.shape[0]

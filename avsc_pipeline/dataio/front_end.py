@@ -20,25 +20,10 @@ import torch
 from torch import nn
 
 from avsc_pipeline.errors import describe
-from avsc_pipeline.sections.features import PANNS_FMAX, FeatureConfig
-
-#: PANNs' front end: (n_fft, hop, n_mels, fmin, fmax, ref, amin).
-PANNS_N_FFT = 1024
-PANNS_HOP = 320
-PANNS_N_MELS = 64
-PANNS_FMIN = 50.0
-PANNS_REF = 1.0
-PANNS_AMIN = 1e-10
-
-
-def panns_mel_filters(sample_rate: int) -> "torch.Tensor":
-    """`(64, 513)` float32: librosa's Slaney mel filter bank of PANNs' front end at `sample_rate`
-    (torchlibrosa's `melW`, transposed)."""
-    import librosa
-
-    mel = librosa.filters.mel(sr=sample_rate, n_fft=PANNS_N_FFT, n_mels=PANNS_N_MELS, fmin=PANNS_FMIN,
-                              fmax=PANNS_FMAX, htk=False, norm="slaney")
-    return torch.as_tensor(mel, dtype=torch.float32)
+from avsc_pipeline.sections.features import (
+    PANNS_AMIN, PANNS_FMAX, PANNS_FMIN, PANNS_HOP, PANNS_N_FFT, PANNS_N_MELS, PANNS_REF, FeatureConfig,
+    panns_mel_filters,
+)
 
 
 class PannsLogMel(nn.Module):
@@ -53,9 +38,11 @@ class PannsLogMel(nn.Module):
         if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate < 2 * PANNS_FMAX:
             raise ValueError(f"expected an int sample_rate >= {int(2 * PANNS_FMAX)}, got {sample_rate!r}")
         self.sample_rate = sample_rate
-        self.register_buffer("window", torch.hann_window(PANNS_N_FFT, periodic=True, dtype=torch.float32),
+        # float64, as librosa's window: the leakage of a loud tone into far bands depends on it.
+        self.register_buffer("window", torch.hann_window(PANNS_N_FFT, periodic=True, dtype=torch.float64),
                              persistent=False)
-        self.register_buffer("mel", panns_mel_filters(sample_rate), persistent=False)
+        self.register_buffer("mel", torch.as_tensor(panns_mel_filters(sample_rate), dtype=torch.float64),
+                             persistent=False)
         self.db_offset = 10.0 * math.log10(max(PANNS_AMIN, PANNS_REF))
 
     def extra_repr(self) -> str:
@@ -86,10 +73,10 @@ class PannsLogMel(nn.Module):
         # move by 1e-3 dB (rounding of the FFT); the product is small (64 bands, 101 frames).
         flat = waveform.reshape(batch * channels, samples).to(torch.float64)
         spec = torch.stft(flat, PANNS_N_FFT, hop_length=PANNS_HOP, win_length=PANNS_N_FFT,
-                          window=self.window.to(torch.float64), center=True, pad_mode="reflect", normalized=False,
+                          window=self.window, center=True, pad_mode="reflect", normalized=False,
                           onesided=True, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (B * C, 513, T) float64
-        mel = torch.matmul(self.mel.to(torch.float64), power)  # (B * C, 64, T)
+        mel = torch.matmul(self.mel, power)  # (B * C, 64, T)
         log_mel = 10.0 * torch.log10(mel.clamp_min(PANNS_AMIN)) - self.db_offset
         return log_mel.to(torch.float32).reshape(batch, channels, PANNS_N_MELS, -1)
 

@@ -4,8 +4,10 @@
 
 1. perturbs the uint8 frames (RandAugment, defined on uint8 images),
 2. converts and normalizes them (the video backbone's mean and std) and the audio (per-channel
-   training mean/std, or as stored when no statistics are given: `loader.audio_normalize: none`),
-3. masks and channel-swaps the audio,
+   training mean/std, or as stored when no statistics are given: `loader.audio_normalize: none`);
+   waveform shards (`features.audio: waveform`) go through PANNs' log-mel front end instead
+   (:mod:`avsc_pipeline.dataio.front_end`),
+3. masks and channel-swaps the audio (the log-mel of the front end alike),
 4. mixes audio, frames and one-hot targets jointly.
 
 Steps 1, 3 and 4 run in `train()` mode only. Evaluation and prediction use the same module in
@@ -21,6 +23,8 @@ import torch
 from torch import nn
 
 from avsc_pipeline.dataio.batch_augment import ChannelSwap, JointMixup, SpecAugment, one_hot
+from avsc_pipeline.dataio.front_end import front_end_for
+from avsc_pipeline.sections.features import FeatureConfig
 from avsc_pipeline.sections.loading import BatchAugmentConfig
 from avsc_pipeline.dataio.stats import AudioStats
 from avsc_pipeline.dataio.video_augment import VideoRandAugment
@@ -116,16 +120,26 @@ class BatchPreparer(nn.Module):
             `resolve_data_config` reads a model's own): build the model first.
         augment: augmentation settings; None for none (evaluation only).
         seed: the run seed; each augmentation gets its own stream derived from it.
+        features: the stage-one config of the batches' shards: with `audio: waveform` the
+            stored waveforms go through PANNs' log-mel front end on the device (no statistics:
+            the front end's dB go in as they come); None or log-mel features: as stored.
     """
 
     def __init__(self, num_classes: int, audio_stats: Optional[AudioStats],
                  frame_norm: Tuple[Sequence[float], Sequence[float]],
-                 augment: Optional[BatchAugmentConfig] = None, seed: int = 0) -> None:
+                 augment: Optional[BatchAugmentConfig] = None, seed: int = 0,
+                 features: Optional[FeatureConfig] = None) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"expected num_classes >= 1, got {num_classes!r}")
         if not isinstance(frame_norm, (tuple, list)) or len(frame_norm) != 2:
             raise TypeError(f"expected frame_norm as the model's (mean, std) pair, got {frame_norm!r}")
+        if features is not None and not isinstance(features, FeatureConfig):
+            raise TypeError(f"expected features to be a FeatureConfig or None, got {type(features).__name__}")
+        self.front_end = front_end_for(features)
+        if self.front_end is not None and audio_stats is not None:
+            raise ValueError("expected no audio statistics for waveform features (loader.audio_normalize: none; "
+                             "the statistics are of stored log-mel features), got some")
         self.num_classes = num_classes
         self.audio_norm = None if audio_stats is None else AudioNormalize(audio_stats.mean, audio_stats.std)
         self.frame_norm = FrameNormalize(*frame_norm)
@@ -135,11 +149,13 @@ class BatchPreparer(nn.Module):
         """Prepare one batch.
 
         Args:
-            batch: from the loader: `audio (B, 6, F, T)` float, optional `video (B, 2, 3, H, W)`
-                uint8, `label (B,)` int64, and any other keys (passed through).
+            batch: from the loader: `audio (B, 6, F, T)` float (or `(B, 2, N)` waveforms for
+                the front end), optional `video (B, 2, 3, H, W)` uint8, `label (B,)` int64, and
+                any other keys (passed through).
 
         Returns:
-            The batch with `audio (B, 6, F, T)` float32, `video (B, 2, 3, H, W)` float32 (when
+            The batch with `audio (B, 6, F, T)` float32 (the front end's `(B, 2, 64, 1 + N // 320)`
+            for waveforms), `video (B, 2, 3, H, W)` float32 (when
             present), `label (B,)` int64 and `target (B, num_classes)` float32 (one-hot, mixed
             in training; a row of zeros for an unknown label), all on this module's device.
         """
@@ -149,7 +165,10 @@ class BatchPreparer(nn.Module):
         device = self.frame_norm.scale.device
         out = dict(batch)
         audio = batch["audio"].to(device, non_blocking=True)
-        audio = _float_audio(audio) if self.audio_norm is None else self.audio_norm(audio)
+        if self.front_end is not None:
+            audio = self.front_end(audio)  # a new float32 tensor: the augmentations may write into it
+        else:
+            audio = _float_audio(audio) if self.audio_norm is None else self.audio_norm(audio)
         video = batch.get("video")
         if video is not None:
             video = video.to(device, non_blocking=True)

@@ -162,6 +162,10 @@ def build_training_input(features_dir: "str | Path", loader: LoaderConfig, augme
     if selection is not None and len(split.validation) == 0:
         raise ValueError(f"{selection}: expected labeled rows to select on (train.validation), got none")
     stats = None
+    if loader.audio_normalize == "standardize" and dataset.feature_config.audio == "waveform":
+        raise ValueError(f"{folders[0]}: expected loader.audio_normalize none for waveform shards (the on-device "
+                         "log-mel front end's dB go in as they come; the statistics are of stored log-mel features), "
+                         "got standardize")
     if loader.audio_normalize == "standardize":
         if rank == 0:
             ensure_audio_stats(folders[0], loader.audio_stats, progress=False)
@@ -169,7 +173,8 @@ def build_training_input(features_dir: "str | Path", loader: LoaderConfig, augme
         stats = ensure_audio_stats(folders[0], loader.audio_stats)
     sampler = EpochSampler(split.train, split.augmented, loader.aug_fraction, shuffle=True, seed=seed)
     local_seed = process_seed(seed, rank)
-    preparer = BatchPreparer(len(dataset.classes), stats, frame_norm, augment, local_seed).to(device)
+    preparer = BatchPreparer(len(dataset.classes), stats, frame_norm, augment, local_seed,
+                             features=dataset.feature_config).to(device)
     logger.info("data: %d training rows (+%d augmented), %d validation rows from %d held-out locations%s",
                 len(split.train), len(split.augmented), len(split.validation), len(split.held_out),
                 f" (the {selection.name} split)" if selection is not None else "")

@@ -32,11 +32,11 @@ import torch
 from avsc_pipeline.devices import pick_device
 from avsc_pipeline.evaluation.temperature import TemperatureDecision, fit_temperature, log_loss_at
 from avsc_pipeline.evaluation.ensemble import (Ensemble, EnsembleSpec, is_ensemble_file, normalized_weights,
-                                               resolve_members, write_ensemble_file)
+                                               write_ensemble_file)
 from avsc_pipeline.evaluation.ensemble_weights import validation_rows
 from avsc_pipeline.evaluation.evaluate import check_split_folder, loader_config_of, open_split
 from avsc_pipeline.evaluation.scoring import score_rows
-from avsc_pipeline.evaluation.loading import load_scorer
+from avsc_pipeline.evaluation.loading import load_scorer, resolve_members
 from avsc_pipeline.models.checkpoint import ModelArtifact, save_checkpoint
 
 logger = logging.getLogger(__name__)

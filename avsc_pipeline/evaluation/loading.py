@@ -61,8 +61,9 @@ def load_scorer(ckpt_path: "str | os.PathLike[str]", device: "str | torch.device
     scored = modality or model.modality
     stand_ins = _stand_ins(artifact, model, scored, source)
     stats = _audio_stats(artifact, model, source)
-    preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std)).to(device).eval()
     recipe = artifact.recipe
+    preparer = BatchPreparer(len(artifact.classes), stats, (model.frame_mean, model.frame_std),
+                             features=recipe.features).to(device).eval()
     # The layout and precision training validated with: one policy for both.
     inference = Inference(model, preparer, device, amp_dtype(recipe.train.amp, device),
                           channels_last=recipe.train.channels_last)

@@ -1,8 +1,10 @@
 """The scene classifier of one modality (audio, video or joint) and its factory.
 
-    audio: logits = FCNN(audio)                                   (its own attention head)
+    audio: logits = FCNN(audio)                                   (its own attention head; CNN14: a
+                                                                   linear head on E_A)
     video: logits = MLP(E_V),          E_V = sum_k backbone(frame_k)
-    joint: logits = MLP([E_A, E_V]),   E_A = FCNN.embed(audio)    (`model.audio_embedding`)
+    joint: logits = MLP([E_A, E_V]),   E_A = FCNN.embed(audio)    (`model.audio_embedding`), or the
+                                                                   mean of CNN14's per-channel fc1
 
 One forward serves training, validation, evaluation and prediction: it takes the inputs, or an
 extractor's embeddings where they are already known (a trainer's cache of a frozen extractor,
@@ -194,7 +196,9 @@ def build_model(config: ModelConfig, num_classes: int, audio_channels: int = 6,
         config: the `model:` section.
         num_classes: number of scene classes.
         audio_channels: C of the `(B, C, F, T)` audio features.
-        load_weights: load video weights per `config.video_weights` (when the model uses video).
+        load_weights: load pre-trained weights per `config.video_weights` and
+            `config.audio_weights` (where the model uses them); False leaves every extractor
+            at its initialization (a checkpoint that holds all weights follows).
 
     Returns:
         A :class:`SceneClassifier` in training mode.
@@ -209,7 +213,7 @@ def build_model(config: ModelConfig, num_classes: int, audio_channels: int = 6,
             raise ValueError(f"expected {name} to be a positive int, got {value!r}")
     audio = video = head = None
     if config.uses_audio:
-        audio = create_audio_extractor(config, audio_channels, num_classes)
+        audio = create_audio_extractor(config, audio_channels, num_classes, load_weights)
     if config.uses_video:
         video = create_video_extractor(config, load_weights)
         in_dim = video.embed_dim + (audio.embed_dim if audio is not None else 0)

@@ -12,6 +12,7 @@ from typing import Callable, Dict
 from torch import nn
 
 from avsc_pipeline.sections.model import NAMED_WEIGHTS, ModelConfig
+from .cnn14 import Cnn14Audio, load_cnn14_weights
 from .fcnn import FCNN
 from .video import VIDEO_BACKBONES, VideoExtractor, build_backbone, named_weights_library
 from .weights import load_backbone_weights
@@ -19,23 +20,38 @@ from .weights import load_backbone_weights
 logger = logging.getLogger(__name__)
 
 
-def build_fcnn(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """Hu et al.'s FCNN as the `model:` section configures it."""
+def build_fcnn(config: ModelConfig, in_channels: int, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """Hu et al.'s FCNN as the `model:` section configures it (no pre-trained weights: an
+    earlier step's checkpoint initializes it, `train.init_from`)."""
     return FCNN(in_channels=in_channels, num_classes=num_classes, widths=config.audio_widths,
                 dropout=config.audio_dropout, embedding=config.audio_embedding, bn_eps=config.audio_bn_eps,
                 bn_momentum=config.audio_bn_momentum)
 
 
-#: Audio extractors by name: `builder(config, in_channels, num_classes)` returns a module with
-#: `embed(x)`, `embed_dim` and `forward(x)` (class logits).
-AUDIO_EXTRACTORS: Dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {"fcnn": build_fcnn}
+def build_panns_cnn14(config: ModelConfig, in_channels: int, num_classes: int,
+                      load_weights: bool = True) -> nn.Module:
+    """PANNs' CNN14 on each of the `in_channels` audio channels, with `config.audio_weights`
+    (PANNs' `Cnn14_mAP=0.431.pth`) loaded exactly when `load_weights`."""
+    extractor = Cnn14Audio(num_classes)
+    if load_weights and config.audio_weights is not None:
+        load_cnn14_weights(extractor.backbone, config.audio_weights, allow_unsafe=config.audio_weights_unsafe)
+    elif load_weights:
+        logger.warning("audio extractor %s: no pre-trained weights (random initialization)", config.audio)
+    return extractor
 
 
-def create_audio_extractor(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+#: Audio extractors by name: `builder(config, in_channels, num_classes, load_weights)` returns a
+#: module with `embed(x)`, `embed_dim` and `forward(x)` (class logits); `load_weights=False`
+#: leaves pre-trained weights unread (a checkpoint that holds all weights follows).
+AUDIO_EXTRACTORS: Dict[str, Callable[..., nn.Module]] = {"fcnn": build_fcnn, "panns_cnn14": build_panns_cnn14}
+
+
+def create_audio_extractor(config: ModelConfig, in_channels: int, num_classes: int,
+                           load_weights: bool = True) -> nn.Module:
     """The configured audio extractor (refusing an unknown name)."""
     if config.audio not in AUDIO_EXTRACTORS:
         raise ValueError(f"expected model.audio in {sorted(AUDIO_EXTRACTORS)}, got {config.audio!r}")
-    return AUDIO_EXTRACTORS[config.audio](config, in_channels, num_classes)
+    return AUDIO_EXTRACTORS[config.audio](config, in_channels, num_classes, load_weights=load_weights)
 
 
 def check_video_names(config: ModelConfig) -> None:

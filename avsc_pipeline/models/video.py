@@ -7,6 +7,7 @@ torchvision and timm are imported inside the builders, so importing this module 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -189,19 +190,43 @@ def _build_timm(model_name: str, pretrained: bool) -> Tuple[nn.Module, BackboneS
         raise ValueError(
             f"video backbone 'timm:{model_name}' needs timm: pip install avsc-pipeline[timm]"
         ) from None
-    model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+    clip = is_clip_tower(model_name)
+    # A CLIP tower keeps its head, the image-text projection: E_V is CLIP's image embedding.
+    head = {} if clip else {"num_classes": 0}
+    model = timm.create_model(model_name, pretrained=pretrained, **head)
     cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}))
     classifier = cfg.get("classifier") or ()
-    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    prefixes = () if clip else ((classifier,) if isinstance(classifier, str) else tuple(classifier))
     spec = BackboneSpec(
-        builder=lambda pre: timm.create_model(model_name, pretrained=pre, num_classes=0),
-        embed_dim=int(getattr(model, "head_hidden_size", None) or model.num_features),
+        builder=lambda pre: timm.create_model(model_name, pretrained=pre, **head),
+        embed_dim=int(model.num_classes) if clip else int(getattr(model, "head_hidden_size", None) or model.num_features),
         mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
         head_prefixes=tuple(p + "." for p in prefixes),
         library="timm",
     )
     return model, spec
+
+
+#: Pretrained tags of classifiers fine-tuned from CLIP (their head is ImageNet's classes).
+_CLASSIFIER_TAGS = re.compile(r"in1k|in12k|in21k|in22k")
+
+
+def is_clip_tower(model_name: str) -> bool:
+    """Whether timm's `model_name` is a CLIP image tower whose head is the image-text projection
+    (e.g. `vit_base_patch16_clip_224.openai`, 512-d; `convnext_base.clip_laion2b`), read from
+    timm's pretrained config: "clip" in its architecture or tag, and a tag that is not a
+    classifier fine-tuned on ImageNet (`..._ft_in1k`: 1000 classes)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
+    except RuntimeError:  # no pretrained config: not a CLIP release (timm refuses unknown names itself)
+        return False
+    if cfg is None:
+        return False
+    tag = cfg.tag or ""
+    return "clip" in f"{cfg.architecture}.{tag}" and not _CLASSIFIER_TAGS.search(tag)
 
 
 def is_channels_last(module: nn.Module) -> bool:

@@ -2,8 +2,10 @@
 
 Accepts the Places365 release format (`densenet161_places365.pth.tar`,
 `resnet50_places365.pth.tar`: `{"epoch", "arch", "state_dict", "best_prec1"}` with
-`module.`-prefixed keys, old-style DenseNet layer names and a 365-class head) and plain state
-dicts, e.g. torchvision's own `.pth` files. Every backbone tensor must be matched with the right
+`module.`-prefixed keys, old-style DenseNet layer names and a 365-class head), plain state
+dicts, e.g. torchvision's own `.pth` files or a timm model's saved `state_dict()`, a dict
+holding one under "model" (PANNs' release, read by :mod:`.cnn14`), and `.safetensors` files
+(timm's files on the Hugging Face hub). Every backbone tensor must be matched with the right
 shape; anything else is an error that names the file and the tensors.
 """
 
@@ -34,12 +36,15 @@ _OLD_DENSENET_KEY = re.compile(
 _MAX_LISTED = 20
 
 
-def load_weights_file(path: PathLike, allow_unsafe: bool = False) -> Dict[str, Tensor]:
+def load_weights_file(path: PathLike, allow_unsafe: bool = False,
+                      unsafe_field: str = "model.video_weights_unsafe") -> Dict[str, Tensor]:
     """Read a weights file into a state dict (not yet key-normalized).
 
     Args:
-        path: a `torch.save`d state dict, or a dict holding one under "state_dict".
+        path: a `torch.save`d state dict, or a dict holding one under "state_dict" or "model";
+            or a `.safetensors` file.
         allow_unsafe: use the full unpickler (`weights_only=False`) for trusted legacy pickles.
+        unsafe_field: the config field that sets `allow_unsafe`, named in the refusal.
 
     Returns:
         The state dict, name -> tensor.
@@ -51,13 +56,15 @@ def load_weights_file(path: PathLike, allow_unsafe: bool = False) -> Dict[str, T
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(not_found(path, "weights file"))
+    if path.endswith(".safetensors"):
+        return _state_dict_of(_load_safetensors(path), path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as err:
         if needs_full_unpickler(err):
             raise ValueError(
                 f"{path}: needs the full unpickler (a legacy pickle); "
-                "set model.video_weights_unsafe: true if you trust this file"
+                f"set {unsafe_field}: true if you trust this file"
             ) from None
         raise ValueError(f"{path}: corrupt weights file (not a torch.save pickle)") from None
     except MemoryError:
@@ -82,14 +89,28 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0].split('. ')[0]}" if text else type(err).__name__
 
 
+def _load_safetensors(path: str) -> Dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"{path}: reading .safetensors needs the safetensors package "
+                         "(pip install safetensors; timm brings it)") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types; one line here
+        raise ValueError(f"{path}: unreadable or truncated safetensors file ({describe_error(err)})") from None
+
+
 def _state_dict_of(obj: object, path: str) -> Dict[str, Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # PANNs' release: {"model": ...}
+        obj = obj["model"]
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, dict) or not obj:
         raise ValueError(
-            f"{path}: expected a state dict or a dict with 'state_dict', got {type(obj).__name__}"
+            f"{path}: expected a state dict or a dict with 'state_dict' or 'model', got {type(obj).__name__}"
         )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:

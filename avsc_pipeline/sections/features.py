@@ -14,10 +14,13 @@ checkpoints written before a field existed are migrated by version where they ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from avsc_pipeline.config import check_choice, check_int, check_range, from_dict
 from avsc_pipeline.storage.shards import AUGMENT_VARIANTS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PAD_MODES = ("reflect", "constant")
 LOG_KINDS = ("natural", "db")
@@ -26,9 +29,28 @@ DELTA_KINDS = ("regression", "librosa")
 #: What a shard stores per segment: the log-mel features, or the resampled waveform (for an
 #: extractor with its own front end, computed on the training device: PANNs' CNN14).
 AUDIO_KINDS = ("logmel", "waveform")
-#: The highest mel frequency of PANNs' log-mel front end (`dataio.front_end`): a waveform rate
-#: below twice this has no room for its bands.
+#: PANNs' log-mel (Kong et al.'s torchlibrosa front end of CNN14): a 1024-point Hann STFT with
+#: hop 320, centred with reflect padding, 64 Slaney mel bands from 50 to 14000 Hz, power to dB
+#: (ref 1.0, amin 1e-10, no top_db), at the release's 32 kHz. As data here, because the on-device
+#: front end (`dataio.front_end`) and the CNN14 weights check (`models.cnn14`) sit on floors that
+#: may not import each other. A waveform rate below twice `PANNS_FMAX` has no room for the bands.
+PANNS_SAMPLE_RATE = 32000
+PANNS_N_FFT = 1024
+PANNS_HOP = 320
+PANNS_N_MELS = 64
+PANNS_FMIN = 50.0
 PANNS_FMAX = 14000.0
+PANNS_REF = 1.0
+PANNS_AMIN = 1e-10
+
+
+def panns_mel_filters(sample_rate: int = PANNS_SAMPLE_RATE) -> "np.ndarray":
+    """`(64, 513)` float32: librosa's Slaney mel filter bank of PANNs' front end at `sample_rate`
+    (torchlibrosa's `logmel_extractor.melW`, transposed)."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=PANNS_N_FFT, n_mels=PANNS_N_MELS, fmin=PANNS_FMIN,
+                               fmax=PANNS_FMAX, htk=False, norm="slaney")
 
 
 @dataclass(frozen=True)

@@ -191,25 +191,27 @@ def _probe_steps(trainer: Any, warmup: int, steps: int) -> "tuple[float, float]"
 
 def _probe_scoring(trainer: Any, validation: np.ndarray) -> float:
     """Segments/s of validation scoring (the trainer's scorer, at its scoring batch)."""
-    from avsc_pipeline.evaluation.scoring import score_rows, scoring_config
+    from avsc_pipeline.evaluation.scoring import score_rows, scoring_config, scoring_loader
 
     config = scoring_config(trainer.loader_cfg, trainer.device)
-    config = dataclasses.replace(config, persistent_workers=False)
     rows = validation[:PROBE_SCORING_BATCHES * config.batch_size]
-    score_rows(trainer.inputs.dataset, trainer.scorer, config, rows=rows[:config.batch_size])  # warm-up
+    # one loader, its workers kept between the passes as validation keeps them between epochs
+    loader = scoring_loader(trainer.inputs.dataset, rows, config, trainer.device)
+    score_rows(trainer.inputs.dataset, trainer.scorer, config, rows=rows, loader=loader)  # warm-up
     _synchronize(trainer.device)
     started = time.perf_counter()
-    score_rows(trainer.inputs.dataset, trainer.scorer, config, rows=rows)
+    score_rows(trainer.inputs.dataset, trainer.scorer, config, rows=rows, loader=loader)
     _synchronize(trainer.device)
     return len(rows) / max(time.perf_counter() - started, 1e-9)
 
 
 def _probe_cache(trainer: Any, caches: Dict[str, torch.Tensor]) -> float:
     """Segments/s of the embedding pass of the cached extractors (a few scoring batches)."""
+    from avsc_pipeline.evaluation.scoring import scoring_config
     from avsc_pipeline.training.embedding_cache import compute_embeddings
 
     inputs = trainer.inputs
-    size = max(trainer.loader_cfg.batch_size, 256 if trainer.device.type == "cuda" else 0)
+    size = scoring_config(trainer.loader_cfg, trainer.device).batch_size  # the cache's own batch
     rows = inputs.split.train[:PROBE_SCORING_BATCHES * size]
     rates: List[float] = []
     for part in caches:
@@ -226,13 +228,13 @@ def format_estimates(estimates: List[Estimate], kept: Optional[Dict[str, str]] =
     """A Markdown table of estimates (and of runs `kept` as they are, with the reason), with the
     total."""
     lines = ["| run | model | step | epochs | rows/epoch | steps/epoch | samples/s | validation seg/s | "
-             "estimated hours |", "|---|---|---|---|---|---|---|---|---|"]
+             "estimated wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for name, reason in (kept or {}).items():
         lines.append(f"| {name} | | | | | | | | {reason} |")
     for e in estimates:
         val = f"{e.validation_segments_per_s:.0f}" if e.validation_segments_per_s else "-"
         lines.append(f"| {e.name} | {e.modality} | {e.step} | {e.epochs} | {e.rows_per_epoch} | {e.steps_per_epoch} "
-                     f"| {e.samples_per_s:.1f} | {val} | {e.hours:.2f} |")
+                     f"| {e.samples_per_s:.1f} | {val} | {_clock(e.seconds)} ({e.hours:.2f} h) |")
     total = sum(e.seconds for e in estimates)
     device = estimates[0].device if estimates else "-"
     lines += ["", f"Total: {total / 3600:.2f} hours ({_clock(total)}) on {device}, one run after another; each "

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from avsc_pipeline.config import config_diff
+from avsc_pipeline.config import config_diff, to_dict
 from avsc_pipeline.errors import not_found
 from avsc_pipeline.models.checkpoint import load_checkpoint
 from avsc_pipeline.models.classifier import SceneClassifier, build_model
-from avsc_pipeline.sections.model import ModelConfig
+from avsc_pipeline.sections.features import PANNS_SAMPLE_RATE
+from avsc_pipeline.sections.model import PRETRAINED_AUDIO, ModelConfig
 from avsc_pipeline.sections.train import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def build_run_model(model_config: ModelConfig, train: TrainConfig, classes: List
     if model_config.modality == "audio" and train.freeze_audio:
         raise ValueError("expected train.freeze_audio false for model.modality 'audio' (nothing would train), "
                          "got true")
+    check_audio_features(model_config, features)
     model = build_model(model_config, len(classes), audio_channels)
     if train.init_from:
         init_extractors(model, Path(train.init_from), classes, features)
@@ -61,6 +63,26 @@ def build_run_model(model_config: ModelConfig, train: TrainConfig, classes: List
     return model
 
 
+def check_audio_features(model_config: ModelConfig, features: Dict[str, Any]) -> None:
+    """Refuse a pre-trained audio extractor on shards it cannot read: PANNs' CNN14 reads the
+    on-device log-mel of waveform shards, and its release weights were trained at 32 kHz.
+
+    Args:
+        model_config: the `model:` section.
+        features: the shards' feature config as a dict.
+    """
+    if not model_config.uses_audio or model_config.audio not in PRETRAINED_AUDIO:
+        return
+    if features.get("audio") != "waveform":
+        raise ValueError(f"expected waveform shards (features.audio: waveform) for model.audio "
+                         f"{model_config.audio!r}, got {features.get('audio', 'logmel')!r} shards; extract them with "
+                         "--config configs/features/waveform.yaml")
+    rate = features.get("waveform_rate")
+    if model_config.audio_weights is not None and rate != PANNS_SAMPLE_RATE:
+        raise ValueError(f"expected waveform shards at {PANNS_SAMPLE_RATE} Hz for the pre-trained "
+                         f"{model_config.audio!r} (model.audio_weights: its front end's rate), got {rate!r}")
+
+
 def init_extractors(model: SceneClassifier, path: Path, classes: List[str], features: Dict[str, Any]) -> None:
     """Copy the extractors an earlier step's checkpoint holds into `model` (strictly)."""
     if not path.is_file():
@@ -68,7 +90,9 @@ def init_extractors(model: SceneClassifier, path: Path, classes: List[str], feat
     artifact = load_checkpoint(path).artifact
     if list(artifact.classes) != list(classes):
         raise ValueError(f"{path}: init_from checkpoint has classes {list(artifact.classes)}, the shards {classes}")
-    diff = config_diff(artifact.feature_config, features)
+    # Typed: a checkpoint written before a feature field existed takes its default (the meaning
+    # it had then, e.g. `audio: logmel`).
+    diff = config_diff(to_dict(artifact.recipe.features), features)
     if diff:
         raise ValueError(f"{path}: init_from checkpoint was trained on another feature config ({'; '.join(diff)})")
     loaded = []

@@ -13,7 +13,7 @@ one. Validation scores through the :class:`~avsc_pipeline.evaluation.scoring.Sco
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -35,6 +35,7 @@ from avsc_pipeline.training import rng_state
 from avsc_pipeline.training.distributed import (
     Context, all_sum, broadcast_buffers, broadcast_flag, gather_objects, unwrap,
 )
+from avsc_pipeline.training.compile_regions import RunCompiler, compile_regions
 from avsc_pipeline.training.embedding_cache import embedding_means
 from avsc_pipeline.training.graphed_step import GraphedStep, StepParts, train_step
 from avsc_pipeline.training.meter import EpochMeter
@@ -68,6 +69,7 @@ class Trainer:
         self.train_cfg, self.loader_cfg = recipe.train, recipe.loader
         self.progress = progress and context.is_main
         model = self.model = inference.model
+        self.compiler: Optional[RunCompiler] = None  # set by _wrap with train.compile
         self.step_model = self._wrap(model)
         self.optimizer = build_optimizer(model.parameters(), self.train_cfg, self.device)
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / self.train_cfg.grad_accum))
@@ -97,9 +99,13 @@ class Trainer:
             # search is needed.
             module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if self.train_cfg.compile:
-            # Compiled after DDP, so that gradient buckets overlap with the backward.
-            module = torch.compile(module, mode=None if self.train_cfg.compile_mode == "default"
-                                   else self.train_cfg.compile_mode)
+            mode = None if self.train_cfg.compile_mode == "default" else self.train_cfg.compile_mode
+            self.compiler = RunCompiler(self.run_dir, self.train_cfg.compile_scope)
+            self.compiler.prepare()  # the run folder's compiler cache (a warm start on --resume)
+            if self.train_cfg.compile_scope == "regions":
+                logger.info("compile: regions %s", ", ".join(compile_regions(self.model, mode)))
+            else:  # compiled after DDP, so that gradient buckets overlap with the backward
+                module = torch.compile(module, mode=mode)
         return module
 
     def _batches_per_epoch(self) -> int:
@@ -199,10 +205,11 @@ class Trainer:
         """
         if boundary:
             self._last_lr = self.optimizer.param_groups[0]["lr"]
-        if self.graphed is not None:
-            loss, correct, count = self.graphed(raw, boundary)
+        step = self.graphed if self.graphed is not None else functools.partial(train_step, self.parts)
+        if self.compiler is not None and not self.compiler.done:
+            loss, correct, count = self.compiler.first_step(step, raw, boundary)  # timed, cache saved
         else:
-            loss, correct, count = train_step(self.parts, raw, boundary)
+            loss, correct, count = step(raw, boundary)
         if boundary:
             self.scheduler.step()
             self.step += 1
@@ -224,9 +231,12 @@ class Trainer:
         mine = rows[rank::world]
         # avsc-eval's batch on CUDA; one loader for the run, whose workers stay between epochs
         if self._val_loader is None and len(mine):
-            self._val_loader = scoring_loader(self.inputs.dataset, mine, scoring_config(self.loader_cfg, self.device), self.device)
-        part = (score_rows(self.inputs.dataset, self.scorer, scoring_config(self.loader_cfg, self.device), rows=mine, loader=self._val_loader)
-                if len(mine) else np.zeros((0, len(self.inputs.classes))))
+            self._val_loader = scoring_loader(self.inputs.dataset, mine, scoring_config(self.loader_cfg, self.device),
+                                              self.device)
+        with self.compiler.eager() if self.compiler is not None else contextlib.nullcontext():  # as avsc-eval
+            part = (score_rows(self.inputs.dataset, self.scorer, scoring_config(self.loader_cfg, self.device),
+                               rows=mine, loader=self._val_loader)
+                    if len(mine) else np.zeros((0, len(self.inputs.classes))))
         probs = np.empty((len(rows), len(self.inputs.classes)))
         for other, gathered in enumerate(gather_objects(part, self.context)):
             probs[other::world] = gathered

@@ -72,7 +72,7 @@ def test_channel_swap_is_its_own_inverse_and_swaps_the_blocks():
     assert 0.4 < float(swapped) < 0.6
     swap.eval()
     assert swap(x) is x
-    with pytest.raises(ValueError, match="expected 6 feature channels, got 4"):
+    with pytest.raises(ValueError, match=r"expected 6 feature channels or 2 \(one per audio channel\), got 4"):
         ChannelSwap()(torch.zeros(2, 4, 8, 8))
 
 
