@@ -176,9 +176,10 @@ ablations: install
 	  $(if $(ROWS),--rows "$(shell echo $(ROWS) | tr ' ' ',')") --device $(DEVICE) --per-device $(PER_DEVICE) \
 	  $(if $(PLAN),--plan)
 
-# The prepared GPU check (bench/gpu_check.py): stage two and evaluation on a GPU, correct and
-# fast, within its time budget, on shards it writes itself; OUT/gpu_check.json and .md. On a
-# bare GPU machine without internet (`pip install --no-deps -e .` done), skip the venv set-up:
+# The GPU check (bench/gpu_check.py): stage two's speed on a GPU in 8.5 minutes or less, each
+# section in its own process with a hard time limit, on shards it writes itself; every figure is
+# appended to OUT/results.jsonl as it is measured, OUT/gpu_check.md at the end. On a bare GPU
+# machine without internet (`pip install --no-deps -e .` done), skip the venv set-up:
 #   make gpu-check GPU_CHECK_DEPS= PY=python3 OUT=DIR
 OUT ?= runs/gpu-check
 GPU_CHECK_DEPS ?= install

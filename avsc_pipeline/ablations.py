@@ -1,7 +1,9 @@
 """The paper's ablation tables as runs: `avsc-ablations TABLE FEATURES RUN` and `make ablations`.
 
 `configs/ablations/tables.yaml` holds every row of Tables 1-3 with the paper's accuracy and the
-sections that set the row up. For a table, :func:`run_table` trains the audio steps its rows
+sections that set the row up, and Table 4 ("beyond the paper": PANNs' CNN14 and CLIP in the same
+recipe), whose rows show the later literature's figures instead of a paper figure and may read
+another features folder (`features: "{features}-waveform"`: CNN14 reads waveform shards). For a table, :func:`run_table` trains the audio steps its rows
 start from once (`RUN/audio-plain`, `RUN/audio-augmented`), then each row (`RUN/table-N/<row>`:
 a finished row is kept, a stopped one resumes), scores each on `FEATURES/evaluate` and writes
 `RUN/table-N.md` and `RUN/table-N.csv`: the row, the paper's accuracy, ours (accuracy, macro
@@ -24,6 +26,7 @@ from avsc_pipeline.atomic import atomic_open, write_text_atomic
 from avsc_pipeline.config import load_yaml
 from avsc_pipeline.recipe import Step, configs_dir, preflight, run_step, step_layers
 from avsc_pipeline.sections import Recipe, recipe_from_layers
+from avsc_pipeline.sections.model import PRETRAINED_AUDIO
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +46,23 @@ class Row:
     Attributes:
         name: a folder-safe name, unique within its table.
         label: the paper's description of the row.
-        paper: the paper's accuracy in %.
+        paper: the paper's accuracy in % (None for a row beyond the paper: see `reference`).
         step: `audio`, `video` or `joint` (None for a row that cannot be run).
-        audio_step: the FCNN the row starts from, `plain` or `augmented` (None: none).
+        audio_step: the FCNN the row starts from, `plain` or `augmented` (None: none; a joint row
+            needs one unless its audio extractor is pre-trained elsewhere, `model.audio_weights`).
         sections: the row's own config sections.
         score: `audio_step` when the row is that audio step's own model.
         reproducible: False for a row that cannot be run as published (see `reason`).
         reason: why not.
         note: what differs from the paper and why.
+        reference: the figures shown instead of the paper's (Table 4: the later literature).
+        features: the features folder the row reads instead of FEATURES, a template of it, e.g.
+            `"{features}-waveform"` (None: FEATURES).
     """
 
     name: str
     label: str
-    paper: float
+    paper: Optional[float] = None
     step: Optional[str] = None
     audio_step: Optional[str] = None
     sections: Dict[str, Any] = field(default_factory=dict)
@@ -63,6 +70,12 @@ class Row:
     reproducible: bool = True
     reason: str = ""
     note: str = ""
+    reference: str = ""
+    features: Optional[str] = None
+
+    def features_dir(self, features: Path) -> Path:
+        """The features folder this row reads, `features` (FEATURES) or the row's own."""
+        return Path(features) if self.features is None else Path(self.features.format(features=features))
 
 
 def load_tables(path: "Optional[str | Path]" = None) -> Dict[int, List[Row]]:
@@ -117,8 +130,12 @@ def _check_row(row: Row, source: str) -> None:
         raise ValueError(f"{source}: expected step in {STEPS}, got {row.step!r}")
     if row.audio_step is not None and row.audio_step not in AUDIO_STEPS:
         raise ValueError(f"{source}: expected audio_step in {AUDIO_STEPS}, got {row.audio_step!r}")
-    if row.step == "joint" and row.audio_step is None:
-        raise ValueError(f"{source}: expected the audio step a joint row starts from, got none")
+    if row.paper is None and not row.reference:
+        raise ValueError(f"{source}: expected the paper's accuracy or a reference figure, got neither")
+    pretrained = (row.sections.get("model") or {}).get("audio") in PRETRAINED_AUDIO
+    if row.step == "joint" and row.audio_step is None and not pretrained:
+        raise ValueError(f"{source}: expected the audio step a joint row starts from (or a pre-trained "
+                         f"model.audio in {list(PRETRAINED_AUDIO)}), got none")
     if row.score not in (None, "audio_step"):
         raise ValueError(f"{source}: expected score audio_step or nothing, got {row.score!r}")
 
@@ -172,7 +189,7 @@ def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str
         ValueError: an unknown table or row name, or bad input of a run (named).
     """
     chosen = chosen_rows(table, rows)
-    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides)
+    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides, features=Path(features))
     preflight([*audio_steps.values(), *row_steps.values()], Path(features))
     trained = [row_steps[row.name] for row in chosen if row.name in row_steps]
     if per_device > 1:
@@ -186,7 +203,7 @@ def run_table(table: int, features: Path, run: Path, rows: Optional[Sequence[str
             continue
         best = checkpoints[row.audio_step] if row.score == "audio_step" else \
             _train(row_steps[row.name], features, device, progress)
-        results.append(_score(row, best, features))
+        results.append(_score(row, best, row.features_dir(features)))
     write_table(table, results, Path(run))
     return results
 
@@ -223,7 +240,7 @@ def plan_table(table: int, features: Path, run: Path, rows: Optional[Sequence[st
     from avsc_pipeline.training.estimate import PROBE_STEPS, estimate_run, format_estimates
 
     chosen = chosen_rows(table, rows)
-    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides)
+    audio_steps, row_steps = table_steps(table, chosen, Path(run), extra, overrides, features=Path(features))
     preflight([*audio_steps.values(), *row_steps.values()], Path(features))
     kept = {row.name: f"not run: {row.reason}" for row in chosen if not row.reproducible}
     kept.update({row.name: f"scored as audio-{row.audio_step}" for row in chosen if row.score == "audio_step"})
@@ -233,7 +250,7 @@ def plan_table(table: int, features: Path, run: Path, rows: Optional[Sequence[st
             kept[step.name] = "finished, kept"
             continue
         logger.info("probing %s on %s", step.name, device)
-        estimates.append(estimate_run(step.name, features, step.recipe, device, step.given_features,
+        estimates.append(estimate_run(step.name, step.features or features, step.recipe, device, step.given_features,
                                       probe_steps or PROBE_STEPS))
     return f"# Table {table}: plan\n\n" + format_estimates(estimates, kept)
 
@@ -262,9 +279,12 @@ def _train_packed(steps: Sequence[Step], features: Path, device: str, per_device
 
 
 def table_steps(table: int, rows: Sequence[Row], run: Path, extra: Sequence[Path] = (),
-                overrides: Sequence[str] = ()) -> "tuple[Dict[str, Step], Dict[str, Step]]":
+                overrides: Sequence[str] = (), features: Optional[Path] = None
+                ) -> "tuple[Dict[str, Step], Dict[str, Step]]":
     """The training runs a table's rows need: the audio steps they start from (`RUN/audio-<kind>`,
     each trained once) and each row's own run (`RUN/table-N/<row>`), resolved, nothing trained.
+    With `features` (FEATURES), a row that reads another folder (`Row.features`) gets it as its
+    step's `features`.
 
     Returns:
         `({audio kind: Step}, {row name: Step})`; rows scored as an audio step have no own Step.
@@ -277,8 +297,10 @@ def table_steps(table: int, rows: Sequence[Row], run: Path, extra: Sequence[Path
     for row in rows:
         if not row.reproducible or row.score == "audio_step":
             continue
-        init = audio_steps[row.audio_step].produces if row.step == "joint" else None
-        row_steps[row.name] = Step(row.name, run / f"table-{table}" / row.name, row_recipe(row, init, extra, overrides))
+        init = audio_steps[row.audio_step].produces if row.step == "joint" and row.audio_step else None
+        own = row.features_dir(features) if features is not None and row.features is not None else None
+        row_steps[row.name] = Step(row.name, run / f"table-{table}" / row.name, row_recipe(row, init, extra, overrides),
+                                   features=own)
     return audio_steps, row_steps
 
 
@@ -302,7 +324,7 @@ def _score(row: Row, checkpoint: Path, features: Path) -> RowResult:
 
 
 COLUMNS = ("row", "label", "paper_accuracy", "accuracy", "log_loss", "difference", "status", "macro_accuracy",
-           "selected_on_scored_split")
+           "selected_on_scored_split", "reference")
 #: The footnote of rows selected on the split they are scored on.
 SELECTED_NOTE = "\\* selected on the scored split: best.pt was chosen on `evaluate` (train.validation: evaluate)"
 
@@ -315,20 +337,23 @@ def write_table(table: int, results: Sequence[RowResult], run: Path) -> List[Pat
         ours = None if result.accuracy is None else 100.0 * result.accuracy
         records.append({"row": result.row.name, "label": result.row.label, "paper_accuracy": result.row.paper,
                         "accuracy": ours, "log_loss": result.log_loss,
-                        "difference": None if ours is None else ours - result.row.paper,
+                        "difference": None if ours is None or result.row.paper is None else ours - result.row.paper,
                         "status": (result.status + (f" ({result.row.note})" if result.row.note else "")),
                         "macro_accuracy": None if result.macro_accuracy is None else 100.0 * result.macro_accuracy,
-                        "selected_on_scored_split": result.selected_on_scored_split})
+                        "selected_on_scored_split": result.selected_on_scored_split,
+                        "reference": result.row.reference})
     csv_path = run / f"table-{table}.csv"
     with atomic_open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in record.items()} for record in records)
-    lines = [f"# Table {table}", "", "| row | paper accuracy | ours: accuracy | ours: macro acc. | ours: log loss | "
+    figure = "paper accuracy" if all(r["paper_accuracy"] is not None for r in records) else "literature"
+    lines = [f"# Table {table}", "", f"| row | {figure} | ours: accuracy | ours: macro acc. | ours: log loss | "
              "difference | status |", "|---|---|---|---|---|---|---|"]
     for record in records:
         mark = " \\*" if record["selected_on_scored_split"] else ""
-        cells = [record["label"], f"{record['paper_accuracy']:.1f} %", _fmt(record["accuracy"], " %", 1) + mark,
+        paper = record["reference"] if record["paper_accuracy"] is None else f"{record['paper_accuracy']:.1f} %"
+        cells = [record["label"], paper, _fmt(record["accuracy"], " %", 1) + mark,
                  _fmt(record["macro_accuracy"], " %", 1), _fmt(record["log_loss"], "", 3),
                  _fmt(record["difference"], " pt", 1, signed=True), record["status"]]
         lines.append("| " + " | ".join(cells) + " |")

@@ -59,6 +59,8 @@ class Step:
         run_dir: where it trains.
         recipe: its resolved recipe (with `train.init_from` wired).
         given_features: the `features:` keys its config files give (checked against the shards).
+        features: the features folder this step reads instead of the run's (an ablation row on
+            other shards, e.g. waveform shards for PANNs' CNN14), or None.
         produces: the checkpoint later steps may start from (`run_dir/best.pt`).
     """
 
@@ -66,6 +68,7 @@ class Step:
     run_dir: Path
     recipe: Recipe
     given_features: Optional[dict] = None
+    features: Optional[Path] = None
 
     @property
     def produces(self) -> Path:
@@ -124,25 +127,17 @@ def _replace(section: Any, **changes: Any) -> Any:
 def preflight(steps: Sequence[Step], features: Path) -> None:
     """Everything the steps need, checked before the first one trains.
 
-    Checks the training features folder, that every class has training rows, every step's
-    weights file, and every `init_from`: a file that exists, or the `best.pt` an earlier step
-    of this run writes.
+    Checks the training features folder (each step's own, `Step.features`, too), that every
+    class has training rows, every step's weights file, and every `init_from`: a file that
+    exists, or the `best.pt` an earlier step of this run writes.
 
     Raises:
         ValueError: one message listing every problem, each naming the file and what to do.
     """
-    from avsc_pipeline.storage.index import INDEX_NAME, load_index
-
     problems: List[str] = []
-    train = Path(features) / "train"
-    if not (train / INDEX_NAME).is_file():
-        if (Path(features) / INDEX_NAME).is_file():
-            problems.append(f"{features}: this is a split folder; give its parent ({Path(features).parent})")
-        else:
-            problems.append(f"{train}: no training features (no {INDEX_NAME}); run `make features` "
-                            f"(avsc-features extract ... --split train) first")
-    else:
-        problems += class_coverage(load_index(train), train)
+    folders = dict.fromkeys([Path(features)] + [Path(s.features) for s in steps if s.features is not None])
+    for folder in folders:
+        problems += _features_problems(folder)
     produced = set()
     for step in steps:
         problems += _weights_problems(step)
@@ -154,6 +149,20 @@ def preflight(steps: Sequence[Step], features: Path) -> None:
         produced.add(step.produces)
     if problems:
         raise ValueError("before training anything:\n  " + "\n  ".join(problems))
+
+
+def _features_problems(features: Path) -> List[str]:
+    """Why `features` cannot be trained from (no training shards, a split folder given, classes
+    without rows), or nothing."""
+    from avsc_pipeline.storage.index import INDEX_NAME, load_index
+
+    train = features / "train"
+    if (train / INDEX_NAME).is_file():
+        return class_coverage(load_index(train), train)
+    if (features / INDEX_NAME).is_file():
+        return [f"{features}: this is a split folder; give its parent ({features.parent})"]
+    return [f"{train}: no training features (no {INDEX_NAME}); run `make features` "
+            f"(avsc-features extract ... --split train) first"]
 
 
 def class_coverage(index: Dict[str, Any], folder: Path) -> List[str]:
@@ -193,7 +202,8 @@ def _resolved_note(path: str) -> str:
 
 
 def run_step(step: Step, features: Path, device: str = "auto", progress: bool = True) -> Dict[str, Any]:
-    """Train one step unless its folder holds a finished run; resume a stopped one.
+    """Train one step unless its folder holds a finished run; resume a stopped one. The step
+    reads `features`, or its own folder where it has one (`Step.features`).
 
     Returns:
         The training's last metrics row (`stopped_by` when a signal stopped it), or
@@ -211,8 +221,8 @@ def run_step(step: Step, features: Path, device: str = "auto", progress: bool = 
             return {"kept": True}
         resume = True
         logger.info("step %s: resuming %s", step.name, last)
-    return train_run(features, step.run_dir, step.recipe, given_features=step.given_features, resume=resume,
-                     overwrite=not resume, device=device, progress=progress)
+    return train_run(step.features or features, step.run_dir, step.recipe, given_features=step.given_features,
+                     resume=resume, overwrite=not resume, device=device, progress=progress)
 
 
 def run_steps(steps: Sequence[Step], features: Path, device: str = "auto", progress: bool = True) -> Dict[str, Any]:

@@ -49,7 +49,8 @@ from avsc_pipeline.sections.loading import LoaderConfig
 from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
 from avsc_pipeline.models.classifier import build_model
 from avsc_pipeline.sections.model import ModelConfig
-from avsc_pipeline.sections import load_recipe
+from avsc_pipeline.inference import Inference
+from avsc_pipeline.sections import Recipe, load_recipe
 from avsc_pipeline.storage.index import build_index
 from avsc_pipeline.storage.shards import shard_name
 from avsc_pipeline.testing import write_random_shard
@@ -85,30 +86,29 @@ def find_features(given: Optional[Path]) -> Path:
     raise SystemExit(f"expected demo features (train/index.json) in {where}; run `make demo` first")
 
 
-def demo_sections(step: str) -> Dict[str, object]:
-    """The demo config of one step for one epoch (the joint step without an audio run to start from)."""
+def demo_recipe(step: str) -> Recipe:
+    """The demo config of one step for one epoch (the joint step without an audio run to start
+    from); the run records the demo shards' own feature config."""
     files = ["configs/paper.yaml", f"configs/steps/{step}.yaml", "configs/demo.yaml", f"configs/demo/{step}.yaml"]
     overrides = ["train.epochs=1"] + (["train.init_from=null"] if step == "joint" else [])
-    sections = load_sections(files, overrides)
-    sections.pop("features")  # the demo shards' own feature config is what a run records
-    return sections
+    return load_recipe(files, overrides)
 
 
-def train_epoch(features: Path, sections: Dict[str, object], run_dir: Path) -> Dict[str, float]:
+def train_epoch(features: Path, recipe: Recipe, run_dir: Path) -> Dict[str, float]:
     """One epoch of the real trainer; its metrics.csv row."""
-    train_run(features, run_dir, sections, device="cpu", progress=False)
+    train_run(features, run_dir, recipe, device="cpu", progress=False)
     with open(run_dir / METRICS_NAME, newline="") as handle:
         row = list(csv.DictReader(handle))[-1]
     return {key: float(row[key]) for key in ("samples_per_s", "data_wait_fraction", "seconds")}
 
 
-def loader_epoch(features: Path, sections: Dict[str, object]) -> Dict[str, float]:
+def loader_epoch(features: Path, recipe: Recipe) -> Dict[str, float]:
     """The trainer's epoch without the model: same rows, sampler, loader and BatchPreparer (train
     mode, the step's batch augmentation). Worker start-up counts, as in the trainer's epoch."""
-    train, model_config = sections["train"], sections["model"]
+    train, model_config = recipe.train, recipe.model
     video_cached = cacheable(False, train.freeze_video and model_config.uses_video, train,
-                             sections["batch_augment"])["video"]
-    inputs = build_training_input(features, sections["loader"], sections["batch_augment"], "cpu", train.seed,
+                             recipe.batch_augment)["video"]
+    inputs = build_training_input(features, recipe.loader, recipe.batch_augment, "cpu", train.seed,
                                   with_video=model_config.uses_video and not video_cached)
     try:
         preparer = inputs.preparer.train()
@@ -139,12 +139,12 @@ def bench_demo_training(features: Path, repeat: int, tmp: Path) -> None:
     print(f"(a) demo config, 1 epoch per step on the CPU ({features}), torch threads {torch.get_num_threads()}, "
           f"best of {repeat}")
     for step in STEPS:
-        sections = demo_sections(step)
+        recipe = demo_recipe(step)
         runs: List[Dict[str, float]] = []
         alone: List[Dict[str, float]] = []
         for rep in range(repeat):
-            alone.append(loader_epoch(features, sections))
-            runs.append(train_epoch(features, sections, tmp / f"{step}-{rep}"))
+            alone.append(loader_epoch(features, recipe))
+            runs.append(train_epoch(features, recipe, tmp / f"{step}-{rep}"))
         best = max(runs, key=lambda r: r["samples_per_s"])
         base = max(alone, key=lambda r: r["samples_per_s"])
         waits = [r["data_wait_fraction"] for r in runs]
@@ -252,8 +252,10 @@ def bench_embeddings(rows: int, repeat: int, tmp: Path) -> None:
         frames = torch.randn(BATCH, 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         row_ids = np.arange(rows)
 
+        inference = Inference(model, data.preparer, "cpu")
+
         def cached() -> None:
-            compute_embeddings(model, "video", data, row_ids)
+            compute_embeddings(inference, "video", data, row_ids)
 
         @torch.no_grad()
         def bare() -> None:

@@ -1,122 +1,129 @@
-"""The in-process measurements of `bench/gpu_check.py`: the trainer's step against a bare step,
-host synchronizations, the loader, the embedding cache and `avsc-eval` against a bare forward.
+"""The sections of `bench/gpu_check.py`: each runs in its own process and appends every figure to
+`OUT/results.jsonl` the moment it is measured (:class:`Results`).
 
-Each `measure_*` function takes the check's :class:`Setup` and returns a dict of figures with
-`rows`, the lines it adds to the printed table (`[what, value, baseline, ratio, note]`). What a
-device cannot do is recorded as `"n/a (CPU)"`, never left out.
+Every measurement goes through the package's public entry points: a run is built by
+`training.run.read_recipe`, `built_input` and `build_trainer` (as `avsc-train` builds it) and
+stepped by `Trainer.train_step`; scoring is `evaluation.scoring.score_rows` at the batch
+`evaluation.evaluate.loader_config_of` gives `avsc-eval`; the cache is
+`training.embedding_cache.compute_embeddings`. The baselines (a bare forward-backward-step on a
+batch already on the device, graphed on CUDA, and a bare forward) are the only code written
+here, and each ratio divides by a baseline measured in the same process.
+
+A figure is the median over `REPEATS` repeats of `steps` timed steps (200 of the audio step, 30
+of the joint one on a GPU; a handful with `--quick`). What a device cannot measure is recorded
+as `"n/a (CPU)"`, never left out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
+import json
+import os
+import statistics
+import sys
 import time
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
-from avsc_pipeline.config import to_dict
-from avsc_pipeline.dataio.training_input import TrainingInput, build_training_input
-from avsc_pipeline.devices import autocast
-from avsc_pipeline.models.classifier import SceneClassifier
-from avsc_pipeline.sections import load_recipe
-from avsc_pipeline.training.distributed import Context
-from avsc_pipeline.training.initialize import build_run_model
-from avsc_pipeline.training.losses import soft_target_cross_entropy
-from avsc_pipeline.training.trainer import Trainer
-
 ROOT = Path(__file__).resolve().parents[1]
-STEP_CONFIGS = ROOT / "configs" / "steps"
 NA_CPU = "n/a (CPU)"
-# The demo-sized models of --quick (the test suite's TINY settings).
+REPEATS = 3
+#: torch's own message of a synchronizing CUDA call (`set_sync_debug_mode("warn")`); other
+#: messages (its one-time "prototype feature" notice) are not syncs.
+SYNC_MESSAGE = "called a synchronizing CUDA operation"
 QUICK_MODEL = ("model.audio_widths=[8, 8, 8]", "model.video=small_cnn", "model.fusion_hidden=[16]")
-# Precision and memory format of each throughput mode, as `train:` keys.
-MODES: Dict[str, Dict[str, Any]] = {
-    "fp32": {"amp": "off", "channels_last": False},
-    "bf16": {"amp": "bf16", "channels_last": False},
-    "bf16+CL": {"amp": "bf16", "channels_last": True},
-    "bf16+CL+compile": {"amp": "bf16", "channels_last": True, "compile": True},
-    "bf16+CL+CUDA graphs": {"amp": "bf16", "channels_last": True, "compile": True,
-                            "compile_mode": "reduce-overhead"},
-}
-COMPILE_MODES = ("bf16+CL+compile", "bf16+CL+CUDA graphs")
+MEDIA_MODULES = ("librosa", "soundfile", "av")
 
 
 @dataclass
 class Setup:
-    """What every measurement shares: device, sizes, data folders, the time left, built models.
+    """What every section shares.
 
     Attributes:
         device: where the check runs.
         quick: tiny shapes and few steps (the test suite's run).
-        features: a features folder (`train` + `train-aug`) of the speed measurements.
-        smoke: a features folder whose `train` holds three training batches and as many
-            validation rows.
-        batch: the target batch size (32; 8 with --quick).
-        batches: the batch sizes of the throughput table.
-        workers: the loader's workers in training (the recipe's 2).
-        worker_counts: the loader section's worker counts.
-        steps: timed steps per figure.
-        warmup: steps before timing (cuDNN autotuning, allocator, compilation).
-        repeat: timed repetitions, the best counting (pipeline and bare step alternate).
-        deadline: `time.monotonic()` at which the budget ends.
-        work: a scratch folder.
-        threads: torch threads of this process and the ones it starts (0: torch's default).
-        models: built models by modality, reused between measurements.
+        work: the check's scratch folder (shards in `work/features`).
+        out: the output folder (results.jsonl).
     """
 
     device: torch.device
     quick: bool
-    features: Path
-    smoke: Path
-    batch: int
-    batches: Sequence[int]
-    workers: int
-    worker_counts: Sequence[int]
-    steps: int
-    warmup: int
-    repeat: int
-    deadline: float
     work: Path
-    threads: int = 0
-    models: Dict[str, SceneClassifier] = field(default_factory=dict)
+    out: Path
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def left(self) -> float:
-        """Seconds of the budget left."""
-        return self.deadline - time.monotonic()
+    @property
+    def features(self) -> Path:
+        return self.work / "features"
+
+    def steps(self, step: str) -> int:
+        """Timed steps per repeat: 200 audio, 30 joint (a handful with --quick)."""
+        if self.quick:
+            return 6 if step == "audio" else 3
+        return 200 if step == "audio" else 30
+
+    def batches(self, step: str) -> Tuple[int, ...]:
+        """The batch sizes of the step's throughput figures."""
+        if self.quick:
+            return (8, 16)
+        return (32, 64, 128) if step == "audio" else (32, 64)
+
+    @property
+    def batch(self) -> int:
+        """The paper's batch (8 with --quick)."""
+        return 8 if self.quick else 32
 
 
-def row(what: str, value: Any, baseline: Any = None, ratio: Any = None, note: str = "") -> List[Any]:
-    """One line of the printed table."""
-    return [what, value, baseline, ratio, note]
+class Results:
+    """Appends one JSON line per figure to `results.jsonl`, each with one `write` call on a file
+    opened for appending, so a process killed at any moment leaves whole lines only.
+
+    Args:
+        path: the results file.
+        section: the section every line is recorded under.
+    """
+
+    def __init__(self, path: Path, section: str) -> None:
+        self.path, self.section = Path(path), section
+
+    def add(self, name: str, value: Any, unit: str = "", baseline: Any = None, note: str = "", **extra: Any) -> None:
+        """Record a figure now (the ratio to `baseline` when both are numbers)."""
+        ratio = value / baseline if _number(value) and _number(baseline) and baseline else None
+        self.write({"section": self.section, "name": name, "value": value, "unit": unit, "baseline": baseline,
+                    "ratio": ratio, "note": note, **extra})
+
+    def write(self, record: Dict[str, Any]) -> None:
+        line = (json.dumps(record, default=str) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
-def step_overrides(setup: Setup, *extra: str) -> List[str]:
-    """`--set` values of a recipe step for this check: random video weights, no `init_from`,
-    the check's batch size and workers, the tiny models with --quick."""
-    base = ["model.video_weights=null", "train.init_from=null", f"loader.batch_size={setup.batch}",
-            f"loader.num_workers={setup.workers}"]
-    return base + (list(QUICK_MODEL) if setup.quick else []) + list(extra)
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def step_sections(setup: Setup, step: str, *extra: str) -> Dict[str, Any]:
-    """The resolved sections of `configs/steps/<step>.yaml` (the recipe's defaults otherwise)
-    with :func:`step_overrides`."""
-    return load_sections([STEP_CONFIGS / f"{step}.yaml"], step_overrides(setup, *extra))
-
-
-def with_mode(sections: Dict[str, Any], mode: str) -> Dict[str, Any]:
-    """The sections with the `train:` keys of a throughput mode."""
-    return {**sections, "train": dataclasses.replace(sections["train"], **MODES[mode])}
+def read_results(path: Path) -> List[Dict[str, Any]]:
+    """Every whole JSON line of a results file (a torn last line, if any, is left out)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def synchronize(device: torch.device) -> None:
@@ -124,420 +131,497 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# -- the trainer's parts ------------------------------------------------------------------------
+def median_rate(run: Callable[[], int], device: torch.device, repeats: int = REPEATS) -> Tuple[float, List[float]]:
+    """Median samples/s of `repeats` calls of `run` (which returns the samples it processed),
+    and every repeat's rate."""
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        samples = run()
+        synchronize(device)
+        rates.append(samples / max(time.perf_counter() - started, 1e-9))
+    return statistics.median(rates), rates
 
 
-def open_input(setup: Setup, sections: Dict[str, Any], features: Optional[Path] = None) -> TrainingInput:
-    """The training input of `sections` on the check's device (as `train_run` builds it)."""
-    model_config, train = sections["model"], sections["train"]
-    return build_training_input(features or setup.features, sections["loader"], sections["batch_augment"],
-                                setup.device, train.seed, with_video=model_config.uses_video)
+# -- runs built as avsc-train builds them -------------------------------------------------------------
 
 
-def endless(inputs: TrainingInput) -> Iterator[Dict[str, Any]]:
-    """Raw batches of the train sampler, epoch after epoch (one loader, persistent workers)."""
-    loader = inputs.loader(inputs.train_sampler)
+def recipe_for(setup: Setup, step: str, batch: int, *extra: str):
+    """`configs/paper.yaml` + `configs/steps/<step>.yaml` with random weights, no `init_from`,
+    the given batch, the shards' own features, the tiny models with --quick."""
+    from avsc_pipeline.recipe import configs_dir
+    from avsc_pipeline.sections import load_recipe
+
+    overrides = ["model.video_weights=null", "train.init_from=null", f"loader.batch_size={batch}",
+                 f"loader.num_workers={1 if setup.quick else 2}", "train.epochs=1000"]
+    if setup.quick:
+        overrides += list(QUICK_MODEL)
+    return load_recipe([configs_dir() / "paper.yaml", configs_dir() / "steps" / f"{step}.yaml"],
+                       overrides + list(extra))
+
+
+@contextlib.contextmanager
+def open_trainer(setup: Setup, step: str, batch: int, *extra: str) -> Iterator[Any]:
+    """A :class:`~avsc_pipeline.training.trainer.Trainer` of the step built by the functions
+    `avsc-train` calls, in train mode; nothing is written (its run folder is scratch)."""
+    from avsc_pipeline.training.distributed import Context
+    from avsc_pipeline.training.run import build_trainer, built_input, read_recipe
+
+    context = Context(setup.device)
+    recipe, classes, shard_features = read_recipe(context, setup.features, recipe_for(setup, step, batch, *extra),
+                                                  None)
+    with built_input(context, setup.features, recipe, classes, shard_features) as (model, inputs):
+        trainer = build_trainer(context, recipe, model, inputs, setup.work / f"run-{step}-{batch}", progress=False)
+        trainer.model.train()
+        inputs.preparer.train()
+        yield trainer
+
+
+def endless(trainer: Any) -> Iterator[Dict[str, Any]]:
+    """The live loader's raw batches, epoch after epoch (one loader, its workers kept)."""
+    sampler = trainer.inputs.train_sampler
+    loader = trainer.inputs.loader(sampler)
     epoch = 0
-    try:
-        while True:
-            inputs.train_sampler.set_epoch(epoch)
-            count = 0
-            for raw in loader:
-                count += 1
-                yield raw
-            if count == 0:
-                raise ValueError(f"expected training batches, got none of {inputs.loader_config.batch_size} rows")
-            epoch += 1
-    finally:
-        loader.release_unreferenced()
+    while True:
+        sampler.set_epoch(epoch)
+        count = 0
+        for raw in loader:
+            count += 1
+            yield raw
+        if count == 0:
+            raise ValueError(f"expected training batches, got none of {trainer.loader_cfg.batch_size} rows")
+        epoch += 1
 
 
-def shared_model(setup: Setup, sections: Dict[str, Any], inputs: TrainingInput) -> SceneClassifier:
-    """The modality's model, built once (as `train_run` builds it) and kept on the device."""
-    config, train = sections["model"], sections["train"]
-    if config.modality not in setup.models:
-        features = inputs.dataset.feature_config
-        model = build_run_model(config, train, list(inputs.classes), to_dict(features), features.audio_shape[0])
-        setup.models[config.modality] = model.to(setup.device)
-    return setup.models[config.modality]
+def prefetched(trainer: Any, batches: Iterator[Dict[str, Any]], count: int = 8) -> List[Dict[str, Any]]:
+    """`count` raw batches copied out of the loader's slots (pinned on CUDA), to be cycled."""
+    ring = []
+    for _ in range(count):
+        raw = next(batches)
+        copy = {}
+        for key, value in raw.items():
+            if isinstance(value, torch.Tensor):
+                value = value.clone()
+                copy[key] = value.pin_memory() if trainer.device.type == "cuda" else value
+            else:
+                copy[key] = value
+        ring.append(copy)
+    return ring
 
 
-def run_model(setup: Setup, sections: Dict[str, Any], inputs: TrainingInput) -> SceneClassifier:
-    """The modality's shared model in the memory format `train_run` gives it (channels-last on
-    CUDA when `train.channels_last`), the preparer normalizing frames for it."""
-    model = shared_model(setup, sections, inputs)
-    channels_last = setup.cuda and sections["train"].channels_last
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    inputs.preparer.set_frame_norm(model.frame_mean, model.frame_std)
-    return model
+def warm(trainer: Any, batches: Iterator[Dict[str, Any]], steps: int = 6) -> None:
+    """Steps until a graphed step is captured (its warm-up and capture), or a few eager ones."""
+    for _ in range(steps):
+        trainer.train_step(next(batches))
+    synchronize(trainer.device)
 
 
-def make_trainer(setup: Setup, sections: Dict[str, Any], inputs: TrainingInput) -> Trainer:
-    """A :class:`Trainer` (new optimizer, the mode's precision, format and compilation) over the
-    modality's shared model, as `train_run` composes it."""
-    model = run_model(setup, sections, inputs)
-    trainer = Trainer(sections, inputs, model, {}, setup.work / "run", Context(setup.device), progress=False)
-    model.train()  # as `train_one_epoch` sets them
-    inputs.preparer.train()
-    return trainer
+def trainer_rate(trainer: Any, batches: Iterator[Dict[str, Any]], steps: int) -> Tuple[float, float]:
+    """Median samples/s of `steps` trainer steps over 3 repeats, and the data-wait share."""
+    waited = [0.0]
+
+    def run() -> int:
+        samples = 0
+        for _ in range(steps):
+            fetch = time.perf_counter()
+            raw = next(batches)
+            waited[0] += time.perf_counter() - fetch
+            samples += trainer.train_step(raw)[2]
+        return samples
+
+    started = time.perf_counter()
+    rate, _ = median_rate(run, trainer.device)
+    return rate, waited[0] / max(time.perf_counter() - started, 1e-9)
 
 
-def bare_step(trainer: Trainer, raw: Dict[str, Any]) -> Callable[[], None]:
-    """The same model's forward, backward and optimizer step on one prepared batch already on
-    the device: the baseline of the trainer's step (no loader, no preparation, no accounting)."""
-    batch = trainer.inputs.preparer(raw)
-    audio, video, target = batch["audio"], batch.get("video"), batch["target"]
-    if trainer.device.type == "cuda" and trainer.train_cfg.channels_last:
+def cycle(ring: Sequence[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    while True:
+        yield from ring
+
+
+# -- the bare baselines ---------------------------------------------------------------------------------
+
+
+def bare_step(trainer: Any, raw: Dict[str, Any], graphed: bool) -> Callable[[], int]:
+    """The same model's forward, loss, backward and optimizer step on one batch prepared once
+    and kept on the device: no loader, no preparation, no accounting (the efficiency baseline).
+    On CUDA with `graphed`, captured in a CUDA graph (fused optimizer reading a device learning
+    rate), as the trainer's own step is."""
+    from avsc_pipeline.devices import autocast
+    from avsc_pipeline.training.losses import soft_target_cross_entropy
+
+    inference = trainer.inference
+    batch = inference.prepare({k: v for k, v in raw.items()})
+    audio = batch["audio"]
+    if inference.channels_last:
         audio = audio.contiguous(memory_format=torch.channels_last)
-    model, optimizer = trainer.step_model, trainer.optimizer
+    video, target = batch.get("video"), batch["target"]
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = torch.tensor(1e-5, device=trainer.device) if graphed and trainer.device.type == "cuda" else 1e-5
+    extra = {"fused": True} if trainer.device.type == "cuda" else {}
+    if graphed and trainer.device.type == "cuda":
+        extra["capturable"] = True
+    optimizer = torch.optim.Adam(params, lr=lr, **extra)
+    size = int(target.shape[0])
 
     def step() -> None:
-        with autocast(trainer.device, trainer.precision):
-            logits = model(audio, video)
+        with autocast(trainer.device, inference.precision):
+            logits = model(audio if model.uses_audio else None, video if model.uses_video else None)
         soft_target_cross_entropy(logits.float(), target).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
-
-
-def timed_bare(trainer: Trainer, step: Callable[[], None], steps: int) -> float:
-    """Samples/s of `steps` bare steps (one untimed step first)."""
-    size = trainer.loader_cfg.batch_size
-    step()
-    synchronize(trainer.device)
-    started = time.perf_counter()
-    for _ in range(steps):
+    if not (graphed and trainer.device.type == "cuda"):
+        def eager(steps: int = 1) -> int:
+            for _ in range(steps):
+                step()
+            return steps * size
+        return eager
+    side = torch.cuda.Stream(trainer.device)
+    side.wait_stream(torch.cuda.current_stream(trainer.device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(trainer.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph, stream=side):
         step()
-    synchronize(trainer.device)
-    return steps * size / (time.perf_counter() - started)
 
-
-def timed_pipeline(trainer: Trainer, batches: Iterator[Dict[str, Any]], steps: int) -> Dict[str, float]:
-    """Samples/s and data-wait share of `steps` trainer steps (`Trainer._step` on the loader's
-    raw batches, the loop of `train_one_epoch`), with the peak GPU memory in GB."""
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-    synchronize(trainer.device)
-    samples, waited = 0, 0.0
-    started = time.perf_counter()
-    for _ in range(steps):
-        fetch = time.perf_counter()
-        raw = next(batches)
-        waited += time.perf_counter() - fetch
-        samples += trainer._step(raw, boundary=True)[2]
-    synchronize(trainer.device)
-    elapsed = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(trainer.device) / 1e9 if trainer.device.type == "cuda" else NA_CPU
-    return {"samples_per_s": samples / elapsed, "data_wait_fraction": waited / elapsed, "peak_gb": peak}
-
-
-def gpu_busy_fraction(trainer: Trainer, batches: Iterator[Dict[str, Any]], steps: int) -> Any:
-    """Share of the wall time in which the GPU runs kernels or copies, from `torch.profiler`
-    over `steps` trainer steps (the union of the device's activity intervals)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        synchronize(trainer.device)
-        started = time.perf_counter()
+    def replay(steps: int = 1) -> int:
         for _ in range(steps):
-            trainer._step(next(batches), boundary=True)
-        synchronize(trainer.device)
-        wall = time.perf_counter() - started
-    if trainer.device.type != "cuda":
-        return NA_CPU
-    spans = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in prof.profiler.kineto_results.events()
-                   if e.device_type() == DeviceType.CUDA)
-    busy, end = 0, None
-    for start, stop in spans:
-        if end is None or start > end:
-            busy += stop - start
-            end = stop
-        elif stop > end:
-            busy += stop - end
-            end = stop
-    return min(1.0, busy / 1e9 / wall)
+            graph.replay()
+        return steps * size
+    return replay
 
 
-# -- throughput ---------------------------------------------------------------------------------
-
-
-def mode_reason(setup: Setup, mode: str) -> Optional[str]:
-    """Why a mode is not measured here, or None."""
-    if not setup.cuda and MODES[mode].get("compile_mode") == "reduce-overhead":
-        return NA_CPU + ": CUDA graphs"
-    if not setup.cuda and mode in ("bf16", "bf16+CL"):
-        return NA_CPU + ": bf16 autocast and channels-last are CUDA-only in the trainer"
-    if not setup.cuda and setup.quick and mode in COMPILE_MODES:
-        return "skipped with --quick on the CPU: inductor takes minutes to compile even the tiny model"
-    return None
-
-
-def config_cost(setup: Setup, step: str, batch: int, mode: str) -> float:
-    """A rough estimate of one throughput figure's seconds (for the budget)."""
-    if setup.quick:
-        return 3.0
-    compile_s = {"joint": 150.0, "audio": 50.0}[step] if mode in COMPILE_MODES else 0.0
-    return compile_s + (12.0 if step == "joint" else 4.0) * batch / 32 * (2.0 if mode == "fp32" else 1.0)
-
-
-def measure_config(setup: Setup, sections: Dict[str, Any], inputs: TrainingInput,
-                   batches: Iterator[Dict[str, Any]], mode: str) -> Dict[str, Any]:
-    """One model at one batch size in one mode: the trainer's step against the bare step."""
-    trainer = make_trainer(setup, with_mode(sections, mode), inputs)
-    warmup = setup.warmup + (3 if MODES[mode].get("compile") else 0)  # CUDA graphs record after warm-up
-    for _ in range(warmup):
-        trainer._step(next(batches), boundary=True)
-    bare = bare_step(trainer, next(batches))
-    best_pipe: Dict[str, Any] = {"samples_per_s": 0.0}
-    best_bare = 0.0
-    for _ in range(setup.repeat):  # alternately, the best of each counting
-        best_bare = max(best_bare, timed_bare(trainer, bare, setup.steps))
-        pipe = timed_pipeline(trainer, batches, setup.steps)
-        if pipe["samples_per_s"] > best_pipe["samples_per_s"]:
-            best_pipe = pipe
-    out = {**best_pipe, "bare_samples_per_s": best_bare, "efficiency": best_pipe["samples_per_s"] / best_bare,
-           "precision": str(trainer.precision or torch.float32).replace("torch.", "")}
-    if inputs.loader_config.batch_size == setup.batch and not MODES[mode].get("compile"):
-        out["gpu_busy_fraction"] = gpu_busy_fraction(trainer, batches, 20 if not setup.quick else 3)
-    del trainer, bare
-    return out
-
-
-def measure_throughput(setup: Setup, batch_sizes: Sequence[int], modes: Sequence[str],
-                       steps: Sequence[str] = ("joint", "audio")) -> Dict[str, Any]:
-    """Samples/s of the trainer's step and of a bare step per model, batch size and mode (each
-    figure within the budget, else skipped with the reason)."""
-    figures: Dict[str, Any] = {}
-    rows = []
-    for batch in batch_sizes:
-        for step in steps:
-            sections = step_sections(setup, step, f"loader.batch_size={batch}")
-            inputs = batches = None
-            try:
-                for mode in modes:
-                    name = f"{step} b{batch} {mode}"
-                    reason = mode_reason(setup, mode)
-                    cost = config_cost(setup, step, batch, mode)
-                    if reason is None and setup.left() < cost:
-                        reason = f"skipped: {setup.left():.0f} s of the budget left, needs about {cost:.0f} s"
-                    if reason is not None:
-                        figures[name] = {"status": "skipped", "reason": reason}
-                        rows.append(row(name, reason))
-                        continue
-                    if inputs is None:
-                        inputs = open_input(setup, sections)
-                        batches = endless(inputs)
-                    try:
-                        result = measure_config(setup, sections, inputs, batches, mode)
-                    except Exception as err:  # noqa: BLE001 - one figure's failure is recorded, the rest run
-                        figures[name] = {"status": "failed", "error": one_line(err)}
-                        rows.append(row(name, "FAILED", note=one_line(err)))
-                        continue
-                    figures[name] = {"status": "measured", **result}
-                    rows.append(row(f"{name} samples/s", result["samples_per_s"], result["bare_samples_per_s"],
-                                    result["efficiency"], throughput_note(result)))
-            finally:
-                if batches is not None:
-                    batches.close()
-                if inputs is not None:
-                    inputs.close()
-    return {"configs": figures, "rows": rows}
-
-
-def throughput_note(result: Dict[str, Any]) -> str:
-    busy = result.get("gpu_busy_fraction")
-    parts = [f"data wait {100 * result['data_wait_fraction']:.1f}%"]
-    if busy is not None:
-        parts.append(f"GPU busy {fmt(busy, '.2f')}")
-    parts.append(f"peak {fmt(result['peak_gb'], '.2f')} GB")
-    return ", ".join(parts)
-
-
-# -- host synchronizations ------------------------------------------------------------------------
-
-
-def count_syncs(setup: Setup, trainer: Trainer, batches: Iterator[Dict[str, Any]], steps: int) -> Dict[str, Any]:
-    """Host synchronizations per trainer step (`torch.cuda.set_sync_debug_mode("warn")`), over
-    `steps` steps after two of warm-up, with the sites (file:line) that synchronized."""
-    for _ in range(2):
-        trainer._step(next(batches), boundary=True)
-    raws = [next(batches) for _ in range(steps)]  # fetched outside the counted steps
-    synchronize(setup.device)
-    if not setup.cuda:
-        for raw in raws:  # the same steps, so that this path runs in the CPU test too
-            trainer._step(raw, boundary=True)
-        return {"per_step": NA_CPU, "sites": {}}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for raw in raws:
-                trainer._step(raw, boundary=True)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
-    return {"per_step": len(syncs) / steps, "sites": dict(sites.most_common(10))}
-
-
-def measure_host_syncs(setup: Setup) -> Dict[str, Any]:
-    """Host synchronizations per training step of each model (bf16 + channels-last, the target
-    batch), and of the models with video with `VideoRandAugment.masked = False` (before the fix:
-    Sharpness and Contrast chosen by `nonzero`; the per-device constants stay cached)."""
-    figures: Dict[str, Any] = {}
-    rows = []
-    steps = 3 if setup.quick else 5
-    for step in ("audio", "video", "joint"):
-        sections = with_mode(step_sections(setup, step), "bf16+CL")
-        inputs = open_input(setup, sections)
-        batches = endless(inputs)
-        try:
-            trainer = make_trainer(setup, sections, inputs)
-            augment = inputs.preparer.video_aug if sections["model"].uses_video else None
-            variants = [("masked (default)", None)]
-            if augment is not None:
-                variants.append(("masked=False (before)", False))
-            for label, masked in variants:
-                if augment is not None:
-                    augment.masked = masked
-                result = count_syncs(setup, trainer, batches, steps)
-                figures[f"{step} {label}"] = result
-                sites = ", ".join(f"{k} x{v}" for k, v in result["sites"].items())
-                rows.append(row(f"{step} step, host syncs per step, {label}", result["per_step"], note=sites))
-        finally:
-            if inputs.preparer.video_aug is not None:
-                inputs.preparer.video_aug.masked = None  # back to the default (True on CUDA)
-            batches.close()
-            inputs.close()
-    return {"steps_counted": steps, "models": figures, "rows": rows}
-
-
-# -- the loader -----------------------------------------------------------------------------------
-
-
-def pinned_copy_ms(raw: Dict[str, Any], repeat: int) -> float:
-    """Milliseconds to copy one batch's audio and frames into new pinned memory, as the
-    loader's copying thread does (`ShardLoader._from_slot`)."""
-    pageable = {k: raw[k].clone() for k in ("audio", "video") if k in raw}
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for value in pageable.values():
-            torch.empty_like(value, pin_memory=True).copy_(value)
-        best = min(best, time.perf_counter() - started)
-    return 1000 * best
-
-
-def measure_loader(setup: Setup) -> Dict[str, Any]:
-    """Per worker count: the loader alone (ms per joint batch, steady state), the pinned copy
-    of one batch, and the data wait of the joint model's training step (bf16 + channels-last)."""
-    figures: Dict[str, Any] = {}
-    rows = []
-    count = 6 if setup.quick else 20
-    for workers in setup.worker_counts:
-        sections = with_mode(step_sections(setup, "joint", f"loader.num_workers={workers}"), "bf16+CL")
-        inputs = open_input(setup, sections)
-        batches = endless(inputs)
-        try:
-            for _ in range(2 * workers + 1):  # the prefetched batches come at once
-                next(batches)
-            started = time.perf_counter()
-            for _ in range(count):
-                raw = next(batches)
-            batch_ms = 1000 * (time.perf_counter() - started) / count
-            copy = pinned_copy_ms(raw, 5) if setup.cuda else NA_CPU
-            del raw
-            trainer = make_trainer(setup, sections, inputs)
-            for _ in range(setup.warmup):
-                trainer._step(next(batches), boundary=True)
-            pipe = timed_pipeline(trainer, batches, setup.steps)
-        finally:
-            batches.close()
-            inputs.close()
-        figures[f"{workers} workers"] = {"batch_ms": batch_ms, "pinned_copy_ms": copy, **pipe}
-        rows.append(row(f"loader alone, {workers} workers, ms per batch of {setup.batch}", batch_ms,
-                        note=f"pinned copy {fmt(copy, '.2f')} ms per batch"))
-        mode = "bf16+CL" if setup.cuda else "fp32"
-        rows.append(row(f"joint step {mode}, {workers} workers, data wait %", 100 * pipe["data_wait_fraction"],
-                        note=f"{pipe['samples_per_s']:.1f} samples/s"))
-    return {"figures": figures, "rows": rows}
-
-
-# -- the embedding cache and avsc-eval -------------------------------------------------------------
-
-
-def bare_forward_rate(forward: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
-                      batch: Dict[str, Any], rows: int, size: int, device: torch.device,
-                      precision: Optional[torch.dtype]) -> float:
-    """Segments/s of `forward(audio, video)` in batches of `size` over `rows` segments, on one
-    prepared batch already on the device (no grad)."""
-    batches = max(1, math.ceil(rows / size))
-    with torch.no_grad(), autocast(device, precision):
-        forward(batch["audio"], batch.get("video"))  # warm-up
-        synchronize(device)
-        started = time.perf_counter()
+def bare_forward_rate(forward: Callable[[], Any], size: int, batches: int, device: torch.device) -> float:
+    """Median segments/s of `batches` no-grad calls of `forward` on a batch of `size` on the device."""
+    def run() -> int:
         for _ in range(batches):
-            forward(batch["audio"], batch.get("video"))
-        synchronize(device)
-    return batches * size / (time.perf_counter() - started)
+            forward()
+        return batches * size
+
+    with torch.no_grad():
+        forward()
+        return median_rate(run, device)[0]
 
 
-def measure_cache(setup: Setup) -> Dict[str, Any]:
-    """`compute_embeddings` of the joint model's video extractor over every row (as `train_run`
-    caches a frozen one: eval mode, the run's autocast, channels-last on CUDA) against the bare
-    extractor forward on prepared frames."""
-    from avsc_pipeline.devices import amp_dtype
+# -- sections -------------------------------------------------------------------------------------------
+
+
+def environment(setup: Setup, results: Results) -> None:
+    """Versions, the device, the runtime modules this machine lacks."""
+    import importlib.util
+
+    missing = [name for name in ("numpy", "h5py", "torchvision", "click", "tqdm", "yaml", "scipy", "matplotlib")
+               if importlib.util.find_spec(name) is None]
+    name = torch.cuda.get_device_name(setup.device) if setup.cuda else "CPU"
+    results.add("device", name, note=f"python {sys.version.split()[0]}, torch {torch.__version__}, "
+                                     f"CUDA {torch.version.cuda}, missing modules: {', '.join(missing) or 'none'}")
+    results.add("bf16 supported", bool(setup.cuda and torch.cuda.is_bf16_supported()))
+
+
+def data(setup: Setup, results: Results) -> None:
+    """The shards every later section reads: `train` and `train-aug` (the paper's shapes)."""
+    from avsc_pipeline.sections.features import FeatureConfig
+    from avsc_pipeline.testing import write_augmented_folder, write_random_folder
+
+    config = FeatureConfig(n_mels=32, image_size=32) if setup.quick else FeatureConfig()
+    rows = 40 if setup.quick else 96  # 384 rows: batches of 128 with a validation share; within 5 s
+    started = time.perf_counter()
+    write_random_folder(setup.features / "train", [rows] * 4, config)
+    write_augmented_folder(setup.features / "train-aug", setup.features / "train", config, rows=rows)
+    megabytes = sum(p.stat().st_size for p in setup.features.rglob("*.h5")) / 1e6
+    results.add("shards written", megabytes, "MB", note=f"{4 * rows} + {rows} augmented rows, audio "
+                f"{list(config.audio_shape)}, frames {list(config.video_shape)}, {time.perf_counter() - started:.1f} s")
+
+
+def host_syncs(setup: Setup, results: Results) -> None:
+    """Host synchronizations per trainer step (the default: graphed on CUDA), counting only
+    torch's "called a synchronizing CUDA operation" warnings, for the audio and joint steps."""
+    for step in ("audio", "joint"):
+        for graph in (True,):
+            label = f"{step} b{setup.batch} {'graph' if graph else 'eager'}"
+            with open_trainer(setup, step, setup.batch, f"train.cuda_graph={str(graph).lower()}") as trainer:
+                batches = endless(trainer)
+                warm(trainer, batches)
+                ring = prefetched(trainer, batches, 5)
+                if not setup.cuda:
+                    for raw in ring:  # the same steps, so that this path runs in the CPU test too
+                        trainer.train_step(raw)
+                    results.add(f"host syncs per step, {label}", NA_CPU)
+                    continue
+                synchronize(setup.device)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        for raw in ring:
+                            trainer.train_step(raw)
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+                syncs = [w for w in caught if SYNC_MESSAGE in str(w.message)]
+                sites = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})
+                results.add(f"host syncs per step, {label}", len(syncs) / len(ring), note=", ".join(sites[:6]))
+
+
+def graphed_bare(setup: Setup, results: Results) -> None:
+    """The graphed bare step (the efficiency baseline) at every batch size: audio b32/64/128,
+    joint b32/64."""
+    for step in ("audio", "joint"):
+        for batch in setup.batches(step):
+            with open_trainer(setup, step, batch) as trainer:
+                raw = next(endless(trainer))
+                run = bare_step(trainer, raw, graphed=True)
+                steps = setup.steps(step)
+                rate, rates = median_rate(lambda: run(steps), setup.device)
+                how = "graphed" if setup.cuda else "eager (CPU)"
+                results.add(f"bare step {step} b{batch}", rate, "samples/s",
+                            note=f"{how}, median of {rates and len(rates)} x {steps} steps")
+
+
+def gap(setup: Setup, results: Results) -> None:
+    """Where the audio step's time goes at the paper's batch: the bare step, + the preparer, the
+    trainer's step on prefetched batches, with the live loader, with 2 torch threads."""
+    batch, steps = setup.batch, setup.steps("audio")
+    with open_trainer(setup, "audio", batch) as trainer:
+        batches = endless(trainer)
+        raw = next(batches)
+        bare = bare_step(trainer, raw, graphed=True)
+        base, _ = median_rate(lambda: bare(steps), setup.device)
+        results.add(f"gap audio b{batch}: bare step", base, "samples/s", note="graphed" if setup.cuda else "eager")
+        eager = bare_step(trainer, raw, graphed=False)
+        ring = prefetched(trainer, batches)
+        device_ring = [{k: (v.to(setup.device) if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
+                       for r in ring]
+
+        def with_preparer() -> int:
+            for i in range(steps):
+                trainer.inference.prepare(device_ring[i % len(device_ring)])
+                eager(1)
+            return steps * batch
+
+        rate, _ = median_rate(with_preparer, setup.device)
+        results.add(f"gap audio b{batch}: eager bare step + preparer", rate, "samples/s", baseline=base)
+        warm(trainer, batches)
+        rate, _ = trainer_rate(trainer, cycle(ring), steps)
+        results.add(f"gap audio b{batch}: trainer step, prefetched batches", rate, "samples/s", baseline=base,
+                    note=f"step: {'graph' if trainer.graphed is not None else 'eager'}")
+        rate, wait = trainer_rate(trainer, batches, steps)
+        results.add(f"gap audio b{batch}: trainer step, live loader", rate, "samples/s", baseline=base,
+                    note=f"data wait {100 * wait:.1f}%", data_wait_fraction=wait)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            rate, wait = trainer_rate(trainer, batches, steps)
+        finally:
+            torch.set_num_threads(threads)
+        results.add(f"gap audio b{batch}: trainer step, live loader, 2 torch threads", rate, "samples/s",
+                    baseline=base, note=f"data wait {100 * wait:.1f}%")
+
+
+def graph_vs_eager(setup: Setup, results: Results) -> None:
+    """The whole-step CUDA graph against the eager step: 50-step loss trajectories from the same
+    seeds on the same batches (dropout off), and each one's samples/s."""
+    for step in ("audio", "joint"):
+        trajectories, rates = [], []
+        for graph in (True, False):
+            with open_trainer(setup, step, setup.batch, "model.fusion_dropout=0",
+                              f"train.cuda_graph={str(graph).lower()}") as trainer:
+                batches = endless(trainer)
+                ring = prefetched(trainer, batches, 10)
+                torch.manual_seed(0)
+                # copies: a graph's loss is its static output, overwritten by the next replay
+                losses = [trainer.train_step(ring[i % len(ring)])[0].detach().float().clone() for i in range(50)]
+                trajectories.append(torch.stack(losses).cpu())
+                rate, _ = trainer_rate(trainer, cycle(ring), setup.steps(step))
+                rates.append((rate, trainer.graphed is not None))
+        gap_ = (trajectories[0] - trajectories[1]).abs().max().item()
+        scale = trajectories[1].abs().max().item()
+        graphed = rates[0][1]
+        results.add(f"{step}: 50-step loss trajectory, graph vs eager, largest difference", gap_,
+                    note=f"relative {gap_ / max(scale, 1e-9):.2e} ({'within' if gap_ <= 2e-2 * scale else 'OUTSIDE'} "
+                         f"bf16 tolerance 2e-2)" if graphed else NA_CPU + ": both eager")
+        results.add(f"{step} b{setup.batch}: trainer step, graph", rates[0][0] if graphed else NA_CPU, "samples/s")
+        results.add(f"{step} b{setup.batch}: trainer step, eager", rates[1][0], "samples/s",
+                    baseline=rates[0][0] if graphed else None)
+
+
+def optimizers(setup: Setup, results: Results) -> None:
+    """`optimizer.step()` of the joint model's trainable parameters: Adam foreach, fused, and
+    fused + capturable replayed from a CUDA graph."""
+    with open_trainer(setup, "joint", setup.batch) as trainer:
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        steps = setup.steps("joint") * 3
+        variants = [("foreach", {"foreach": True})]
+        variants += [("fused", {"fused": True}), ("fused+capturable, graphed", {"fused": True, "capturable": True})] \
+            if setup.cuda else []
+        base = None
+        for name, kwargs in variants:
+            lr = torch.tensor(1e-5, device=setup.device) if "capturable" in kwargs else 1e-5
+            optimizer = torch.optim.Adam(params, lr=lr, **kwargs)
+            optimizer.step()
+            run: Callable[[], None] = optimizer.step
+            if "capturable" in kwargs:
+                graph = torch.cuda.CUDAGraph()
+                side = torch.cuda.Stream(setup.device)
+                side.wait_stream(torch.cuda.current_stream(setup.device))
+                with torch.cuda.graph(graph, stream=side):
+                    optimizer.step()
+                run = graph.replay
+            def timed(run: Callable[[], None] = run) -> int:
+                for _ in range(steps):
+                    run()
+                return steps
+
+            rate, _ = median_rate(timed, setup.device)
+            base = base or rate
+            results.add(f"Adam {name}, steps/s", rate, "steps/s", baseline=None if base is rate else base,
+                        note=f"{sum(p.numel() for p in params) / 1e6:.1f} M parameters")
+        if not setup.cuda:
+            results.add("Adam fused and capturable", NA_CPU)
+
+
+def batch_scaling(setup: Setup, results: Results) -> None:
+    """The trainer's step (graphed where it can be) with the live loader at every batch size."""
+    for step in ("audio", "joint"):
+        for batch in setup.batches(step):
+            with open_trainer(setup, step, batch) as trainer:
+                batches = endless(trainer)
+                warm(trainer, batches)
+                rate, wait = trainer_rate(trainer, batches, setup.steps(step))
+                peak = torch.cuda.max_memory_allocated(setup.device) / 1e9 if setup.cuda else NA_CPU
+                results.add(f"trainer step {step} b{batch}", rate, "samples/s",
+                            note=f"data wait {100 * wait:.1f}%, step: "
+                                 f"{'graph' if trainer.graphed is not None else 'eager'}",
+                            data_wait_fraction=wait, peak_gb=peak)
+
+
+def eval_and_cache(setup: Setup, results: Results) -> None:
+    """avsc-eval's scoring (`score_rows` at `loader_config_of`'s batch: 256 on CUDA) and at the
+    training batch, each against a bare forward at the same batch; the embedding cache against
+    the bare extractor forward."""
+    from avsc_pipeline.evaluation.evaluate import loader_config_of, open_split
+    from avsc_pipeline.evaluation.loading import load_scorer
+    from avsc_pipeline.evaluation.scoring import score_rows
+    from avsc_pipeline.testing import write_test_checkpoint
+
+    recipe = recipe_for(setup, "joint", setup.batch)
+    folder = setup.features / "train"
+    ckpt = write_test_checkpoint(setup.work / "eval" / "best.pt", folder, recipe.model, loader=recipe.loader)
+    scorer, artifact = load_scorer(ckpt, setup.device)
+    avsc_eval = loader_config_of(artifact, None, None, str(ckpt), setup.device)
+    with open_split(folder, scorer, ckpt) as dataset:
+        rows = len(dataset)
+        for label, config in ((f"b{setup.batch}", dataclasses.replace(avsc_eval, batch_size=setup.batch)),
+                              (f"b{avsc_eval.batch_size} (avsc-eval's)", avsc_eval)):
+            score_rows(dataset, scorer, config)  # warm-up (cuDNN tuning of the shapes)
+            rate, _ = median_rate(lambda: len(score_rows(dataset, scorer, config)), setup.device)
+            raw = dataset.read_batch(list(range(min(config.batch_size, rows))), audio_float32=False)
+            with scorer.eval_mode():
+                prepared = scorer.inference.prepare(raw)
+                size = int(prepared["audio"].shape[0])
+                bare = bare_forward_rate(lambda: scorer.inference.logits(prepared), size,
+                                         max(1, rows // size), setup.device)
+            results.add(f"avsc-eval scoring {label}", rate, "segments/s", baseline=bare,
+                        note=f"{rows} segments, outputs kept on the device, copied once per pass")
+    _cache(setup, results)
+
+
+def _cache(setup: Setup, results: Results) -> None:
     from avsc_pipeline.training.embedding_cache import compute_embeddings
 
-    sections = with_mode(step_sections(setup, "joint"), "bf16+CL")
-    inputs = open_input(setup, sections)
-    try:
-        model = run_model(setup, sections, inputs)
-        precision = amp_dtype(sections["train"].amp, setup.device)
-        split = inputs.split
-        rows = np.concatenate([split.train, split.augmented, split.validation])
+    with open_trainer(setup, "joint", setup.batch) as trainer:
+        inputs = trainer.inputs
+        import numpy as np
+
+        rows = np.concatenate([inputs.split.train, inputs.split.validation])
         distinct = len(np.unique(inputs.dataset.frame_sources(rows)))
-        best = 0.0
-        for _ in range(2):  # the first pass autotunes the eval shapes
-            started = time.perf_counter()
-            compute_embeddings(model, "video", inputs, rows, precision)
+        compute_embeddings(trainer.inference, "video", inputs, rows)
+        rate, _ = median_rate(lambda: (compute_embeddings(trainer.inference, "video", inputs, rows), distinct)[1],
+                              setup.device)
+        raw = inputs.dataset.read_batch(list(range(setup.batch)), audio_float32=False)
+        with trainer.inference.eval_mode():
+            prepared = trainer.inference.prepare(raw)
+            bare = bare_forward_rate(lambda: trainer.inference.embeddings("video", prepared), setup.batch,
+                                     max(1, distinct // setup.batch), setup.device)
+        results.add("embedding cache (video)", rate, "segments/s", baseline=bare,
+                    note=f"{distinct} distinct frame pairs; bare forward at batch {setup.batch}")
+
+
+def compile_section(setup: Setup, results: Results) -> None:
+    """Compiled regions of the joint model from a cold cache: the first step's time (written the
+    moment it is known), then samples/s."""
+    if setup.quick and not setup.cuda:
+        results.add("compile", "skipped", note="--quick on the CPU: inductor takes a minute even for the tiny "
+                                               "model (tests/training/test_compile_regions.py runs it)")
+        return
+    with open_trainer(setup, "joint", setup.batch, "train.compile=true") as trainer:
+        batches = endless(trainer)
+        trainer.train_step(next(batches))
+        results.add("compile: joint regions, first step (cold cache)", trainer.compiler.seconds, "s",
+                    note="target <= 90 s")
+        warm(trainer, batches, 2)
+        rate, wait = trainer_rate(trainer, batches, setup.steps("joint"))
+        results.add(f"trainer step joint b{setup.batch}, compiled regions", rate, "samples/s",
+                    note=f"data wait {100 * wait:.1f}%")
+
+
+def packing_worker(setup: Setup) -> int:
+    """A process of the packing section: builds the audio step, warms it up, says `ready`, then
+    for each `run N` line on stdin runs N steps and prints their samples/s."""
+    with open_trainer(setup, "audio", setup.batch) as trainer:
+        ring = prefetched(trainer, endless(trainer))
+        batches = cycle(ring)
+        warm(trainer, batches)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if not line.startswith("run "):
+                break
+            steps = int(line.split()[1])
             synchronize(setup.device)
-            best = max(best, distinct / (time.perf_counter() - started))
-        raw = next(iter(inputs.loader(inputs.train_sampler)))
-        batch = inputs.preparer.eval()(raw)
-        was = model.training
-        model.eval()
-        try:
-            bare = bare_forward_rate(lambda audio, video: model.embed_video(video), batch, distinct,
-                                     setup.batch, setup.device, precision)
-        finally:
-            model.train(was)
-            inputs.preparer.train()
+            started = time.perf_counter()
+            samples = sum(trainer.train_step(next(batches))[2] for _ in range(steps))
+            synchronize(setup.device)
+            print(json.dumps({"samples_per_s": samples / (time.perf_counter() - started)}), flush=True)
+    return 0
+
+
+def packing(setup: Setup, results: Results, worker_command: List[str]) -> None:
+    """1, 2 and 4 audio-step processes on the device at once (started once, warmed up, then run
+    together in groups), each on prefetched batches: total samples/s against one."""
+    import subprocess
+
+    processes = [subprocess.Popen(worker_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  cwd=ROOT) for _ in range(4)]
+    try:
+        for process in processes:
+            line = process.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"a packing process ended before it was ready (code {process.poll()})")
+        steps = setup.steps("audio")
+        one = None
+        for count in (1, 2, 4):
+            group = processes[:count]
+            for process in group:
+                process.stdin.write(f"run {steps}\n")
+                process.stdin.flush()
+            total = sum(json.loads(process.stdout.readline())["samples_per_s"] for process in group)
+            one = one or total
+            results.add(f"{count} audio-step process(es), total", total, "samples/s",
+                        baseline=None if count == 1 else one, note="target for 4: >= 3.5x one" if count == 4 else "")
     finally:
-        inputs.close()
-    return {"segments_per_s": best, "bare_segments_per_s": bare, "ratio": best / bare, "segments": distinct,
-            "rows": [row("embedding cache (video), segments/s", best, bare, best / bare,
-                         f"{distinct} distinct frame pairs, batch {setup.batch}")]}
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
-# -- formatting -----------------------------------------------------------------------------------
-
-
-def fmt(value: Any, spec: str = ".3g") -> str:
-    """A figure for the table: numbers formatted, anything else as text, None as empty."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, float)):
-        return format(value, spec)
-    return str(value)
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+def media_modules() -> List[str]:
+    """The media modules (librosa, soundfile, av) this process imported: stage two needs none."""
+    return sorted(name for name in MEDIA_MODULES if sys.modules.get(name) is not None)
