@@ -35,7 +35,7 @@ TRAIN_ARGS ?=
 # 1: `make features` and `make demo` add offline-augmented train shards (OUT/train-aug); 0 skips them.
 AUGMENT ?= 1
 
-# `make ablations TABLE=1|2|3 [ROWS="a b"] FEATURES=DIR RUN=DIR [CONFIG=...]`: a table of the paper,
+# `make ablations TABLE=1|2|3|4 [ROWS="a b"] FEATURES=DIR RUN=DIR [CONFIG=...]`: a table of the paper (4: beyond it),
 # trained and scored beside its figures (RUN/table-N.md); CONFIG is layered on top of every row.
 TABLE ?= 3
 ROWS ?=

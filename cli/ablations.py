@@ -1,4 +1,5 @@
-"""`avsc-ablations`: one of the paper's Tables 1-3, trained, scored and tabled beside the paper's."""
+"""`avsc-ablations`: one of the paper's Tables 1-3 (or Table 4, beyond the paper: PANNs' CNN14 and CLIP),
+trained, scored and tabled beside the paper's (Table 4: the later literature's) figures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from avsc_pipeline_cli.common import Command, config_option, device_option, outp
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("table", type=click.IntRange(1, 3))
+@click.argument("table", type=click.IntRange(1, 4))
 @click.argument("features_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--rows", help="Comma-separated row names (default: every row of the table; see "

@@ -141,9 +141,19 @@ def _stand_in_caches(model: Any, inputs: Any, recipe: Recipe) -> "tuple[Dict[str
         if ok:
             width = (model.audio if part == "audio" else model.video).embed_dim
             caches[part] = torch.zeros(len(inputs.dataset), width, device=inputs.device)
-            distinct = len(np.unique(inputs.dataset.frame_sources(rows))) if part == "video" else len(rows)
-            embedded += distinct
+            embedded += len(np.unique(_frame_sources(inputs, rows))) if part == "video" else len(rows)
     return caches, embedded
+
+
+def _frame_sources(inputs: Any, rows: np.ndarray) -> np.ndarray:
+    """The rows' frame sources, from a dataset that reads frames (a run that caches its frozen
+    video extractor reads none with its batches; the cache opens its own, as here)."""
+    from avsc_pipeline.dataio.dataset import ShardDataset
+
+    if inputs.dataset.with_video:
+        return inputs.dataset.frame_sources(rows)
+    with ShardDataset(inputs.folders, with_video=True) as dataset:
+        return dataset.frame_sources(rows)
 
 
 def _synchronize(device: torch.device) -> None:

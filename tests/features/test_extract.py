@@ -16,7 +16,7 @@ from avsc_pipeline.corpus.tau import TAU_CLASSES, load_tau
 from avsc_pipeline.storage.columns import read_columns
 from avsc_pipeline.storage.index import build_index, load_index
 from avsc_pipeline.features.verify import verify_folder
-from avsc_pipeline.storage.shards import list_shards, read_attrs
+from avsc_pipeline.storage.shards import SCHEMA_VERSION, list_shards, read_attrs
 from avsc_pipeline.testing import make_tau_dataset, noisy_tone, write_video, write_wav
 
 CFG = FeatureConfig()
@@ -102,7 +102,7 @@ def test_shards_keep_each_clips_files_as_the_list_names_them(tau_root, tmp_path)
     rows = all_rows(tmp_path / "train")
     assert rows["audio_file"].tolist() == [f"audio/{c}.wav" for c in rows["clip_id"]]
     assert rows["video_file"].tolist() == [f"video/{c}.mp4" for c in rows["clip_id"]]
-    assert read_attrs(list_shards(tmp_path / "train")[0])["schema_version"] == 2
+    assert read_attrs(list_shards(tmp_path / "train")[0])["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_rerun_writes_schema_1_shards_again_in_schema_2(tau_root, tmp_path):
@@ -113,7 +113,7 @@ def test_a_rerun_writes_schema_1_shards_again_in_schema_2(tau_root, tmp_path):
         del handle["audio_file"], handle["video_file"]
     summary = extract(tau_root, tmp_path, shard_size=4)
     assert summary.shards_written == [first.name] and second.name in summary.shards_kept
-    assert read_attrs(first)["schema_version"] == 2 and "audio_file" in read_attrs(first)["datasets"]
+    assert read_attrs(first)["schema_version"] == SCHEMA_VERSION and "audio_file" in read_attrs(first)["datasets"]
 
 
 def test_bad_input_is_skipped_reported_and_indexed(broken_root, tmp_path, caplog):

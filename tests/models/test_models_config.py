@@ -65,7 +65,7 @@ def test_unknown_names_are_refused_by_the_registry(kwargs, pattern):
 
 
 def test_unknown_audio_extractor_is_refused_by_the_registry():
-    with pytest.raises(ValueError, match=r"expected model.audio in \['fcnn'\], got 'cnn14'"):
+    with pytest.raises(ValueError, match=r"expected model.audio in \['fcnn', 'panns_cnn14'\], got 'cnn14'"):
         create_audio_extractor(ModelConfig(audio="cnn14"), 6, 10)
 
 

@@ -1,6 +1,6 @@
 """Video backbones and the two-frame extractor, checked against torchvision."""
 
-import importlib.util
+import sys
 
 import pytest
 import torch
@@ -86,7 +86,7 @@ def test_bad_names_and_inputs():
         extractor(torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")
-def test_timm_backbone_without_timm_says_how_to_install():
+def test_timm_backbone_without_timm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` fails as where it is not installed
     with pytest.raises(ValueError, match=r"pip install avsc-pipeline\[timm\]"):
         build_backbone("timm:resnet18")

@@ -56,14 +56,25 @@ def test_a_version_1_shard_reads_with_the_earlier_feature_definition(tmp_path, c
     assert f"{path}: written with schema version 1" in caplog.text
 
 
-def test_a_version_2_shard_is_read_as_written(tmp_path, caplog):
-    lacking = _without(SMALL_FEATURES, EARLIER_FEATURES)  # no writer of version 2 leaves keys out
+def test_a_version_2_shard_reads_as_log_mel_features(tmp_path, caplog):
+    """Version 2 had no `audio` key: every shard held log-mel features. The keys version 1 left
+    out are not filled in (no writer of version 2 leaves keys out): they take today's defaults."""
+    lacking = _without(SMALL_FEATURES, tuple(EARLIER_FEATURES) + ("audio", "waveform_rate"))
     path = _write(tmp_path / shard_name(0), 2, lacking, stage_one_columns(SMALL_FEATURES, with_video=False))
     with caplog.at_level(logging.INFO, logger="avsc_pipeline.storage.versions"):
         attrs = read_attrs(path)
-    assert attrs["feature_config"] == lacking and "schema version" not in caplog.text
+    assert attrs["feature_config"] == {**lacking, "audio": "logmel", "waveform_rate": 32000}
+    assert f"{path}: written with schema version 2" in caplog.text and attrs["schema_version"] == 2
     today = {k: getattr(FeatureConfig(), k) for k in EARLIER_FEATURES}
     assert feature_config_of(attrs) == dataclasses.replace(SMALL_FEATURES, **today)  # the missing keys: today's
+
+
+def test_a_version_3_shard_is_read_as_written(tmp_path, caplog):
+    waveform = dataclasses.replace(SMALL_FEATURES, audio="waveform")
+    path = _write(tmp_path / shard_name(0), 3, to_dict(waveform), stage_one_columns(SMALL_FEATURES, with_video=False))
+    with caplog.at_level(logging.INFO, logger="avsc_pipeline.storage.versions"):
+        attrs = read_attrs(path)
+    assert attrs["feature_config"] == to_dict(waveform) and "schema version" not in caplog.text
 
 
 def test_a_version_1_augmented_shard_reads_with_the_earlier_augment_definition(tmp_path):
@@ -88,16 +99,24 @@ def test_a_version_1_index_reads_with_the_earlier_definitions(tmp_path):
     assert loaded["schema_version"] == 1
 
 
-def test_a_version_2_index_is_read_as_written(tmp_path):
+def test_a_version_3_index_is_read_as_written(tmp_path):
     folder = write_random_folder(tmp_path / "train", (4,), SMALL_FEATURES, classes=CLASSES)
     written = json.loads((folder / INDEX_NAME).read_text())
-    assert written["schema_version"] == SCHEMA_VERSION == 2
+    assert written["schema_version"] == SCHEMA_VERSION == 3
     assert load_index(folder) == written
 
 
+def test_a_version_2_index_reads_as_log_mel_features(tmp_path):
+    folder = write_random_folder(tmp_path / "train", (4,), SMALL_FEATURES, classes=CLASSES)
+    index = json.loads((folder / INDEX_NAME).read_text())
+    index.update(schema_version=2, feature_config=_without(SMALL_FEATURES, ("audio", "waveform_rate")))
+    (folder / INDEX_NAME).write_text(json.dumps(index))
+    assert load_index(folder)["feature_config"] == to_dict(SMALL_FEATURES)
+
+
 def test_a_newer_schema_version_is_refused_naming_the_file(tmp_path):
-    path = _write(tmp_path / shard_name(0), 3, to_dict(SMALL_FEATURES), stage_one_columns(SMALL_FEATURES, False))
-    with pytest.raises(ValueError, match=r"shard-00000\.h5: expected schema_version 1\.\.2 .* got 3"):
+    path = _write(tmp_path / shard_name(0), 4, to_dict(SMALL_FEATURES), stage_one_columns(SMALL_FEATURES, False))
+    with pytest.raises(ValueError, match=r"shard-00000\.h5: expected schema_version 1\.\.3 .* got 4"):
         read_attrs(path)
 
 
