@@ -141,6 +141,7 @@ def preflight(steps: Sequence[Step], features: Path) -> None:
     produced = set()
     for step in steps:
         problems += _weights_problems(step)
+        problems += _selection_problems(step, Path(step.features or features))
         init = step.recipe.train.init_from
         if init and Path(init) not in produced and not Path(init).is_file():
             problems.append(f"step {step.name}: train.init_from {init} does not exist and no earlier step of "
@@ -149,6 +150,17 @@ def preflight(steps: Sequence[Step], features: Path) -> None:
         produced.add(step.produces)
     if problems:
         raise ValueError("before training anything:\n  " + "\n  ".join(problems))
+
+
+def _selection_problems(step: Step, features: Path) -> List[str]:
+    """A problem when the step selects its checkpoint on a split folder that is not there."""
+    from avsc_pipeline.storage.index import INDEX_NAME
+
+    selection = step.recipe.train.validation
+    if selection == "locations" or (features / selection / INDEX_NAME).is_file():
+        return []
+    return [f"step {step.name}: train.validation {selection!r} names no features split folder "
+            f"({features / selection} has no {INDEX_NAME}); extract it, or use `locations`"]
 
 
 def _features_problems(features: Path) -> List[str]:

@@ -170,6 +170,17 @@ echo "$@" >> "$FAKE_SLURM_DIR/scontrol.log"
 """
 
 
+def _sbatch_stopped_mid_epoch(env, run: Path, output: Path) -> int:
+    """Run scripts/slurm/train.sbatch, SIGTERM its process group once epoch 1 has started (as
+    Slurm's warning signal does); the script's exit status."""
+    with open(output, "w") as out:
+        job = subprocess.Popen(["bash", str(REPO / "scripts" / "slurm" / "train.sbatch")], cwd=REPO, env=env,
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_until(_epoch_started(run / "train.log"), job, "epoch 1 started", output)
+        os.killpg(job.pid, signal.SIGTERM)
+        return job.wait(timeout=TIMEOUT)
+
+
 def test_the_sbatch_script_stops_mid_epoch_and_requeues(features, tmp_path):
     if shutil.which("make") is None:
         pytest.skip("no make")
@@ -181,14 +192,9 @@ def test_the_sbatch_script_stops_mid_epoch_and_requeues(features, tmp_path):
                SLURM_GPUS_ON_NODE="1", SCONTROL=str(slurm / "scontrol"), FAKE_SLURM_DIR=str(slurm),
                TORCHRUN=f"{sys.executable} -m avsc_pipeline_cli.torchrun", OMP_NUM_THREADS="1")
     run, output = tmp_path / "runs" / "audio", tmp_path / "job.out"
-    with open(output, "w") as out:
-        job = subprocess.Popen(["bash", str(REPO / "scripts" / "slurm" / "train.sbatch")], cwd=REPO, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_until(_epoch_started(run / "train.log"), job, "epoch 1 started", output)
-        # What --signal=B:TERM@120 sends: the batch shell; it signals make's whole process group
-        # (torchrun, avsc-train and its loader workers) and waits for it.
-        os.killpg(job.pid, signal.SIGTERM)
-        assert job.wait(timeout=TIMEOUT) == 0, output.read_text()[-5000:]  # the requeue's status
+    # What --signal=B:TERM@120 sends: the batch shell; it signals make's whole process group
+    # (torchrun, avsc-train and its loader workers) and waits for it.
+    assert _sbatch_stopped_mid_epoch(env, run, output) == 0, output.read_text()[-5000:]  # the requeue's status
     _assert_stopped_mid_epoch(run, output.read_text())
     assert (slurm / "scontrol.log").read_text() == "requeue 4242\n"
 
@@ -209,10 +215,5 @@ def test_the_sbatch_script_outside_slurm_exits_143(features, tmp_path):
     env = {k: v for k, v in _make_env(tmp_path, features).items() if not k.startswith("SLURM_")}
     env.update(LAUNCH="")  # one plain process
     run, output = tmp_path / "runs" / "audio", tmp_path / "job.out"
-    with open(output, "w") as out:
-        job = subprocess.Popen(["bash", str(REPO / "scripts" / "slurm" / "train.sbatch")], cwd=REPO, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_until(_epoch_started(run / "train.log"), job, "epoch 1 started", output)
-        os.killpg(job.pid, signal.SIGTERM)
-        assert job.wait(timeout=TIMEOUT) == 143, output.read_text()[-5000:]
+    assert _sbatch_stopped_mid_epoch(env, run, output) == 143, output.read_text()[-5000:]
     _assert_stopped_mid_epoch(run, output.read_text())

@@ -80,6 +80,12 @@ def test_preflight_follows_the_init_from_chain(features, tmp_path):
     preflight(plan_steps(["audio", "joint"], tmp_path / "run", overrides=TINY), features)  # written by audio
 
 
+def test_preflight_checks_the_selection_split(features, tmp_path):
+    steps = plan_steps(["audio"], tmp_path / "run", overrides=TINY + ["train.validation=evaluate"])
+    with pytest.raises(ValueError, match=r"train.validation 'evaluate' names no features split folder"):
+        preflight(steps, features)
+
+
 def test_preflight_refuses_a_split_folder_and_suggests_its_parent(features, tmp_path):
     steps = plan_steps(["audio"], tmp_path / "run", overrides=TINY)
     with pytest.raises(ValueError, match=r"this is a split folder; give its parent"):
