@@ -13,6 +13,7 @@ Modules:
     rng: per-module generators whose state travels in the state dict.
     preparation: frame and audio normalization and :class:`BatchPreparer` (used by training,
         evaluation and prediction alike).
+    front_end: PANNs' log-mel of waveform shards, computed on the device by the preparer.
     loader: DataLoader set-up: whole batches read by workers into shared-memory slots.
     slot_pool: the shared-memory slots the loader's workers read into.
 

@@ -33,6 +33,9 @@ class BackboneSpec:
         head_prefixes: state-dict key prefixes of the classifier that weight files carry and
             the backbone drops (e.g. "classifier." for the 365-class Places365 head).
         library: "torchvision" or "timm" when named pretrained weights exist, else None.
+        convert: `convert(state, backbone)` brings a weights file of another layout to the
+            backbone's names (timm's own checkpoint filter: e.g. OpenAI's and OpenCLIP's
+            `visual.*` CLIP files), applied when no key of the file is the backbone's; None: none.
     """
 
     builder: Callable[[bool], nn.Module]
@@ -41,6 +44,7 @@ class BackboneSpec:
     std: Tuple[float, float, float] = IMAGENET_STD
     head_prefixes: Tuple[str, ...] = ()
     library: Optional[str] = None
+    convert: Optional[Callable[[Dict[str, Tensor], nn.Module], Dict[str, Tensor]]] = None
 
 
 class PooledFeatures(nn.Module):
@@ -204,8 +208,27 @@ def _build_timm(model_name: str, pretrained: bool) -> Tuple[nn.Module, BackboneS
         std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
         head_prefixes=tuple(p + "." for p in prefixes),
         library="timm",
+        convert=_timm_converter(model),
     )
     return model, spec
+
+
+def _timm_converter(model: nn.Module) -> Optional[Callable[[Dict[str, Tensor], nn.Module], Dict[str, Tensor]]]:
+    """timm's checkpoint filter of the model's family (`checkpoint_filter_fn` of its module), which
+    converts the original releases' layouts, for files that hold none of the model's own names."""
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return None
+
+    def convert(state: Dict[str, Tensor], backbone: nn.Module) -> Dict[str, Tensor]:
+        own = backbone.state_dict()
+        if any(key in own for key in state):
+            return state  # the model's own names: loaded as they are, checked as they are
+        return dict(filter_fn(state, backbone))
+
+    return convert
 
 
 #: Pretrained tags of classifiers fine-tuned from CLIP (their head is ImageNet's classes).

@@ -189,7 +189,10 @@ def load_backbone_weights(
         ValueError: naming the file and every missing or shape-mismatched backbone tensor.
     """
     path = os.fspath(path)
-    state = normalize_keys(load_weights_file(path, allow_unsafe), spec.head_prefixes)
+    state = load_weights_file(path, allow_unsafe)
+    if spec.convert is not None:
+        state = spec.convert(state, backbone)
+    state = normalize_keys(state, spec.head_prefixes)
     missing, unexpected, mismatched = match_state_dict(backbone, state)
     if unexpected:
         logger.warning("%s: %d tensor(s) not in the backbone, ignored: %s",

@@ -125,3 +125,24 @@ def test_decide_temperature_checks_its_inputs():
         decide_temperature(probs, labels, np.zeros(49))
     with pytest.raises(ValueError, match="expected labels in -1..4, got"):
         decide_temperature(probs, labels + 5, np.zeros(50))
+
+
+def test_validation_rows_without_mistakes_keep_temperature_1():
+    """A model that classifies every validation row correctly gives no evidence about its
+    mistakes: the fit would sharpen towards 0 (every held-out location agrees), and one mistake
+    on the scored split would cost tens of nats."""
+    from avsc_pipeline.evaluation.temperature import MIN_ERRORS
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, 400)
+    probs = np.full((400, 5), 0.1)
+    probs[np.arange(400), labels] = 0.6  # right every time, under-confident
+    locations = np.repeat([f"loc{i}" for i in range(8)], 50)
+    assert fit_temperature(probs, labels) < 0.1  # what an unguarded fit would apply
+    decision = decide_temperature(probs, labels, locations)
+    assert decision.temperature == 1.0 and not decision.fitted
+    assert f"0 misclassified validation rows, at least {MIN_ERRORS} needed" in decision.reason
+    # A fresh row the model gets wrong, scored with the unguarded temperature, costs far more.
+    wrong = np.array([[0.6, 0.1, 0.1, 0.1, 0.1]])
+    unguarded = log_loss([1], apply_temperature(wrong, fit_temperature(probs, labels)), labels=range(5))
+    assert unguarded > 10 * log_loss([1], wrong, labels=range(5))

@@ -35,7 +35,8 @@ def test_clip_towers_are_told_from_classifiers():
     assert not is_clip_tower("resnest50d") and not is_clip_tower("vit_base_patch16_224")
 
 
-@pytest.mark.parametrize("suffix", [".pth", pytest.param(".safetensors", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_a_local_clip_file_loads_exactly_with_clips_normalization(clip_state, tmp_path, suffix):
     path = tmp_path / f"vit_base_patch16_clip_224.openai{suffix}"
     if suffix == ".pth":
@@ -51,6 +52,45 @@ def test_a_local_clip_file_loads_exactly_with_clips_normalization(clip_state, tm
         assert torch.equal(tensor, clip_state[name]), name
     assert extractor.embed_dim == 512 and tuple(own["head.weight"].shape) == (512, 768)
     assert extractor.frame_mean == pytest.approx(CLIP_MEAN) and extractor.frame_std == pytest.approx(CLIP_STD)
+
+
+def openai_layout(state):
+    """timm's CLIP tower state dict in the layout of OpenAI's `model.py` (and OpenCLIP's
+    `open_clip_pytorch_model.bin`): the image tower under `visual.`, beside text-tower tensors."""
+    out = {"visual.conv1.weight": state["patch_embed.proj.weight"],
+           "visual.class_embedding": state["cls_token"][0, 0],
+           "visual.positional_embedding": state["pos_embed"][0],
+           "visual.ln_pre.weight": state["norm_pre.weight"], "visual.ln_pre.bias": state["norm_pre.bias"],
+           "visual.ln_post.weight": state["norm.weight"], "visual.ln_post.bias": state["norm.bias"],
+           "visual.proj": state["head.weight"].T.contiguous(),
+           "token_embedding.weight": torch.zeros(49408, 512), "logit_scale": torch.tensor(4.6)}
+    names = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv.weight": "attn.in_proj_weight",
+             "attn.qkv.bias": "attn.in_proj_bias", "attn.proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc",
+             "mlp.fc2": "mlp.c_proj"}
+    for key, value in state.items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            for timm_name, openai_name in names.items():
+                if rest.startswith(timm_name):
+                    rest = openai_name + rest[len(timm_name):]
+                    break
+            out[f"visual.transformer.resblocks.{index}.{rest}"] = value
+    return out
+
+
+def test_openais_layout_loads_through_timms_conversion(clip_state, tmp_path):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(openai_layout(clip_state), path)
+    extractor = create_video_extractor(ModelConfig(video=CLIP, video_weights=str(path)))
+    own = extractor.backbone.state_dict()
+    for name, tensor in own.items():
+        expected = torch.zeros(512) if name == "head.bias" else clip_state[name]  # OpenAI's projection has no bias
+        assert torch.equal(tensor, expected), name
+    broken = openai_layout(clip_state)
+    del broken["visual.transformer.resblocks.5.ln_2.weight"]
+    torch.save(broken, path)
+    with pytest.raises(ValueError, match=r"missing from the file: blocks\.5\.norm2\.weight"):
+        create_video_extractor(ModelConfig(video=CLIP, video_weights=str(path)))
 
 
 def test_a_clip_file_missing_a_tensor_is_refused_naming_it(clip_state, tmp_path):

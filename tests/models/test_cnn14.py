@@ -97,6 +97,7 @@ def test_a_release_shaped_file_loads_exactly(release, release_file, caplog):
     assert "loaded 79 CNN14 tensors" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_plain_state_dict_with_module_prefixes_loads_too(release, tmp_path):
     state = {f"module.{k}": v for k, v in release.items()}
     path = tmp_path / "plain.pth"
@@ -119,6 +120,7 @@ def test_a_file_missing_a_tensor_is_refused_naming_it(release, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())  # nothing loaded
 
 
+@pytest.mark.slow
 def test_a_mismatched_shape_and_another_front_end_are_refused(release, tmp_path):
     state = dict(release)
     state["fc1.weight"] = torch.zeros(1024, 2048)
@@ -132,6 +134,7 @@ def test_a_mismatched_shape_and_another_front_end_are_refused(release, tmp_path)
         load_cnn14_weights(Cnn14(), tmp_path / "Cnn14_16k.pth")
 
 
+@pytest.mark.slow
 def test_a_legacy_pickle_needs_the_unsafe_flag(release, tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save({"model": release, "sampler": {"queue": np.arange(3)}}, path, pickle_protocol=2)
