@@ -36,7 +36,7 @@ def test_table_4_has_the_five_rows_each_with_the_literature_figures():
         assert model.audio_weights == ("data/weights/Cnn14_mAP=0.431.pth" if cnn14 else None)
         assert train.init_from == (None if cnn14 else str(INIT))
         if model.video == CLIP:
-            assert model.video_weights == "data/weights/vit_base_patch16_clip_224.openai.safetensors"
+            assert model.video_weights == "data/weights/vit_base_patch16_clip_224.openai.bin"
         cached = row.name == "cnn14-clip-cached"
         assert (train.freeze_audio, train.freeze_video, train.cache_embeddings) == (cached, cached, True)
         if cached:  # nothing augments a cached extractor's input
