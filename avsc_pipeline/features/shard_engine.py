@@ -150,8 +150,11 @@ def check_state(folder: Path, state: Dict[str, Any], overwrite: bool, name: str)
 
         with open(path, encoding="utf-8") as handle:
             old = json.load(handle)
-        if isinstance(old.get("feature_config"), dict):  # written before shard schema 3: log-mel
-            old["feature_config"] = fill_earlier(old["feature_config"], BEFORE_WAVEFORM_VALUES)
+        new_config = state.get("feature_config")
+        if isinstance(old.get("feature_config"), dict) and isinstance(new_config, dict):
+            # Written before shard schema 3 (log-mel only): the keys it could not hold.
+            missing = {k: v for k, v in BEFORE_WAVEFORM_VALUES.items() if k in new_config}
+            old["feature_config"] = fill_earlier(old["feature_config"], missing)
         diff = state_diff(old, state)
         if diff:
             raise ConfigMismatchError(
