@@ -22,7 +22,7 @@ SHARD_SIZE ?=
 SHARD_SIZE_ARG = $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE))
 DEMO ?= data/demo
 DEMO_FEATURES ?= data/demo-features
-DEMO_CLIPS ?= 12
+DEMO_CLIPS ?= 10
 DEMO_RUNS ?= runs/demo
 # Training: the recipe, its steps (models) run in order into RUN/<step>, the device, and a launcher for
 # several GPUs or nodes, e.g. LAUNCH="torchrun --standalone --nproc_per_node 8 --no-python".
