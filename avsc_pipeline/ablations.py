@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from avsc_pipeline.atomic import atomic_open, write_text_atomic
 from avsc_pipeline.config import load_yaml
 from avsc_pipeline.recipe import Step, configs_dir, preflight, run_step, step_layers
-from avsc_pipeline.sections import Recipe, recipe_from_layers
+from avsc_pipeline.sections import Recipe, merge_layer, recipe_from_layers
 from avsc_pipeline.sections.model import PRETRAINED_AUDIO
 
 logger = logging.getLogger(__name__)
@@ -157,8 +157,7 @@ def layered_recipe(step: str, layer: Dict[str, Any], extra: Sequence[Path] = (),
 
     merged = step_layers(step, [configs_dir() / "paper.yaml"], layer=layer)
     later, _ = merge_files(list(extra), overrides)
-    for name, values in later.items():
-        merged[name] = {**(merged.get(name) or {}), **values} if isinstance(values, dict) else values
+    merge_layer(merged, later, "the extra config files")
     return recipe_from_layers(merged, f"paper.yaml + steps/{step}.yaml + row", overrides)
 
 

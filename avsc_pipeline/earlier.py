@@ -27,3 +27,6 @@ LOADER: Dict[str, Any] = {"audio_normalize": "standardize"}
 #: Keys earlier versions wrote that no section has any more (`offline_augment.dsp`: the librosa
 #: effects are now a test helper, `testing.librosa_dsp`).
 DROPPED: Dict[str, tuple] = {"offline_augment": ("dsp",)}
+#: `features:` keys added with the waveform definition (shard schema 3): what a feature config
+#: written before them meant, log-mel features.
+BEFORE_WAVEFORM: Dict[str, Any] = {"audio": "logmel", "waveform_rate": 32000}

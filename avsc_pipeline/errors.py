@@ -37,10 +37,15 @@ class ConfigMismatchError(ValueError):
 def not_found(path: "str | os.PathLike[str]", what: str) -> str:
     """`"<path>: <what> not found"`, saying for a relative path that it was resolved against the
     current folder (which is often not the folder the user had in mind)."""
-    message = f"{os.fspath(path)}: {what} not found"
-    if not os.path.isabs(path):
-        message += f" (a relative path, resolved against the current folder {os.getcwd()})"
-    return message
+    return f"{os.fspath(path)}: {what} not found{relative_note(path)}"
+
+
+def relative_note(path: "str | os.PathLike[str]") -> str:
+    """`" (a relative path, resolved against the current folder ...)"` for a relative path, else
+    nothing: appended where a file is reported missing."""
+    if os.path.isabs(path):
+        return ""
+    return f" (a relative path, resolved against the current folder {os.getcwd()})"
 
 
 def describe(value: object) -> str:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from avsc_pipeline.sections import Recipe, merge_files, merge_layer, recipe_from_layers
+from avsc_pipeline.errors import relative_note
+from avsc_pipeline.sections import Recipe, apply_overrides, merge_files, merge_layer, recipe_from_layers
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,7 @@ def step_layers(name: str, files: Sequence["str | Path"], overrides: Sequence[st
     merged, _ = merge_files([*files, step_file])
     if layer:
         merge_layer(merged, layer, f"step {name}")
-    if overrides:
-        from avsc_pipeline.sections import parse_override
-
-        for text in overrides:
-            section, key, value = parse_override(text)
-            merge_layer(merged, {section: {key: value}}, f"--set {text}")
-    return merged
+    return apply_overrides(merged, overrides, f"step {name}")
 
 
 def plan_steps(names: Sequence[str], run: Path, files: Sequence["str | Path"] = (),
@@ -145,7 +140,7 @@ def preflight(steps: Sequence[Step], features: Path) -> None:
         init = step.recipe.train.init_from
         if init and Path(init) not in produced and not Path(init).is_file():
             problems.append(f"step {step.name}: train.init_from {init} does not exist and no earlier step of "
-                            f"this run writes it ({_resolved_note(init)}); train that step first or give "
+                            f"this run writes it{relative_note(init)}; train that step first or give "
                             "--set train.init_from=PATH")
         produced.add(step.produces)
     if problems:
@@ -196,21 +191,15 @@ def _weights_problems(step: Step) -> List[str]:
     problems = []
     audio = model.audio_weights
     if model.uses_audio and audio is not None and not Path(audio).is_file():
-        problems.append(f"step {step.name}: model.audio_weights {audio} not found ({_resolved_note(audio)}); "
+        problems.append(f"step {step.name}: model.audio_weights {audio} not found{relative_note(audio)}; "
                         f"get it from {AUDIO_WEIGHTS_HELP}")
     weights = model.video_weights
     if not model.uses_video or weights is None or weights in NAMED_WEIGHTS:
         return problems
     if Path(weights).is_file():
         return problems
-    return problems + [f"step {step.name}: model.video_weights {weights} not found ({_resolved_note(weights)}); "
+    return problems + [f"step {step.name}: model.video_weights {weights} not found{relative_note(weights)}; "
                        f"get it from {WEIGHTS_HELP}"]
-
-
-def _resolved_note(path: str) -> str:
-    if Path(path).is_absolute():
-        return "an absolute path"
-    return f"resolved against the current folder {Path.cwd()}"
 
 
 def run_step(step: Step, features: Path, device: str = "auto", progress: bool = True) -> Dict[str, Any]:

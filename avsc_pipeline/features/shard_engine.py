@@ -27,7 +27,8 @@ from avsc_pipeline.storage.index import INDEX_NAME, build_index, write_json_atom
 from avsc_pipeline.storage.shards import (
     SCHEMA_VERSION, SHARD_GLOB, TEMPORARY_GLOB, Column, ShardWriter, read_attrs, shard_attrs, shard_name,
 )
-from avsc_pipeline.storage.versions import BEFORE_WAVEFORM_VALUES, fill_earlier
+from avsc_pipeline import earlier
+from avsc_pipeline.storage.versions import fill_earlier
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def check_state(folder: Path, state: Dict[str, Any], overwrite: bool, name: str)
         new_config = state.get("feature_config")
         if isinstance(old.get("feature_config"), dict) and isinstance(new_config, dict):
             # Written before shard schema 3 (log-mel only): the keys it could not hold.
-            missing = {k: v for k, v in BEFORE_WAVEFORM_VALUES.items() if k in new_config}
+            missing = {k: v for k, v in earlier.BEFORE_WAVEFORM.items() if k in new_config}
             old["feature_config"] = fill_earlier(old["feature_config"], missing)
         diff = state_diff(old, state)
         if diff:

@@ -155,13 +155,23 @@ def merge_files(path: "Optional[PathLike] | Sequence[PathLike]" = None,
     merged: Dict[str, Any] = {}
     for one in paths:
         merge_layer(merged, load_yaml(one), str(one))
+    apply_overrides(merged, overrides, source)
+    return merged, source
+
+
+def apply_overrides(merged: Dict[str, Any], overrides: Sequence[str], source: str = "config") -> Dict[str, Any]:
+    """Apply `section.key=value` overrides to merged raw sections, in order (in place).
+
+    Raises:
+        ValueError: a malformed override, an unknown section, or a section that is not a mapping.
+    """
     for text in overrides:
         section, key, value = parse_override(text)
         check_sections({section: None}, f"--set {text}")
         if not isinstance(merged.get(section) or {}, dict):
             raise ValueError(f"{source} [{section}]: expected a mapping, got {type(merged[section]).__name__}")
         merged[section] = dict(merged.get(section) or {}, **{key: value})
-    return merged, source
+    return merged
 
 
 def merge_layer(merged: Dict[str, Any], layer: Mapping[str, Any], source: str) -> Dict[str, Any]:
@@ -217,6 +227,6 @@ def load_section(path: Optional[PathLike], section: str, cls: Optional[type] = N
 
 __all__ = [
     "SECTIONS", "Recipe", "BatchAugmentConfig", "FeatureConfig", "LoaderConfig", "ModelConfig",
-    "OfflineAugmentConfig", "TrainConfig", "check_sections", "load_recipe", "load_section",
+    "OfflineAugmentConfig", "TrainConfig", "apply_overrides", "check_sections", "load_recipe", "load_section",
     "merge_files", "merge_layer", "parse_override", "recipe_from_layers",
 ]

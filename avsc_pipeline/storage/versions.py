@@ -35,15 +35,6 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 
-#: The `feature_config` keys that version 1 left out when they held these values.
-EARLIER_FEATURE_VALUES: Dict[str, Any] = earlier.FEATURES
-#: The same for an augmented folder's `augment_config`.
-EARLIER_AUGMENT_VALUES: Dict[str, Any] = earlier.OFFLINE_AUGMENT
-
-#: The `feature_config` keys version 3 added, with what every earlier shard holds: log-mel
-#: features (the rate of a waveform, which none stores, at its default).
-BEFORE_WAVEFORM_VALUES: Dict[str, Any] = {"audio": "logmel", "waveform_rate": 32000}
-
 _LOGGED: Set[str] = set()  # files whose migration was logged (once per file and process)
 
 
@@ -60,20 +51,20 @@ def _from_version_1(record: Dict[str, Any]) -> Dict[str, Any]:
     (`augment_config` as a mapping); a missing `augment_config` stays missing.
     """
     out = dict(record)
-    out["feature_config"] = fill_earlier(record["feature_config"], EARLIER_FEATURE_VALUES)
+    out["feature_config"] = fill_earlier(record["feature_config"], earlier.FEATURES)
     augment = record.get("augment_config")
     if isinstance(augment, str):
-        out["augment_config"] = json.dumps(fill_earlier(json.loads(augment), EARLIER_AUGMENT_VALUES,
+        out["augment_config"] = json.dumps(fill_earlier(json.loads(augment), earlier.OFFLINE_AUGMENT,
                                                             earlier.DROPPED["offline_augment"]))
     elif isinstance(augment, dict):
-        out["augment_config"] = fill_earlier(augment, EARLIER_AUGMENT_VALUES, earlier.DROPPED["offline_augment"])
+        out["augment_config"] = fill_earlier(augment, earlier.OFFLINE_AUGMENT, earlier.DROPPED["offline_augment"])
     return out
 
 
 def _from_version_2(record: Dict[str, Any]) -> Dict[str, Any]:
     """Version 2 -> 3: the feature config gains `audio: logmel` (and `waveform_rate`); the
     augmentation config is unchanged."""
-    return {**record, "feature_config": fill_earlier(record["feature_config"], BEFORE_WAVEFORM_VALUES)}
+    return {**record, "feature_config": fill_earlier(record["feature_config"], earlier.BEFORE_WAVEFORM)}
 
 
 #: `version -> function` bringing a record of that version to the next one.
