@@ -169,9 +169,9 @@ def open_trainer(setup: Setup, step: str, batch: int, *extra: str) -> Iterator[A
     from avsc_pipeline.training.run import build_trainer, built_input, read_recipe
 
     context = Context(setup.device)
-    recipe, classes, shard_features = read_recipe(context, setup.features, recipe_for(setup, step, batch, *extra),
+    recipe, classes = read_recipe(context, setup.features, recipe_for(setup, step, batch, *extra),
                                                   None)
-    with built_input(context, setup.features, recipe, classes, shard_features) as (model, inputs):
+    with built_input(context, setup.features, recipe, classes) as (model, inputs):
         trainer = build_trainer(context, recipe, model, inputs, setup.work / f"run-{step}-{batch}", progress=False)
         trainer.model.train()
         inputs.preparer.train()

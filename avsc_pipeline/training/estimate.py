@@ -110,8 +110,8 @@ def estimate_run(name: str, features_dir: "str | Path", recipe: Recipe, device: 
     if not isinstance(probe_steps, int) or probe_steps < 1:
         raise ValueError(f"expected probe_steps >= 1, got {probe_steps!r}")
     context = Context(pick_device(device))
-    recipe, classes, shard_features = read_recipe(context, Path(features_dir), probe_recipe(recipe), given_features)
-    with built_input(context, Path(features_dir), recipe, classes, shard_features) as (model, inputs), \
+    recipe, classes = read_recipe(context, Path(features_dir), probe_recipe(recipe), given_features)
+    with built_input(context, Path(features_dir), recipe, classes) as (model, inputs), \
             tempfile.TemporaryDirectory(prefix="avsc-estimate-") as scratch:
         caches, cached_rows = _stand_in_caches(model, inputs, recipe)
         trainer = build_trainer(context, recipe, model, inputs, Path(scratch), progress=False, caches=caches)

@@ -84,9 +84,9 @@ def train_run(features_dir: Path, run_dir: Path, recipe: Recipe, *,
 
 def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, given_features: Optional[dict],
            resume: bool, overwrite: bool, progress: bool) -> Dict[str, Any]:
-    recipe, classes, shard_features = read_recipe(context, features_dir, recipe, given_features)
+    recipe, classes = read_recipe(context, features_dir, recipe, given_features)
     check_run_dir(run_dir, recipe, resume, overwrite)
-    with built_input(context, features_dir, recipe, classes, shard_features) as (model, inputs):
+    with built_input(context, features_dir, recipe, classes) as (model, inputs):
         checkpoint = load_checkpoint(run_dir / LAST_NAME, map_location="cpu") if resume else None
         # Everything that can fail on bad input has run: only now is the run folder written.
         handler = None
@@ -110,21 +110,22 @@ def _train(context: Context, features_dir: Path, run_dir: Path, recipe: Recipe, 
 
 
 def read_recipe(context: Context, features_dir: Path, recipe: Recipe,
-                given_features: Optional[dict]) -> Tuple[Recipe, List[str], FeatureConfig]:
-    """Seed the process and read what the shards hold: the recipe as the run reads it (the
-    shards' feature config), the class list and the feature config."""
+                given_features: Optional[dict]) -> Tuple[Recipe, List[str]]:
+    """Seed the process and read what the shards hold: the recipe as the run reads it (its
+    `features` are the shards' feature config) and the class list."""
     configure_determinism(recipe.train.deterministic, context.device)
     rng_state.seed_everything(recipe.train.seed)
     classes, shard_features = shard_info(features_dir, recipe.loader)
-    return _as_read(recipe, features_dir, shard_features, given_features), classes, shard_features
+    return _as_read(recipe, features_dir, shard_features, given_features), classes
 
 
 @contextlib.contextmanager
-def built_input(context: Context, features_dir: Path, recipe: Recipe, classes: List[str],
-                shard_features: FeatureConfig) -> Iterator[Tuple[Any, TrainingInput]]:
-    """The run's model on its device, then its training input (the preparer normalizing frames
-    with the model's own statistics); the input is closed on leaving."""
-    train, model_config = recipe.train, recipe.model
+def built_input(context: Context, features_dir: Path, recipe: Recipe,
+                classes: List[str]) -> Iterator[Tuple[Any, TrainingInput]]:
+    """The run's model on its device, built for the shards (`recipe.features`, from
+    :func:`read_recipe`), then its training input (the preparer normalizing frames with the
+    model's own statistics); the input is closed on leaving."""
+    train, model_config, shard_features = recipe.train, recipe.model, recipe.features
     model = build_run_model(model_config, train, classes, to_dict(shard_features),
                             shard_features.audio_shape[0]).to(context.device)
     inputs = None

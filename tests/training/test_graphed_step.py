@@ -67,8 +67,8 @@ def a_trainer(features: Path, tmp: Path, *overrides: str):
     from avsc_pipeline.training.run import build_trainer, built_input, read_recipe
 
     context = Context(torch.device("cpu"))
-    recipe, classes, shard_features = read_recipe(context, features, sections(*overrides), None)
-    stack = built_input(context, features, recipe, classes, shard_features)
+    recipe, classes = read_recipe(context, features, sections(*overrides), None)
+    stack = built_input(context, features, recipe, classes)
     model, inputs = stack.__enter__()
     trainer = build_trainer(context, recipe, model, inputs, tmp, progress=False)
     trainer.model.train()
